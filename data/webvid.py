@@ -1,0 +1,105 @@
+"""WebVid (2M / 10M) -> manifest: one entry per video, caption = the stock-footage title.
+
+Official format (source: WebVid release, https://github.com/m-bain/webvid, ``results_2M_train.csv``,
+``results_2M_val.csv``, ``results_10M_train.csv``; Bain et al. "Frozen in Time", ICCV 2021)::
+
+    videoid,contentUrl,duration,page_dir,name
+    21179416,https://ak.picdn.net/shutterstock/videos/21179416/preview/stock-footage-....mp4,PT00H00M11S,\
+006001_006050,Aerial shot winter forest
+
+``duration`` is ISO 8601 (``PT00H00M11S``). The reference download script writes
+``{videos}/{page_dir}/{videoid}.mp4``; a flat ``{videos}/{videoid}.mp4`` is accepted as well.
+
+    python data/webvid.py --annotations results_2M_val.csv --videos webvid/videos --out webvid_val.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python data/webvid.py`: the package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data import add_common_args, finish  # noqa: E402
+
+_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?T?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+REQUIRED_COLUMNS = ("videoid", "page_dir", "name")
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds from an ISO 8601 duration (``PT00H01M05S`` -> 65.0); plain numbers pass; else ``None``."""
+    value = (value or "").strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    m = _ISO_DURATION.match(value)
+    if not m or not any(m.groups()):
+        return None
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
+    """Rows of a WebVid CSV (names with commas are quoted in the release; the csv module handles them)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; header is {reader.fieldnames}")
+        yield from reader
+
+
+def find_video(videos: Path, row: dict[str, str]) -> Path | None:
+    """The row's video under ``videos`` (page_dir layout first, then flat), or ``None``."""
+    name = f"{row['videoid'].strip()}.mp4"
+    for path in (videos / row["page_dir"].strip() / name, videos / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build a WebVid manifest; see the module docstring. Returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotations", required=True, type=Path, help="results_*.csv")
+    parser.add_argument("--split", default=None, help="label written into each entry's 'split' field")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+
+    kept: list[dict[str, Any]] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    for row in read_rows(args.annotations):
+        vid = row["videoid"].strip()
+        caption = (row.get("name") or "").strip()
+        # The 10M CSV lists a few videos twice (re-crawled with a new title): keep the first.
+        if vid in seen or not caption:
+            continue
+        seen.add(vid)
+        path = find_video(args.videos, row)
+        if path is None:
+            missing.append(vid)
+            if not args.keep_missing:
+                continue
+            path = args.videos / row["page_dir"].strip() / f"{vid}.mp4"
+        entry: dict[str, Any] = {"video": str(path), "caption": caption, "id": vid}
+        duration = parse_duration(row.get("duration", ""))
+        if duration is not None:
+            entry["duration"] = duration
+        if args.split:
+            entry["split"] = args.split
+        kept.append(entry)
+        if args.limit is not None and len(kept) >= args.limit:
+            break
+    return finish("webvid", args, kept, missing, num_videos=len(seen))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

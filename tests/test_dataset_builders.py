@@ -1,0 +1,241 @@
+"""Manifest builders under data/ on fixtures that reproduce the official annotation formats.
+
+The video folders hold placeholder files: the builders only check that a video exists, they never decode.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `data` is a top-level folder of the repo, not part of the installed package
+    sys.path.insert(0, str(ROOT))
+
+from data import howto100m, msrvtt, webvid, youcook2  # noqa: E402
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def touch(root: Path, *relpaths: str) -> None:
+    for rel in relpaths:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x00\x00\x00\x18ftypisom placeholder")
+
+
+def read_manifest(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def resolve(manifest: Path, entry: dict) -> Path:
+    return (manifest.parent / entry["video"]).resolve()
+
+
+# ---------------------------------------------------------------- MSR-VTT
+
+
+def test_msrvtt_1ka_takes_all_20_json_captions_in_sen_id_order(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    touch(videos, "video9770.mp4", "video7579.mp4", "sub/video7725.webm")  # video8938 missing
+    out = tmp_path / "out" / "msrvtt_1ka.jsonl"
+    rc = msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_JSFUSION_test.csv"),
+                      str(FIX / "msrvtt/MSRVTT_data.json"), "--videos", str(videos), "--out", str(out)])
+    assert rc == 0
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == ["video9770", "video7579", "video7725"]  # CSV order, missing skipped
+    first = entries[0]
+    assert list(first)[:2] == ["video", "caption"]
+    assert first["caption"] == [f"a person plugs a cable into a computer take {k}" for k in range(20)]
+    assert first["jsfusion_sentence"] == "a person is connecting something to system"
+    assert first["split"] == "test"
+    assert resolve(out, entries[2]) == (videos / "sub/video7725.webm").resolve()
+    for e in entries:
+        assert resolve(out, e).is_file()
+    err = capsys.readouterr().err
+    assert "1 videos missing" in err and "video8938" in err
+
+
+def test_msrvtt_csv_only_uses_the_single_sentence_and_strict_fails_on_missing(tmp_path):
+    videos = tmp_path / "videos"
+    touch(videos, "video9770.mp4", "video7579.mp4", "video7725.mp4")
+    out = tmp_path / "m.jsonl"
+    rc = msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_JSFUSION_test.csv"), "--videos", str(videos),
+                      "--out", str(out), "--strict"])
+    assert rc == 1
+    entries = read_manifest(out)
+    assert [e["caption"] for e in entries] == ["a person is connecting something to system",
+                                               "a little girl does gymnastics",
+                                               "a group of people are dancing in a club"]
+
+
+def test_msrvtt_keep_missing_writes_the_expected_path(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    out = tmp_path / "m.jsonl"
+    msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_JSFUSION_test.csv"), "--videos", str(videos),
+                 "--out", str(out), "--keep-missing"])
+    entries = read_manifest(out)
+    assert len(entries) == 4
+    assert resolve(out, entries[3]) == (videos / "video8938.mp4").resolve()
+
+
+@pytest.mark.parametrize(("split", "expected"), [("train", ["video0"]), ("validate", ["video6513"]),
+                                                 ("test", ["video9770", "video7579", "video7725", "video8938"])])
+def test_msrvtt_json_only_selects_the_official_split(tmp_path, split, expected):
+    videos = tmp_path / "videos"
+    touch(videos, *(f"{v}.mp4" for v in ["video0", "video6513", "video9770", "video7579", "video7725", "video8938"]))
+    out = tmp_path / "m.jsonl"
+    msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_data.json"), "--split", split,
+                 "--videos", str(videos), "--out", str(out)])
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == expected
+    assert all(len(e["caption"]) == 20 and e["split"] == split for e in entries)
+
+
+def test_msrvtt_train_csv_selects_videos_once(tmp_path):
+    videos = tmp_path / "videos"
+    touch(videos, "video0.mp4", "video6513.mp4")
+    out = tmp_path / "m.jsonl"
+    msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_train.9k.csv"), str(FIX / "msrvtt/MSRVTT_data.json"),
+                 "--split", "train", "--videos", str(videos), "--out", str(out)])
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == ["video0", "video6513"]
+    assert entries[1]["caption"][0] == "a man talks about a car take 0"
+
+
+# ---------------------------------------------------------------- YouCook2
+
+
+def test_youcook2_segments_of_the_validation_split(tmp_path, capsys):
+    videos = tmp_path / "raw_videos"
+    touch(videos, "validation/212/9GX8f5EwwE4.mkv", "validation/101/xHr8X2Wpmno.mp4",
+          "training/113/GLd3aX16zBg.mp4")  # V53XmPeyjIU missing
+    out = tmp_path / "yc2.jsonl"
+    rc = youcook2.main(["--annotations", str(FIX / "youcook2/youcookii_annotations_trainval.json"),
+                        "--videos", str(videos), "--out", str(out), "--split", "val"])
+    assert rc == 0
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == ["9GX8f5EwwE4_0", "9GX8f5EwwE4_1", "9GX8f5EwwE4_2",
+                                          "xHr8X2Wpmno_0", "xHr8X2Wpmno_1"]
+    assert entries[1] == {"video": "raw_videos/validation/212/9GX8f5EwwE4.mkv",
+                          "caption": "peel and chop the carrots into pieces", "start": 37.0, "end": 50.0,
+                          "id": "9GX8f5EwwE4_1", "video_id": "9GX8f5EwwE4", "split": "validation",
+                          "recipe_type": "212", "duration": 241.64}
+    assert all(e["split"] == "validation" for e in entries)
+    assert "V53XmPeyjIU" in capsys.readouterr().err
+
+
+def test_youcook2_full_videos_join_steps_in_time_order(tmp_path):
+    videos = tmp_path / "flat"
+    touch(videos, "9GX8f5EwwE4.mp4", "xHr8X2Wpmno.webm", "V53XmPeyjIU.mp4", "GLd3aX16zBg.mp4")
+    out = tmp_path / "yc2_full.jsonl"
+    youcook2.main(["--annotations", str(FIX / "youcook2/youcookii_annotations_trainval.json"), "--videos",
+                   str(videos), "--out", str(out), "--mode", "full", "--split", "all"])
+    entries = {e["id"]: e for e in read_manifest(out)}
+    assert set(entries) == {"9GX8f5EwwE4", "xHr8X2Wpmno", "V53XmPeyjIU", "GLd3aX16zBg"}
+    e = entries["9GX8f5EwwE4"]
+    assert e["summary"] == e["caption"] == ("cut the onion in half and dice. peel and chop the carrots into "
+                                            "pieces. add oil onions and carrots to the pot.")
+    assert e["segments"] == [[25.0, 37.0], [37.0, 50.0], [54.0, 64.0]]
+    assert "start" not in e  # full video
+    assert entries["xHr8X2Wpmno"]["caption"] == "whisk the eggs in a bowl. pour the eggs into a hot pan."
+    assert entries["xHr8X2Wpmno"]["video"] == "flat/xHr8X2Wpmno.webm"
+
+
+# ---------------------------------------------------------------- WebVid
+
+
+def test_webvid_page_dir_and_flat_layouts(tmp_path, capsys):
+    videos = tmp_path / "webvid"
+    touch(videos, "1053841541_1053841550/1053841541.mp4", "21179416.mp4", "1009457551_1009457600/1009457597.mp4")
+    out = tmp_path / "webvid.jsonl"
+    rc = webvid.main(["--annotations", str(FIX / "webvid/results_2M_val.csv"), "--videos", str(videos),
+                      "--out", str(out), "--split", "val"])
+    assert rc == 0
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == ["1053841541", "21179416", "1009457597"]
+    assert entries[1]["caption"] == "Aerial shot winter forest"  # first of the duplicated id wins
+    assert entries[2]["caption"] == "Businessman, smiling, walks along the street"
+    assert [e["duration"] for e in entries] == [17.0, 11.0, 65.0]
+    assert entries[0]["video"] == "webvid/1053841541_1053841550/1053841541.mp4"
+    assert all(e["split"] == "val" for e in entries)
+    assert "31353427" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("PT00H00M11S", 11.0), ("PT01H02M03S", 3723.0), ("PT0.5S", 0.5),
+                                               ("12.5", 12.5), ("P1DT1S", 86401.0), ("", None), ("soon", None)])
+def test_webvid_iso_durations(text, seconds):
+    assert webvid.parse_duration(text) == seconds
+
+
+# ---------------------------------------------------------------- HowTo100M
+
+
+def test_howto100m_asr_segments_merged_to_a_minimum_duration(tmp_path, capsys):
+    videos = tmp_path / "ht"
+    touch(videos, "a/-0AtVtZxX3g.mp4", "1MUXWj2PqGo.webm")
+    out = tmp_path / "asr.jsonl"
+    rc = howto100m.main(["--captions", str(FIX / "howto100m/caption.json"), "--videos", str(videos),
+                         "--out", str(out), "--min-duration", "4"])
+    assert rc == 0
+    entries = read_manifest(out)
+    got = [(e["video_id"], e["start"], e["end"], e["caption"]) for e in entries]
+    assert got == [
+        ("-0AtVtZxX3g", 0.5, 9.8, "hi everyone today we make a birdhouse out of scrap wood"),
+        ("-0AtVtZxX3g", 9.8, 16.0, "first cut the roof now glue it"),  # the 1.5 s tail joins its predecessor
+        ("1MUXWj2PqGo", 1.0, 8.0, "take the paint roller roll it evenly"),  # empty ASR line dropped
+    ]
+    assert all(e["end"] - e["start"] >= 3.0 for e in entries)
+    assert "zz_missing1" in capsys.readouterr().err
+
+
+def test_howto100m_raw_segments_without_merging(tmp_path):
+    videos = tmp_path / "ht"
+    touch(videos, "-0AtVtZxX3g.mp4")
+    out = tmp_path / "asr.jsonl"
+    howto100m.main(["--captions", str(FIX / "howto100m/caption.json"), "--videos", str(videos), "--out", str(out)])
+    entries = read_manifest(out)
+    assert [e["caption"] for e in entries] == ["hi everyone", "today we make", "a birdhouse out of scrap wood",
+                                               "first cut", "the roof", "now", "glue it"]
+    assert len({e["id"] for e in entries}) == 7
+
+
+def test_merge_segments_tail_joins_previous_clip():
+    segs = [(0.0, 5.0, "a"), (5.0, 6.0, "b")]
+    assert howto100m.merge_segments(segs, 4.0) == [(0.0, 6.0, "a b")]
+    assert howto100m.merge_segments([(0.0, 1.0, "only")], 4.0) == [(0.0, 1.0, "only")]
+
+
+@pytest.mark.parametrize("name", ["summaries.jsonl", "summaries.json"])
+def test_howto100m_full_videos_with_summaries(tmp_path, name):
+    videos = tmp_path / "ht"
+    touch(videos, "-0AtVtZxX3g.mp4", "1MUXWj2PqGo.mp4")
+    out = tmp_path / "full.jsonl"
+    howto100m.main(["--summaries", str(FIX / "howto100m" / name), "--videos", str(videos), "--out", str(out),
+                    "--split", "train"])
+    entries = read_manifest(out)
+    assert [e["id"] for e in entries] == ["-0AtVtZxX3g", "1MUXWj2PqGo"]
+    for e in entries:
+        assert e["caption"] == e["summary"] and len(e["summary"]) > 10
+        assert "start" not in e and e["split"] == "train"
+        assert resolve(out, e).is_file()
+
+
+# ---------------------------------------------------------------- as scripts
+
+
+def test_builder_runs_as_a_script_from_any_folder(tmp_path):
+    videos = tmp_path / "v"
+    touch(videos, "21179416.mp4")
+    out = tmp_path / "w.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "data/webvid.py"), "--annotations",
+                           str(FIX / "webvid/results_2M_val.csv"), "--videos", str(videos), "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "webvid: wrote 1 entries" in proc.stderr
+    assert read_manifest(out)[0]["video"] == "v/21179416.mp4"
