@@ -1,0 +1,89 @@
+"""Symmetric InfoNCE (video/image <-> text) with negatives gathered from every rank.
+
+The model returns normalised features and the logit scale; this module owns the gather (the open_clip
+``model.py`` / ``loss.py`` split).
+
+Gradient scaling under DDP, with W ranks each holding an equal batch of B pairs:
+
+* ``local_loss=True``: rank r scores its B local rows against all W*B columns; its loss is the mean over
+  those rows, so the mean of the W rank losses equals the loss of one process on the concatenated batch.
+  The gather's backward sums gradients over ranks, so each rank's feature gradient is that of the *sum* of
+  rank losses, i.e. W x the gradient of the global loss; DDP then averages parameter gradients over the W
+  ranks, which cancels the factor: the update equals single-process training on the global batch.
+* ``local_loss=False``: every rank builds the full (W*B, W*B) matrix and returns the global loss itself;
+  the summed backward again gives W x its gradient per rank and DDP's average cancels it.
+
+Batches must have the same size on every rank (``all_gather`` needs equal shapes; drop the last ragged
+batch in the loader).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longvivit.distributed import all_gather_with_grad, rank_and_world_size
+
+
+def contrastive_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Top-1 accuracy of a (N, M) score matrix whose row i should pick column ``labels[i]``."""
+    return (logits.argmax(dim=-1) == labels).float().mean()
+
+
+class NCELoss(nn.Module):
+    """Symmetric InfoNCE: ``(CE(s * a @ b.T, y) + CE(s * b @ a.T, y)) / 2`` over the global batch.
+
+    Args:
+        local_loss: Score local rows against global columns (memory O(B * W*B)) rather than the full global
+            matrix (O((W*B)^2)). Same training signal under DDP; only the logged per-rank value differs
+            (local: mean over this rank's rows; global: the whole-batch loss on every rank).
+    """
+
+    def __init__(self, local_loss: bool = True) -> None:
+        super().__init__()
+        self.local_loss = local_loss
+
+    def forward(
+        self,
+        video_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor | float,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        """Contrastive loss of paired features; row i of both inputs is a positive pair.
+
+        Args:
+            video_features: (B, D) video or image features, L2-normalised (by the model).
+            text_features: (B, D) caption features, L2-normalised.
+            logit_scale: 1/temperature, already exponentiated and clamped.
+            output_dict: Also return top-1 accuracies for logging.
+
+        Returns:
+            The scalar loss, or ``{"loss", "v2t_acc", "t2v_acc"}`` (accuracies over this rank's rows,
+            detached).
+        """
+        if video_features.shape != text_features.shape:
+            raise ValueError(f"feature shapes differ: {tuple(video_features.shape)} vs {tuple(text_features.shape)}")
+        rank, _ = rank_and_world_size()
+        batch = video_features.shape[0]
+        all_video = all_gather_with_grad(video_features)  # (W*B, D)
+        all_text = all_gather_with_grad(text_features)  # (W*B, D)
+        if self.local_loss:
+            logits_v2t = logit_scale * video_features @ all_text.T  # (B, W*B)
+            logits_t2v = logit_scale * text_features @ all_video.T  # (B, W*B)
+            # local row i is global row rank*B + i: its positive sits in that column
+            labels = torch.arange(batch, device=video_features.device) + rank * batch
+        else:
+            logits_v2t = logit_scale * all_video @ all_text.T  # (W*B, W*B)
+            logits_t2v = logits_v2t.T
+            labels = torch.arange(all_video.shape[0], device=video_features.device)
+        loss = (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels)) / 2
+        if not output_dict:
+            return loss
+        with torch.no_grad():
+            return {
+                "loss": loss,
+                "v2t_acc": contrastive_accuracy(logits_v2t, labels),
+                "t2v_acc": contrastive_accuracy(logits_t2v, labels),
+            }

@@ -1,0 +1,170 @@
+"""NCELoss against a brute-force reference, and 2-process gloo runs against one process on the joint batch."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from longvivit.loss import NCELoss, contrastive_accuracy
+
+WORLD = 2
+PER_RANK = 3
+DIM = 8
+
+
+def reference_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """Python loops over the score matrix: mean of -log softmax of the diagonal, rows and columns."""
+    n = a.shape[0]
+    total = a.new_zeros(())
+    for i in range(n):
+        row = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
+        col = torch.stack([scale * torch.dot(a[j], b[i]) for j in range(n)])
+        total = total - torch.log_softmax(row, dim=0)[i] - torch.log_softmax(col, dim=0)[i]
+    return total / (2 * n)
+
+
+def random_features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(n, d, generator=g), dim=-1),
+            F.normalize(torch.randn(n, d, generator=g), dim=-1))
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_matches_brute_force_reference(local_loss):
+    a, b = random_features(7, 16, seed=0)
+    got = NCELoss(local_loss=local_loss)(a, b, torch.tensor(5.0))
+    torch.testing.assert_close(got, reference_nce(a, b, 5.0))
+
+
+def test_symmetric_in_its_two_inputs():
+    a, b = random_features(6, 16, seed=1)
+    loss = NCELoss()
+    torch.testing.assert_close(loss(a, b, 10.0), loss(b, a, 10.0))
+    # and not trivially constant: a different pairing changes it
+    assert not torch.allclose(loss(a, b, 10.0), loss(a, b.flip(0), 10.0))
+
+
+def test_perfect_alignment_high_scale_gives_zero_loss_and_full_accuracy():
+    a = torch.eye(8)  # orthonormal: positives score 1, negatives 0
+    out = NCELoss()(a, a.clone(), torch.tensor(100.0), output_dict=True)
+    assert out["loss"].item() < 1e-6
+    assert out["v2t_acc"].item() == 1.0 and out["t2v_acc"].item() == 1.0
+
+
+def test_accuracy_counts_wrong_rows():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]])
+    assert contrastive_accuracy(logits, torch.arange(3)).item() == pytest.approx(2 / 3)
+
+
+def test_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        NCELoss()(torch.randn(4, 8), torch.randn(3, 8), 1.0)
+
+
+# ----------------------------------------------------------------- distributed (gloo, 2 processes)
+class TwoTowers(nn.Module):
+    """Linear towers + learnable temperature, to check DDP-averaged parameter gradients end to end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.video = nn.Linear(DIM, DIM)
+        self.text = nn.Linear(DIM, DIM)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, xv, xt):
+        return F.normalize(self.video(xv), dim=-1), F.normalize(self.text(xt), dim=-1), self.logit_scale.exp()
+
+
+def joint_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(WORLD * PER_RANK, DIM, generator=g), torch.randn(WORLD * PER_RANK, DIM, generator=g)
+
+
+def make_towers() -> TwoTowers:
+    torch.manual_seed(0)
+    return TwoTowers()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        a_all, b_all = random_features(WORLD * PER_RANK, DIM, seed=7)
+        result = {}
+        for local in (True, False):
+            a = a_all[rows].clone().requires_grad_(True)
+            b = b_all[rows].clone().requires_grad_(True)
+            loss = NCELoss(local_loss=local)(a, b, torch.tensor(4.0))
+            loss.backward()
+            result[f"loss_{local}"] = loss.detach()
+            result[f"grad_a_{local}"] = a.grad
+            result[f"grad_b_{local}"] = b.grad
+
+            model = nn.parallel.DistributedDataParallel(make_towers())
+            xv, xt = joint_batch()
+            fv, ft, scale = model(xv[rows], xt[rows])
+            NCELoss(local_loss=local)(fv, ft, scale).backward()
+            for name, p in model.module.named_parameters():
+                result[f"ddp_{local}_{name}"] = p.grad.clone()
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nce_dist")
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_two_ranks_equal_one_process_on_joint_batch(two_rank_results, local):
+    a_all, b_all = random_features(WORLD * PER_RANK, DIM, seed=7)
+    a, b = a_all.clone().requires_grad_(True), b_all.clone().requires_grad_(True)
+    single = NCELoss()(a, b, torch.tensor(4.0))
+    single.backward()
+
+    losses = torch.stack([r[f"loss_{local}"] for r in two_rank_results])
+    if local:  # each rank: mean over its own rows; their mean is the global loss
+        torch.testing.assert_close(losses.mean(), single.detach())
+        assert not torch.allclose(losses[0], losses[1])  # the ranks really saw different rows
+    else:  # each rank computes the whole matrix
+        torch.testing.assert_close(losses, single.detach().expand(WORLD))
+
+    # the gather sums gradients over ranks: each rank holds WORLD x d(global loss)/d(its shard),
+    # which DDP's averaging divides back (checked on parameters below)
+    grad_a = torch.cat([r[f"grad_a_{local}"] for r in two_rank_results]) / WORLD
+    grad_b = torch.cat([r[f"grad_b_{local}"] for r in two_rank_results]) / WORLD
+    torch.testing.assert_close(grad_a, a.grad)
+    torch.testing.assert_close(grad_b, b.grad)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_ddp_parameter_gradients_equal_one_process(two_rank_results, local):
+    model = make_towers()
+    xv, xt = joint_batch()
+    NCELoss()(*model(xv, xt)).backward()
+    for name, p in model.named_parameters():
+        for r in two_rank_results:
+            torch.testing.assert_close(r[f"ddp_{local}_{name}"], p.grad, msg=f"{name} differs")
