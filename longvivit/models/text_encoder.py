@@ -86,6 +86,8 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.proj.weight, std=self.hidden_size**-0.5)
         if self.cfg.lock:
             self.lock(self.cfg.unlocked_layers)
+        # from_pretrained leaves the HF model in eval mode; start in training mode like any fresh module
+        self.train()
 
     @classmethod
     def from_config(
