@@ -237,6 +237,16 @@ class RetrievalEvaluator:
         return len(self._video_keys)
 
     @property
+    def video_keys(self) -> list[str]:
+        """Keys of the videos added so far, in order."""
+        return list(self._video_keys)
+
+    @property
+    def text_video_keys(self) -> list[str]:
+        """For each caption added so far, the key of its video."""
+        return list(self._text_video_keys)
+
+    @property
     def num_texts(self) -> int:
         return len(self._text_video_keys)
 
