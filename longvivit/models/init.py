@@ -1,0 +1,530 @@
+"""Weight adaptation and loading for :class:`~longvivit.models.video_encoder.VideoEncoder`.
+
+This is the one place that changes weights by shape. Any source (our exported folder, a safetensors file,
+a Lightning checkpoint, a state dict, a Hugging Face ViT) is turned into our key names and then adapted to
+the target model's config: the 2D patch kernel is inflated to a tubelet kernel, the spatial position table
+is resized to a new grid, the temporal table is extended (or truncated) to a new number of frames.
+Every adaptation is logged and returned as a human-readable message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from longvivit.config import VideoEncoderConfig
+
+if TYPE_CHECKING:
+    from longvivit.models.video_encoder import VideoEncoder
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+# A key every VideoEncoder has and no other module of the package does: it locates the encoder inside a
+# checkpoint of a larger model (e.g. "model.video_encoder.pos_embed_spatial").
+_ANCHOR = "pos_embed_spatial"
+
+
+# --------------------------------------------------------------------------- tensor operations
+def inflate_patch_kernel(w2d: torch.Tensor, t: int, mode: str = "mean") -> torch.Tensor:
+    """Turn a 2D patch kernel into a tubelet kernel that embeds a static video like the image.
+
+    Args:
+        w2d: (O, C, h, w) Conv2d weight.
+        t: Temporal kernel size.
+        mode: ``"mean"`` replicates the kernel over time divided by ``t`` (``w3d[:, :, i] = w2d / t``);
+            ``"central"`` puts ``w2d`` in slice ``t // 2`` and zeros elsewhere. Both give exactly the
+            image's patch embedding on a video whose ``t`` frames are equal.
+
+    Returns:
+        (O, C, t, h, w) Conv3d weight.
+    """
+    if w2d.ndim != 4:
+        raise ValueError(f"expected a (O, C, h, w) kernel, got shape {tuple(w2d.shape)}")
+    if t < 1:
+        raise ValueError(f"temporal kernel size must be >= 1, got {t}")
+    if mode == "mean":
+        return w2d.unsqueeze(2).repeat(1, 1, t, 1, 1) / t  # (O, C, t, h, w)
+    if mode == "central":
+        w3d = w2d.new_zeros(w2d.shape[:2] + (t,) + w2d.shape[2:])  # (O, C, t, h, w)
+        w3d[:, :, t // 2] = w2d
+        return w3d
+    raise ValueError(f"inflation mode must be 'mean' or 'central', got {mode!r}")
+
+
+def collapse_patch_kernel(w3d: torch.Tensor) -> torch.Tensor:
+    """(O, C, t, h, w) -> (O, C, h, w): the 2D kernel a tubelet kernel applies to a static video."""
+    return w3d.sum(dim=2)
+
+
+def resize_spatial_pos(
+    pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resample a spatial position table to a new token grid.
+
+    Args:
+        pos: (1, old_h * old_w, C) table in row-major (h, w) order.
+        old_grid: (old_h, old_w).
+        new_grid: (new_h, new_w).
+        mode: ``"bicubic"`` or ``"bilinear"`` (``align_corners=False``).
+
+    Returns:
+        (1, new_h * new_w, C) table.
+    """
+    oh, ow = old_grid
+    nh, nw = new_grid
+    if pos.shape[1] != oh * ow:
+        raise ValueError(f"table has {pos.shape[1]} rows but old_grid {old_grid} needs {oh * ow}")
+    if (oh, ow) == (nh, nw):
+        return pos
+    c = pos.shape[-1]
+    grid = pos.float().reshape(1, oh, ow, c).permute(0, 3, 1, 2)  # (1, C, oh, ow)
+    grid = F.interpolate(grid, size=(nh, nw), mode=mode, align_corners=False)  # (1, C, nh, nw)
+    return grid.permute(0, 2, 3, 1).reshape(1, nh * nw, c).to(pos.dtype)  # (1, nh*nw, C)
+
+
+def extend_temporal_pos(pos: torch.Tensor, new_len: int, mode: str = "repeat") -> torch.Tensor:
+    """Grow (or truncate) the temporal position table to ``new_len`` tubelet steps.
+
+    ``"repeat"`` stretches the table: step ``i`` of the new table takes row ``floor(i * old / new)``, which
+    is ``repeat_interleave(new // old)`` when ``new`` is a multiple of ``old`` (8 -> 128 steps: each row
+    16 times in a row). We stretch rather than tile because it keeps the table's order over the whole
+    video: the first and last steps of a long video get the first and last learnt rows, as with
+    ``"interpolate"``, so the two modes differ only in smoothness, and a video slowed down by the
+    stretch factor gets exactly the short clip's tokens. A static video gets the same token values
+    under either choice.
+
+    ``"interpolate"`` resamples linearly along time with the same centre-aligned convention
+    (``align_corners=False``): old row ``j`` sits at the centre of the span it covered.
+
+    Shrinking (``new_len < old``) keeps the first ``new_len`` rows in both modes, which is what the
+    encoder does at run time for clips shorter than its table.
+
+    Args:
+        pos: (1, old_len, C) table.
+        new_len: Number of rows wanted.
+        mode: ``"repeat"`` or ``"interpolate"``.
+
+    Returns:
+        (1, new_len, C) table.
+    """
+    if mode not in ("repeat", "interpolate"):
+        raise ValueError(f"temporal extension mode must be 'repeat' or 'interpolate', got {mode!r}")
+    if new_len < 1:
+        raise ValueError(f"new_len must be >= 1, got {new_len}")
+    old_len = pos.shape[1]
+    if new_len <= old_len:
+        return pos[:, :new_len].clone()
+    if mode == "repeat":
+        index = torch.arange(new_len, device=pos.device) * old_len // new_len  # (new_len,)
+        return pos[:, index].clone()
+    line = pos.float().transpose(1, 2)  # (1, C, old_len)
+    line = F.interpolate(line, size=new_len, mode="linear", align_corners=False)  # (1, C, new_len)
+    return line.transpose(1, 2).to(pos.dtype).contiguous()  # (1, new_len, C)
+
+
+# --------------------------------------------------------------------------- state-dict adaptation
+def _note(messages: list[str], text: str) -> None:
+    logger.info(text)
+    messages.append(text)
+
+
+def _square_grid(n: int, what: str) -> tuple[int, int]:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"cannot infer the grid of a {n}-row {what}; pass source_grid=(h, w)")
+    return side, side
+
+
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    model: VideoEncoder,
+    *,
+    source_grid: tuple[int, int] | None = None,
+    inflate_mode: str = "mean",
+) -> tuple[StateDict, list[str]]:
+    """Adapt an encoder state dict (our key names) to ``model``'s config, by shape.
+
+    Handles: a missing tubelet kernel (inflated from the 2D one, e.g. an image-stage checkpoint), a
+    tubelet kernel of another temporal size (re-inflated), a missing 2D kernel (collapsed from the
+    tubelet one), a spatial table for another grid (resized), a temporal table for another number of
+    frames (``model.cfg.temporal_extend``, or truncation), a missing temporal table (zeros), and a class
+    token present on one side only (dropped, or kept at the model's fresh initialisation).
+
+    Args:
+        state_dict: Weights with our key names (prefix already stripped).
+        model: The target encoder; its current values fill what the checkpoint cannot provide.
+        source_grid: Spatial grid of the checkpoint if not square (otherwise inferred).
+        inflate_mode: ``"mean"`` or ``"central"``, see :func:`inflate_patch_kernel`.
+
+    Returns:
+        ``(adapted_state_dict, messages)``.
+
+    Raises:
+        ValueError: If a remaining tensor has a shape no rule can adapt (e.g. another width).
+    """
+    cfg = model.cfg
+    target = model.state_dict()
+    sd: StateDict = dict(state_dict)
+    msgs: list[str] = []
+    t = cfg.tubelet_size[0]
+
+    k3, k2 = "patch_embed_3d.weight", "patch_embed_2d.weight"
+    if k3 not in sd and k2 in sd:
+        sd[k3] = inflate_patch_kernel(sd[k2], t, inflate_mode)
+        sd.setdefault("patch_embed_3d.bias", sd.get("patch_embed_2d.bias"))
+        _note(msgs, f"patch_embed_3d inflated from patch_embed_2d ({inflate_mode}, t={t})")
+    elif k3 in sd and sd[k3].shape[2] != t and sd[k3].shape[3:] == target[k3].shape[3:]:
+        old_t = sd[k3].shape[2]
+        sd[k3] = inflate_patch_kernel(collapse_patch_kernel(sd[k3]), t, inflate_mode)
+        _note(msgs, f"patch_embed_3d re-inflated from temporal size {old_t} to {t} ({inflate_mode})")
+    if k2 not in sd and k3 in sd:
+        sd[k2] = collapse_patch_kernel(sd[k3])
+        sd.setdefault("patch_embed_2d.bias", sd.get("patch_embed_3d.bias"))
+        _note(msgs, "patch_embed_2d derived from patch_embed_3d (sum over time)")
+    for key in ("patch_embed_3d.bias", "patch_embed_2d.bias"):
+        if key in sd and sd[key] is None:
+            del sd[key]
+
+    ks = "pos_embed_spatial"
+    if ks in sd and sd[ks].shape != target[ks].shape and sd[ks].shape[-1] == target[ks].shape[-1]:
+        old_grid = source_grid or _square_grid(sd[ks].shape[1], "spatial position table")
+        sd[ks] = resize_spatial_pos(sd[ks], old_grid, cfg.grid_size)
+        _note(msgs, f"pos_embed_spatial resized from grid {tuple(old_grid)} to {cfg.grid_size} (bicubic)")
+
+    kt = "pos_embed_temporal"
+    if kt not in sd:
+        sd[kt] = torch.zeros_like(target[kt])
+        _note(msgs, "pos_embed_temporal absent from the checkpoint: zero-initialised (static video = image)")
+    elif sd[kt].shape[1] != target[kt].shape[1] and sd[kt].shape[-1] == target[kt].shape[-1]:
+        old_len, new_len = sd[kt].shape[1], target[kt].shape[1]
+        how = "truncated" if new_len < old_len else f"extended ({cfg.temporal_extend})"
+        sd[kt] = extend_temporal_pos(sd[kt], new_len, cfg.temporal_extend)
+        _note(msgs, f"pos_embed_temporal {how} from {old_len} to {new_len} steps")
+
+    cls_keys = ("cls_token", "pos_embed_cls")
+    if cfg.cls_token:
+        missing_cls = [k for k in cls_keys if k not in sd]
+        for k in missing_cls:
+            sd[k] = target[k].clone()
+        if missing_cls:
+            _note(msgs, f"{', '.join(missing_cls)} absent from the checkpoint: fresh initialisation kept")
+    else:
+        dropped = [k for k in cls_keys if sd.pop(k, None) is not None]
+        if dropped:
+            _note(msgs, f"{', '.join(dropped)} dropped: the model has cls_token=False")
+
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in sd.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            "checkpoint tensors do not fit the encoder config (width, depth, heads, mlp_ratio, patch size "
+            "and channels must match; frames and image size are adapted):\n  " + "\n  ".join(mismatched)
+        )
+    return sd, msgs
+
+
+def load_adapted(
+    model: VideoEncoder,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    source_grid: tuple[int, int] | None = None,
+    inflate_mode: str = "mean",
+) -> list[str]:
+    """Adapt ``state_dict`` to ``model`` (see :func:`adapt_state_dict`) and load it.
+
+    Args:
+        model: Target encoder (modified in place).
+        state_dict: Weights with our key names.
+        strict: Fail on missing or unexpected keys (default); otherwise load what matches and report.
+        source_grid: Spatial grid of the checkpoint if not square.
+        inflate_mode: ``"mean"`` or ``"central"``.
+
+    Returns:
+        The adaptation messages.
+    """
+    sd, msgs = adapt_state_dict(state_dict, model, source_grid=source_grid, inflate_mode=inflate_mode)
+    target = model.state_dict()
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    if (missing or unexpected) and strict:
+        raise ValueError(
+            "checkpoint does not match VideoEncoder"
+            + (f"\n  missing keys ({len(missing)}): {missing}" if missing else "")
+            + (f"\n  unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "")
+            + "\n(pass strict=False to load the rest, or prefix=... if the encoder is inside a larger model)"
+        )
+    if missing:
+        _note(msgs, f"missing keys kept at initialisation: {missing}")
+    if unexpected:
+        _note(msgs, f"unexpected keys ignored: {unexpected}")
+    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
+    return msgs
+
+
+# --------------------------------------------------------------------------- sources
+def select_encoder_weights(state_dict: Mapping[str, Any], prefix: str | None = None) -> StateDict:
+    """Extract the encoder's weights from a (possibly larger) state dict and strip their prefix.
+
+    Args:
+        state_dict: Any flat state dict.
+        prefix: Key prefix of the encoder, e.g. ``"model.video."``. ``None`` finds it automatically from
+            the key ending in ``pos_embed_spatial`` (an error if there are several).
+
+    Returns:
+        The encoder's tensors under our key names.
+    """
+    if prefix is None:
+        prefixes = sorted(
+            {k[: -len(_ANCHOR)] for k in state_dict if k == _ANCHOR or k.endswith("." + _ANCHOR)}
+        )
+        if not prefixes:
+            raise ValueError(f"no VideoEncoder weights found (no key ending in {_ANCHOR!r})")
+        if len(prefixes) > 1:
+            raise ValueError(f"several encoders in the checkpoint under prefixes {prefixes}; pass prefix=...")
+        prefix = prefixes[0]
+    elif prefix and not prefix.endswith("."):
+        prefix += "."
+    out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and torch.is_tensor(v)}
+    if not out:
+        raise ValueError(f"no tensors under prefix {prefix!r}")
+    return out
+
+
+def _read_source(
+    source: str | Path | Mapping[str, Any],
+) -> tuple[Mapping[str, Any], VideoEncoderConfig | None]:
+    """Raw flat state dict of a source and, for our exported folders, its config."""
+    from safetensors.torch import load_file
+
+    from longvivit.models.video_encoder import CONFIG_NAME, WEIGHTS_NAME
+
+    if isinstance(source, Mapping):
+        return source, None
+    path = Path(source)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME}")
+        cfg_path = path / CONFIG_NAME
+        src_cfg = (
+            VideoEncoderConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
+        )
+        return load_file(str(weights)), src_cfg
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path)), None
+    # Lightning .ckpt or a plain torch file: tensors only, never arbitrary pickled objects.
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return obj["state_dict"], None
+    if isinstance(obj, Mapping):
+        return obj, None
+    raise ValueError(f"{path} does not hold a state dict")
+
+
+def load_pretrained(
+    model: VideoEncoder,
+    source: str | Path | Mapping[str, Any],
+    *,
+    prefix: str | None = None,
+    strict: bool = True,
+    inflate_mode: str = "mean",
+) -> list[str]:
+    """Load encoder weights from any of our formats into ``model``, adapting shapes to its config.
+
+    Args:
+        model: Target encoder (modified in place).
+        source: An exported folder (``config.json`` + ``model.safetensors``), a ``.safetensors`` file, a
+            Lightning ``.ckpt`` (read with ``weights_only=True``) or a state dict.
+        prefix: Key prefix of the encoder inside the checkpoint; found automatically when ``None``.
+        strict: Fail on missing or unexpected keys.
+        inflate_mode: How a missing tubelet kernel is built from the 2D one.
+
+    Returns:
+        Human-readable messages, one per adaptation.
+    """
+    raw, src_cfg = _read_source(source)
+    sd = select_encoder_weights(raw, prefix)
+    return load_adapted(
+        model,
+        sd,
+        strict=strict,
+        source_grid=src_cfg.grid_size if src_cfg is not None else None,
+        inflate_mode=inflate_mode,
+    )
+
+
+# --------------------------------------------------------------------------- Hugging Face ViT
+def _hf_config_dict(hf_config: Any) -> dict[str, Any]:
+    if isinstance(hf_config, (str, Path)):
+        return json.loads((Path(hf_config) / "config.json").read_text())
+    if isinstance(hf_config, Mapping):
+        return dict(hf_config)
+    return hf_config.to_dict()
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def config_from_hf_vit(hf_config: Any, **overrides: Any) -> VideoEncoderConfig:
+    """An encoder config that reproduces a Hugging Face ViT.
+
+    Args:
+        hf_config: A ``transformers.ViTConfig``, its dict, or a model folder holding ``config.json``.
+        **overrides: Fields to set on top, e.g. ``num_frames=16`` or ``embed_dim=512``.
+
+    Returns:
+        The config (class token on, HF's LayerNorm epsilon, tubelet ``(2, p, p)``).
+    """
+    d = _hf_config_dict(hf_config)
+    if d.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"HF ViT uses hidden_act={d['hidden_act']!r}; our MLP implements exact 'gelu' only")
+    ph, pw = _pair(d.get("patch_size", 16))
+    fields = {
+        "image_size": _pair(d.get("image_size", 224))[0],
+        "tubelet_size": (2, ph, pw),
+        "in_chans": d.get("num_channels", 3),
+        "width": d["hidden_size"],
+        "depth": d["num_hidden_layers"],
+        "heads": d["num_attention_heads"],
+        "mlp_ratio": d["intermediate_size"] / d["hidden_size"],
+        "qkv_bias": d.get("qkv_bias", True),
+        "layer_norm_eps": d.get("layer_norm_eps", 1e-12),
+        "cls_token": True,
+    }
+    return VideoEncoderConfig(**{**fields, **overrides})
+
+
+def _check_hf_compatible(d: dict[str, Any], cfg: VideoEncoderConfig) -> None:
+    wanted = {
+        "hidden_act": ("gelu", d.get("hidden_act")),
+        "hidden_size (width)": (cfg.width, d.get("hidden_size")),
+        "num_hidden_layers (depth)": (cfg.depth, d.get("num_hidden_layers")),
+        "num_attention_heads (heads)": (cfg.heads, d.get("num_attention_heads")),
+        "intermediate_size (width * mlp_ratio)": (int(cfg.width * cfg.mlp_ratio), d.get("intermediate_size")),
+        "qkv_bias": (cfg.qkv_bias, d.get("qkv_bias", True)),
+        "num_channels (in_chans)": (cfg.in_chans, d.get("num_channels", 3)),
+        "patch_size": (cfg.patch_size, _pair(d.get("patch_size", 16))),
+    }
+    problems = [
+        f"{name}: encoder {ours!r}, HF {theirs!r}"
+        for name, (ours, theirs) in wanted.items()
+        if ours != theirs
+    ]
+    eps = d.get("layer_norm_eps", 1e-12)
+    if not math.isclose(eps, cfg.layer_norm_eps, rel_tol=1e-6):
+        problems.append(f"layer_norm_eps: encoder {cfg.layer_norm_eps!r}, HF {eps!r}")
+    if problems:
+        raise ValueError(
+            "the Hugging Face ViT does not match the encoder config:\n  "
+            + "\n  ".join(problems)
+            + "\nbuild the config with longvivit.models.init.config_from_hf_vit(hf_config, ...)"
+        )
+
+
+def _hf_vit_to_ours(sd: Mapping[str, torch.Tensor], depth: int, qkv_bias: bool) -> tuple[StateDict, set[str]]:
+    """Rename HF ViT tensors to ours and return them with the HF keys used.
+
+    Accepts the legacy (``encoder.layer.i.attention.attention.query``) and the transformers-5
+    (``layers.i.attention.q_proj``) layouts.
+    """
+    sd = {k.removeprefix("vit."): v for k, v in sd.items()}  # ViTForImageClassification wraps a ViTModel
+    used: set[str] = set()
+
+    def pick(*names: str) -> torch.Tensor:
+        for name in names:
+            if name in sd:
+                used.add(name)
+                return sd[name]
+        raise KeyError(f"HF ViT weights lack {names[0]!r} (also tried {list(names[1:])})")
+
+    out: StateDict = {
+        "patch_embed_2d.weight": pick("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed_2d.bias": pick("embeddings.patch_embeddings.projection.bias"),
+        "cls_token": pick("embeddings.cls_token"),
+        "norm.weight": pick("layernorm.weight"),
+        "norm.bias": pick("layernorm.bias"),
+    }
+    pos = pick("embeddings.position_embeddings")  # (1, 1 + H'*W', C): class position first
+    out["pos_embed_cls"] = pos[:, :1]
+    out["pos_embed_spatial"] = pos[:, 1:]
+    # (ours, legacy HF, transformers-5 HF) sub-module names inside one layer
+    renames = [
+        ("norm1", "layernorm_before", "layernorm_before"),
+        ("norm2", "layernorm_after", "layernorm_after"),
+        ("attn.proj", "attention.output.dense", "attention.o_proj"),
+        ("mlp.fc1", "intermediate.dense", "mlp.fc1"),
+        ("mlp.fc2", "output.dense", "mlp.fc2"),
+    ]
+    for i in range(depth):
+        old, new = f"encoder.layer.{i}.", f"layers.{i}."
+        for ours, legacy, v5 in renames:
+            for param in ("weight", "bias"):
+                out[f"blocks.{i}.{ours}.{param}"] = pick(f"{old}{legacy}.{param}", f"{new}{v5}.{param}")
+        params = ("weight", "bias") if qkv_bias else ("weight",)
+        for param in params:
+            parts = [
+                pick(f"{old}attention.attention.{legacy}.{param}", f"{new}attention.{v5}.{param}")
+                for legacy, v5 in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"))
+            ]
+            out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat(parts, dim=0)  # (3*C, C) rows q, k, v
+    return out, {"vit." + k for k in used} | used
+
+
+def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = "mean") -> list[str]:
+    """Load a Hugging Face ``transformers`` ViT into the encoder (both patch paths, blocks, final norm).
+
+    The 2D patch kernel also initialises the tubelet kernel by inflation, the position table is split into
+    the class and spatial tables (resized if the grid differs), and the temporal table is set to zero, so
+    a static video reproduces the image features. ``head_norm`` and ``proj`` keep their initialisation.
+
+    Args:
+        model: Target encoder; its config must match the ViT (see :func:`config_from_hf_vit`), including
+            ``layer_norm_eps`` (HF uses 1e-12).
+        path_or_model: A local folder loadable by ``ViTModel.from_pretrained`` or a loaded HF ViT model.
+        inflate_mode: ``"mean"`` or ``"central"``.
+
+    Returns:
+        Human-readable messages, one per adaptation.
+    """
+    if isinstance(path_or_model, (str, Path)):
+        path = Path(path_or_model)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a local Hugging Face model folder")
+        from transformers import ViTModel
+
+        hf = ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
+    else:
+        hf = path_or_model
+    d = _hf_config_dict(hf.config)
+    cfg = model.cfg
+    _check_hf_compatible(d, cfg)
+    hf_sd = hf.state_dict()
+    sd, used = _hf_vit_to_ours(hf_sd, cfg.depth, cfg.qkv_bias)
+    msgs: list[str] = []
+    ignored = sorted(k for k in hf_sd if k not in used)
+    if ignored:
+        _note(msgs, f"HF weights not used (pooler/classifier): {ignored}")
+    current = model.state_dict()
+    for key in ("head_norm.weight", "head_norm.bias", "proj.weight"):
+        sd[key] = current[key].clone()
+    _note(msgs, "head_norm and proj are not in a ViT checkpoint: fresh initialisation kept")
+    ph, pw = _pair(d.get("patch_size", 16))
+    size = _pair(d.get("image_size", 224))
+    msgs += load_adapted(model, sd, source_grid=(size[0] // ph, size[1] // pw), inflate_mode=inflate_mode)
+    return msgs

@@ -1,0 +1,425 @@
+"""ViViT video encoder with joint space-time attention, random tubelet masking and a pooled projection head.
+
+Videos go through a 3D tubelet convolution, images through their own 2D patch convolution; both share the
+spatial position table and the transformer, so one model embeds clips and pictures into the same space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from longvivit.config import VideoEncoderConfig
+from longvivit.models.layers import Block
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """Tokens left after masking: ``ceil((1 - r) * N)``, at least one.
+
+    The small tolerance stops float error from adding a token, e.g. ``(1 - 0.7) * 10 = 3.0000000000000004``.
+    """
+    return max(1, math.ceil((1.0 - mask_ratio) * num_tokens - 1e-9))
+
+
+def random_masking(
+    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep a uniformly random subset of tokens per sample, in their original order.
+
+    Args:
+        x: (B, N, C) tokens, position embeddings already added.
+        mask_ratio: Fraction of tokens to drop, in [0, 1).
+        generator: Optional RNG for reproducible masks (may live on another device than ``x``).
+
+    Returns:
+        ``(kept, ids_keep)``: (B, N_keep, C) tokens and their (B, N_keep) sorted indices into ``N``.
+    """
+    b, n, c = x.shape
+    keep = num_kept_tokens(n, mask_ratio)
+    noise_device = generator.device if generator is not None else x.device
+    noise = torch.rand(b, n, generator=generator, device=noise_device).to(x.device)  # (B, N)
+    # Sorting the kept indices keeps the time-major order, so tokens stay grouped by frame.
+    ids_keep = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, N_keep)
+    kept = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, c))  # (B, N_keep, C)
+    return kept, ids_keep
+
+
+class VideoEncoder(nn.Module):
+    """ViViT encoder: tubelet embedding, joint space-time transformer, mean pooling, projection.
+
+    Args:
+        cfg: The encoder configuration. Only ``backbone="joint"`` is built here.
+
+    Attributes:
+        trainable_last: ``None`` when fully trainable, else the ``K`` given to :meth:`freeze`.
+        grad_checkpointing: Whether trainable blocks recompute activations in backward.
+    """
+
+    def __init__(self, cfg: VideoEncoderConfig) -> None:
+        super().__init__()
+        if cfg.backbone != "joint":
+            raise NotImplementedError(
+                f"backbone={cfg.backbone!r} is not available in VideoEncoder yet; use backbone='joint'"
+            )
+        self.cfg = cfg
+        w = cfg.width
+        self.patch_embed_3d = nn.Conv3d(
+            cfg.in_chans, w, kernel_size=cfg.tubelet_size, stride=cfg.tubelet_size
+        )
+        self.patch_embed_2d = nn.Conv2d(cfg.in_chans, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed_spatial = nn.Parameter(torch.zeros(1, cfg.num_spatial_tokens, w))
+        # Zero-init: at start a static video is embedded exactly like the image it repeats.
+        self.pos_embed_temporal = nn.Parameter(torch.zeros(1, cfg.num_temporal_steps, w))
+        if cfg.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, w))
+            self.pos_embed_cls = nn.Parameter(torch.zeros(1, 1, w))
+        else:
+            self.cls_token = None
+            self.pos_embed_cls = None
+        # Stochastic depth grows linearly with depth (plain floats: the module may be built on "meta").
+        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(self.make_block(i, rates[i]) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
+        self.head_norm = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
+        self.proj = nn.Linear(w, cfg.embed_dim, bias=False)
+
+        self.trainable_last: int | None = None
+        self.grad_checkpointing = False
+        self.reset_parameters()
+        if cfg.grad_checkpointing:
+            self.set_grad_checkpointing(True)
+
+    def make_block(self, index: int, drop_path: float) -> nn.Module:
+        """Build block ``index``; variants (adapters, LoRA, factorized attention) override this hook."""
+        cfg = self.cfg
+        return Block(
+            cfg.width,
+            cfg.heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            eps=cfg.layer_norm_eps,
+            attn_impl=cfg.attn_impl,
+            drop_path=drop_path,
+        )
+
+    # ----------------------------------------------------------------- initialisation
+    def reset_parameters(self) -> None:
+        """ViT initialisation: truncated normal (std 0.02) for weights and tables, zero biases, unit norms."""
+        nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)
+        nn.init.zeros_(self.pos_embed_temporal)
+        for p in (self.cls_token, self.pos_embed_cls):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+        self.apply(_init_module)
+
+    # ----------------------------------------------------------------- embedding
+    def embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Tubelet tokens plus position embeddings, before masking.
+
+        Args:
+            video: (B, T, C, H, W) normalised frames; T a multiple of the tubelet's time size and
+                T / tubelet_t at most the temporal table length.
+
+        Returns:
+            (B, T' * H' * W', width) tokens in time-major order.
+        """
+        cfg = self.cfg
+        if video.ndim != 5:
+            raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+        b, t, c, h, w = video.shape
+        self._check_frame(c, h, w, "video")
+        tt = cfg.tubelet_size[0]
+        if t % tt:
+            raise ValueError(
+                f"got {t} frames, not a multiple of the tubelet's time size {tt}; "
+                f"sample {t // tt * tt or tt} or {(t // tt + 1) * tt} frames"
+            )
+        steps = t // tt
+        table = self.pos_embed_temporal.shape[1]
+        if steps > table:
+            raise ValueError(
+                f"{t} frames make {steps} tubelet steps but the temporal position table has {table} "
+                f"(num_frames={table * tt}); load the model for more frames, e.g. "
+                f"VideoEncoder.from_pretrained(path, num_frames={t}), which extends the table "
+                f"({cfg.temporal_extend!r})"
+            )
+        x = self.patch_embed_3d(video.transpose(1, 2))  # (B, C, T, H, W) -> (B, width, T', H', W')
+        x = rearrange(x, "b c t h w -> b t (h w) c")  # (B, T', H'*W', width)
+        # Token (t, h, w) gets spatial[h, w] + temporal[t]; short clips use the first T' rows.
+        x = x + self.pos_embed_spatial.unsqueeze(1) + self.pos_embed_temporal[:, :steps].unsqueeze(2)
+        return x.flatten(1, 2)  # (B, T'*H'*W', width)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of images plus the spatial position table, before masking.
+
+        Args:
+            images: (B, C, H, W) normalised images.
+
+        Returns:
+            (B, H' * W', width) tokens.
+        """
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        self._check_frame(*images.shape[1:], "images")
+        x = self.patch_embed_2d(images)  # (B, width, H', W')
+        x = rearrange(x, "b c h w -> b (h w) c")  # (B, H'*W', width)
+        return x + self.pos_embed_spatial
+
+    def _check_frame(self, c: int, h: int, w: int, what: str) -> None:
+        cfg = self.cfg
+        if c != cfg.in_chans:
+            hint = " (videos are (B, T, C, H, W), time before channels)" if what == "video" else ""
+            raise ValueError(f"{what} have {c} channels, the encoder expects {cfg.in_chans}{hint}")
+        if (h, w) != (cfg.image_size, cfg.image_size):
+            raise ValueError(
+                f"{what} are {h}x{w} but the encoder is built for {cfg.image_size}x{cfg.image_size}; "
+                f"resize/crop the input or load with VideoEncoder.from_pretrained(path, image_size={h}) "
+                "(square inputs only)"
+            )
+
+    # ----------------------------------------------------------------- transformer
+    @property
+    def num_frozen_blocks(self) -> int:
+        """Leading blocks excluded from training by :meth:`freeze`."""
+        if self.trainable_last is None:
+            return 0
+        return max(0, len(self.blocks) - self.trainable_last)
+
+    def _run(
+        self,
+        pixels: torch.Tensor,
+        is_video: bool,
+        mask_ratio: float | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        ratio = self.cfg.mask_ratio if mask_ratio is None else float(mask_ratio)
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {ratio}")
+        n_frozen = self.num_frozen_blocks
+        # The frozen prefix needs no activations for backward: running it without autograd is what
+        # makes "train the last K blocks" cheap in memory. Input gradients (saliency) still work.
+        frozen = self.trainable_last is not None and not pixels.requires_grad
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            x = self.embed_video(pixels) if is_video else self.embed_image(pixels)
+            if ratio > 0.0:
+                x, _ = random_masking(x, ratio, generator)
+            if self.cls_token is not None:
+                cls = (self.cls_token + self.pos_embed_cls).expand(x.shape[0], -1, -1)  # (B, 1, width)
+                x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
+            for blk in self.blocks[:n_frozen]:
+                x = blk(x)
+        for blk in self.blocks[n_frozen:]:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return self.norm(x)
+
+    def forward_features(
+        self,
+        video: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Token features of a video after the final norm.
+
+        Args:
+            video: (B, T, C, H, W) normalised frames.
+            mask_ratio: Fraction of patch tokens dropped at random per sample; ``None`` uses
+                ``cfg.mask_ratio``. Zero is exact and uses no randomness.
+            generator: Optional RNG for reproducible masks.
+
+        Returns:
+            (B, N_visible (+1 with a class token, first), width).
+        """
+        return self._run(video, True, mask_ratio, generator)
+
+    def forward_features_image(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Token features of images through the 2D patch path.
+
+        Args:
+            images: (B, C, H, W) normalised images.
+            mask_ratio: Fraction of patch tokens dropped at random per sample.
+            generator: Optional RNG for reproducible masks.
+
+        Returns:
+            (B, N_visible (+1 with a class token, first), width).
+        """
+        return self._run(images, False, mask_ratio, generator)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, width) -> (B, width): the class token if ``cfg.pool == "cls"``, else the patch mean."""
+        if self.cls_token is not None:
+            if self.cfg.pool == "cls":
+                return tokens[:, 0]
+            tokens = tokens[:, 1:]
+        return tokens.mean(dim=1)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, width) -> (B, embed_dim): LayerNorm then the bias-free projection (no L2 normalisation)."""
+        return self.proj(self.head_norm(pooled))
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Embed videos into the joint space.
+
+        Args:
+            video: (B, T, C, H, W) normalised frames.
+            mask_ratio: See :meth:`forward_features`.
+            generator: Optional RNG for reproducible masks.
+
+        Returns:
+            (B, embed_dim) embeddings, not L2-normalised.
+        """
+        return self.head(self.pool(self.forward_features(video, mask_ratio, generator)))
+
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Embed images into the joint space through the 2D patch path.
+
+        Args:
+            images: (B, C, H, W) normalised images.
+            mask_ratio: Fraction of patch tokens dropped at random.
+            generator: Optional RNG for reproducible masks.
+
+        Returns:
+            (B, embed_dim) embeddings, not L2-normalised.
+        """
+        return self.head(self.pool(self.forward_features_image(images, mask_ratio, generator)))
+
+    def forward_tokens_grid(self, video: torch.Tensor) -> torch.Tensor:
+        """Unmasked patch features arranged on their space-time grid (for the captioning resampler).
+
+        Args:
+            video: (B, T, C, H, W) normalised frames.
+
+        Returns:
+            (B, T', H', W', width) features after the final norm, class token dropped.
+        """
+        tokens = self.forward_features(video, mask_ratio=0.0)
+        if self.cls_token is not None:
+            tokens = tokens[:, 1:]
+        gh, gw = self.cfg.grid_size
+        # (B, T'*H'*W', width) -> (B, T', H', W', width)
+        return rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)
+
+    # ----------------------------------------------------------------- training controls
+    def freeze(self, trainable_last: int = 4) -> None:
+        """Train only the last ``trainable_last`` blocks plus ``norm``, ``head_norm`` and ``proj``.
+
+        Patch embeddings, position tables, the class token and the earlier blocks stop requiring
+        gradients, and that prefix then runs under ``torch.no_grad()`` so its activations are not kept.
+
+        Args:
+            trainable_last: Number of final blocks left trainable (0 trains only the head).
+        """
+        if trainable_last < 0:
+            raise ValueError(f"trainable_last must be >= 0, got {trainable_last}")
+        self.unfreeze()
+        self.trainable_last = int(trainable_last)
+        n_frozen = self.num_frozen_blocks
+        frozen: list[nn.Module | nn.Parameter | None] = [
+            self.patch_embed_3d,
+            self.patch_embed_2d,
+            self.pos_embed_spatial,
+            self.pos_embed_temporal,
+            self.cls_token,
+            self.pos_embed_cls,
+            *self.blocks[:n_frozen],
+        ]
+        for item in frozen:
+            if item is not None:
+                item.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable again and forget the frozen prefix."""
+        self.trainable_last = None
+        self.requires_grad_(True)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the trainable blocks' activations in backward (non-reentrant checkpointing)."""
+        self.grad_checkpointing = bool(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the optimiser should not decay (position tables and the class token)."""
+        names = {"pos_embed_spatial", "pos_embed_temporal"}
+        if self.cls_token is not None:
+            names |= {"cls_token", "pos_embed_cls"}
+        return names
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters, optionally only those that require gradients."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"trainable_last={self.trainable_last}, grad_checkpointing={self.grad_checkpointing}"
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed).
+
+        Returns:
+            The directory.
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(directory / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: object) -> VideoEncoder:
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Args:
+            directory: Folder with ``config.json`` and ``model.safetensors``.
+            **overrides: Config fields to change, e.g. ``num_frames=256`` or ``image_size=320``; the
+                weights are adapted (temporal table extended, spatial table resized) to fit.
+
+        Returns:
+            The encoder, in training mode like any freshly built module.
+        """
+        from longvivit.models.init import load_pretrained
+
+        cfg = VideoEncoderConfig.load(Path(directory) / CONFIG_NAME)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        model = cls(cfg)
+        load_pretrained(model, directory)
+        return model
+
+
+def _init_module(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+        # A patch conv is a Linear on the flattened kernel, so it gets the same init.
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
