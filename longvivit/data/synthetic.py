@@ -1,0 +1,670 @@
+"""Synthetic order-sensitive video-text data: procedural scenes rendered with numpy, encoded to real mp4.
+
+Scenes hold 2-3 objects (shape x colour x size) on a 3x3 grid over a named background. Clips show events in
+sequence -- an object moves left/right/up/down by one cell, grows, shrinks, appears, disappears or turns another
+colour -- each over a contiguous run of frames with smooth interpolation, and the caption states them in order:
+"the red circle moves left, then the blue square grows".
+
+Order sensitivity is built in: val and test hold *order-only* pairs (shared ``pair_id``, ``order_only: true``):
+
+- ``reverse``: the second clip is the exact time-reversal of the first, with the inverse events in reverse
+  order. Both clips contain the same multiset of frames, so any bag-of-frames model scores chance in the pair.
+- ``swap``: the same events from the same start, in another order.
+
+Three sets, each with train/val/test manifests in the project format: ``images/`` (single frames for the image
+stage), ``clips/`` (16 s at a few FPS, 2-3 events; 16 frames at 1 FPS) and ``long/`` (128+ s, 6-10 events,
+``summary``). Scenes, captions and frames are a pure function of the seed; captions never repeat across a
+set's splits, and val/test do not change when the training counts do.
+
+    longvivit synth --out runs/synth --preset demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 215, 40),
+    "purple": (150, 60, 200), "orange": (250, 140, 30), "cyan": (40, 210, 220),
+}
+# Backgrounds never share a name or a nearby colour with objects, so captions and colour masks stay unambiguous.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (25, 25, 25), "gray": (120, 120, 120), "white": (230, 230, 230), "brown": (110, 75, 45),
+    "navy": (25, 30, 80),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES: dict[str, float] = {"small": 0.075, "big": 0.13}  # radius as a fraction of the frame side
+GRID = 3  # cells per side; one cell per object keeps objects from overlapping
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+KINDS = ("move", "grow", "shrink", "appear", "disappear", "recolour")
+SETS = ("images", "clips", "long")
+SPLITS = ("train", "val", "test")
+# Splits are planned test-first so the evaluation sets do not change when the training set grows.
+_PLAN_ORDER = ("test", "val", "train")
+PRESETS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "mini": {"num_images": (16, 8, 8), "num_clips": (16, 8, 8), "num_long": (4, 4, 4)},
+    "demo": {"num_images": (512, 64, 64), "num_clips": (512, 64, 64), "num_long": (64, 16, 16)},
+}
+
+
+def _then(p: list[str]) -> str:
+    return ", then ".join(p)
+
+
+def _first_finally(p: list[str]) -> str:
+    if len(p) == 2:
+        return f"first {p[0]}, then {p[1]}"
+    return f"first {p[0]}, " + "".join(f"then {x}, " for x in p[1:-1]) + f"and finally {p[-1]}"
+
+
+def _sentences(p: list[str]) -> str:
+    return f"first, {p[0]}. " + "".join(f"then {x}. " for x in p[1:-1]) + f"finally, {p[-1]}."
+
+
+# Connectors vary, the order of mention is always the order of events, and each verb has one phrasing.
+_CLIP_TEMPLATES = (_then, _first_finally, lambda p: "; after that, ".join(p), lambda p: ". next, ".join(p))
+_LONG_TEMPLATES = (lambda p: _first_finally(p) + ".", _sentences)
+_IMAGE_TEMPLATES = (lambda objs, bg: f"{objs} on a {bg} background", lambda objs, bg: f"a {bg} background with {objs}")
+
+
+@dataclass(frozen=True)
+class Obj:
+    """Discrete state of one object: what it is and which grid cell it occupies."""
+
+    shape: str
+    colour: str
+    size: str
+    col: int
+    row: int
+    visible: bool = True
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change of one object over frames ``[start, end)``; ``arg`` is a direction or a target colour."""
+
+    obj: int
+    kind: str
+    arg: str = ""
+    start: int = 0
+    end: int = 0
+
+
+@dataclass(frozen=True)
+class Background:
+    """``kind`` is ``solid``, ``gradient`` or ``noise``; ``axis`` orients gradients; ``seed`` drives noise."""
+
+    colour: str
+    kind: str = "solid"
+    axis: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything needed to render a clip (or an image: ``num_frames=1`` and no events)."""
+
+    objects: tuple[Obj, ...]
+    background: Background
+    events: tuple[Event, ...] = ()
+    num_frames: int = 1
+    fps: float = 1.0
+    template: int = 0
+
+
+@dataclass
+class Item:
+    """A planned sample: its scene, caption and the manifest fields (``media`` is relative to the set folder)."""
+
+    set: str
+    split: str
+    index: int
+    scene: Scene
+    caption: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def media(self) -> str:
+        return f"{self.split}/{self.index:05d}." + ("png" if self.set == "images" else "mp4")
+
+
+# ------------------------------------------------------------------------------------------ scene logic
+
+
+def apply(objs: tuple[Obj, ...], ev: Event) -> tuple[Obj, ...]:
+    """State after ``ev`` (assumed valid)."""
+    o = objs[ev.obj]
+    if ev.kind == "move":
+        dc, dr = DIRECTIONS[ev.arg]
+        o = replace(o, col=o.col + dc, row=o.row + dr)
+    elif ev.kind in ("grow", "shrink"):
+        o = replace(o, size="big" if ev.kind == "grow" else "small")
+    elif ev.kind in ("appear", "disappear"):
+        o = replace(o, visible=ev.kind == "appear")
+    else:
+        o = replace(o, colour=ev.arg)
+    return objs[: ev.obj] + (o,) + objs[ev.obj + 1 :]
+
+
+def is_valid(objs: tuple[Obj, ...], ev: Event) -> bool:
+    """Whether ``ev`` can happen in state ``objs`` (and keeps every object uniquely named by colour + shape)."""
+    o = objs[ev.obj]
+    others = [p for i, p in enumerate(objs) if i != ev.obj]
+    if ev.kind == "appear":
+        return not o.visible
+    if not o.visible:
+        return False
+    if ev.kind == "move":
+        dc, dr = DIRECTIONS[ev.arg]
+        col, row = o.col + dc, o.row + dr
+        return 0 <= col < GRID and 0 <= row < GRID and all((p.col, p.row) != (col, row) for p in others)
+    if ev.kind == "grow":
+        return o.size == "small"
+    if ev.kind == "shrink":
+        return o.size == "big"
+    if ev.kind == "disappear":
+        return any(p.visible for p in others)  # keep something on screen
+    return ev.arg != o.colour and all(p.colour != ev.arg for p in others)
+
+
+def states(scene: Scene) -> list[tuple[Obj, ...]]:
+    """States before the first event and after each event (``len(events) + 1`` entries)."""
+    out = [scene.objects]
+    for ev in scene.events:
+        out.append(apply(out[-1], ev))
+    return out
+
+
+def phrase(objs: tuple[Obj, ...], ev: Event) -> str:
+    """``"the red circle moves left"`` -- the object is named by its colour at the time of the event."""
+    o = objs[ev.obj]
+    verb = {"move": f"moves {ev.arg}", "recolour": f"turns {ev.arg}"}.get(ev.kind, ev.kind + "s")
+    return f"the {o.colour} {o.shape} {verb}"
+
+
+def caption(scene: Scene) -> str:
+    """Caption of a scene: events in order for clips (long template from 6 events), objects for images."""
+    if not scene.events:
+        visible = sorted((o for o in scene.objects if o.visible), key=lambda o: (o.row, o.col))
+        names = [f"a {o.size} {o.colour} {o.shape}" for o in visible]
+        listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+        return _IMAGE_TEMPLATES[scene.template % len(_IMAGE_TEMPLATES)](listing, scene.background.colour)
+    sts = states(scene)
+    parts = [phrase(sts[i], ev) for i, ev in enumerate(scene.events)]
+    if len(parts) == 1:
+        return parts[0]
+    templates = _LONG_TEMPLATES if len(parts) >= 6 else _CLIP_TEMPLATES
+    return templates[scene.template % len(templates)](parts)
+
+
+def reverse_scene(scene: Scene) -> Scene:
+    """The exact time-reversal: starts in the final state, plays inverse events backwards on mirrored spans."""
+    sts = states(scene)
+    inverse = {"grow": "shrink", "shrink": "grow", "appear": "disappear", "disappear": "appear"}
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    t = scene.num_frames
+    events = []
+    for i in reversed(range(len(scene.events))):
+        ev = scene.events[i]
+        if ev.kind == "move":
+            kind, arg = "move", opposite[ev.arg]
+        elif ev.kind == "recolour":
+            kind, arg = "recolour", sts[i][ev.obj].colour  # back to the colour it had before
+        else:
+            kind, arg = inverse[ev.kind], ""
+        events.append(Event(ev.obj, kind, arg, t - ev.end, t - ev.start))
+    return replace(scene, objects=sts[-1], events=tuple(events))
+
+
+def permute_scene(scene: Scene, order: Sequence[int]) -> Scene | None:
+    """The same events from the same start in ``order`` (placed on the original time slots); ``None`` if invalid."""
+    slots = scene.events
+    events = tuple(replace(slots[j], start=slot.start, end=slot.end) for j, slot in zip(order, slots, strict=True))
+    objs = scene.objects
+    for ev in events:
+        if not is_valid(objs, ev):
+            return None
+        objs = apply(objs, ev)
+    return replace(scene, events=events)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def _sample_objects(rng: np.random.Generator, n: int, hidden_prob: float) -> tuple[Obj, ...]:
+    cells = rng.permutation(GRID * GRID)[:n]
+    colours = rng.permutation(list(COLOURS))[:n]
+    objs = [Obj(str(rng.choice(SHAPES)), str(colours[i]), str(rng.choice(list(SIZES))), int(c % GRID), int(c // GRID))
+            for i, c in enumerate(cells)]
+    if n > 1 and rng.random() < hidden_prob:  # lets "appears" open a clip
+        objs[0] = replace(objs[0], visible=False)
+    return tuple(objs)
+
+
+def _sample_background(rng: np.random.Generator) -> Background:
+    return Background(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(("solid", "gradient", "noise"))),
+                      int(rng.integers(3)), int(rng.integers(2**31)))
+
+
+def _sample_events(rng: np.random.Generator, objs: tuple[Obj, ...], n: int) -> list[Event]:
+    events, before = [], None
+    for _ in range(n):
+        candidates: dict[str, list[Event]] = {}
+        for i in range(len(objs)):
+            options = [Event(i, "move", d) for d in DIRECTIONS] + [Event(i, k) for k in KINDS[1:5]]
+            options += [Event(i, "recolour", c) for c in COLOURS]
+            for ev in options:
+                # no event that just undoes the previous one: "appears, then disappears" flicker says little
+                if is_valid(objs, ev) and apply(objs, ev) != before:
+                    candidates.setdefault(ev.kind, []).append(ev)
+        kinds = sorted(candidates)  # kind first, then instance: keeps the verbs balanced
+        pool = candidates[kinds[int(rng.integers(len(kinds)))]]
+        ev = pool[int(rng.integers(len(pool)))]
+        events.append(ev)
+        before, objs = objs, apply(objs, ev)
+    return events
+
+
+def _layout(rng: np.random.Generator, n: int, num_frames: int, min_len: int) -> list[tuple[int, int]]:
+    """``n`` ordered non-overlapping ``[start, end)`` spans, separated by at least one still frame."""
+    weights = rng.uniform(0.7, 1.3, n)
+    active = rng.uniform(0.5, 0.7) * num_frames
+    lengths = np.maximum(min_len, np.floor(weights / weights.sum() * active)).astype(int)
+    spare = num_frames - int(lengths.sum()) - (n - 1)
+    if spare < 0:
+        raise ValueError(f"{n} events of >= {min_len} frames do not fit in {num_frames} frames")
+    gaps = np.floor(rng.dirichlet(np.ones(n + 1)) * spare).astype(int)
+    spans, t = [], int(gaps[0])
+    for i in range(n):
+        spans.append((t, t + int(lengths[i])))
+        t += int(lengths[i]) + 1 + int(gaps[i + 1])
+    return spans
+
+
+def sample_clip(rng: np.random.Generator, num_events: int, num_frames: int, fps: float) -> Scene:
+    """A random scene with ``num_events`` valid events laid out over ``num_frames``."""
+    objs = _sample_objects(rng, int(rng.integers(2, 4)), hidden_prob=0.3)
+    events = _sample_events(rng, objs, num_events)
+    spans = _layout(rng, num_events, num_frames, min_len=max(2, round(1.5 * fps)))
+    events = [replace(ev, start=s, end=e) for ev, (s, e) in zip(events, spans, strict=True)]
+    return Scene(objs, _sample_background(rng), tuple(events), num_frames, fps, int(rng.integers(8)))
+
+
+def sample_image(rng: np.random.Generator) -> Scene:
+    """A random still scene of 2-3 visible objects."""
+    return Scene(_sample_objects(rng, int(rng.integers(2, 4)), 0.0), _sample_background(rng),
+                 template=int(rng.integers(8)))
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _ease(p: float) -> float:
+    return p * p * (3.0 - 2.0 * p)
+
+
+def _lerp(a: float, b: float, k: int, n: int) -> float:
+    # Evaluated from the smaller endpoint so step k of a->b and step n-k of b->a give bit-identical floats:
+    # that is what makes a reversed clip's frames exactly the original frames backwards.
+    if a == b:
+        return a
+    if a > b:
+        a, b, k = b, a, n - k
+    return a + (b - a) * _ease(k / n)
+
+
+def _params(o: Obj) -> tuple[float, ...]:
+    r, g, b = COLOURS[o.colour]
+    return ((o.col + 0.5) / GRID, (o.row + 0.5) / GRID, SIZES[o.size], float(r), float(g), float(b),
+            1.0 if o.visible else 0.0)
+
+
+def _background(bg: Background, size: int) -> np.ndarray:
+    base = np.array(BACKGROUNDS[bg.colour], dtype=np.float32)
+    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    if bg.kind == "gradient":
+        ramp = np.linspace(0.75, 1.2, size, dtype=np.float32)
+        ramp = {0: ramp[None, :], 1: ramp[:, None], 2: (ramp[None, :] + ramp[:, None]) / 2}[bg.axis]
+        img = img * ramp[..., None]
+    elif bg.kind == "noise":
+        img = img + np.random.default_rng(bg.seed).normal(0.0, 6.0, (size, size, 1)).astype(np.float32)
+    return np.clip(img, 0, 255)
+
+
+def _draw(frame: np.ndarray, shape: str, p: Sequence[float]) -> None:
+    """Alpha-composite one object in place (anti-aliased by a 1-pixel ramp on its signed distance)."""
+    size = frame.shape[0]
+    cx, cy, rr = p[0] * size, p[1] * size, p[2] * size
+    ext = int(np.ceil(rr * 1.2 + 2))
+    x0, x1 = max(0, int(cx) - ext), min(size, int(cx) + ext + 1)
+    y0, y1 = max(0, int(cy) - ext), min(size, int(cy) + ext + 1)
+    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
+    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
+    if shape == "circle":
+        dist = np.sqrt(dx * dx + dy * dy) - rr
+    elif shape == "square":
+        dist = np.maximum(np.abs(dx), np.abs(dy)) - 0.88 * rr
+    else:  # upward equilateral triangle: circumradius 1.2 r, edges at inradius 0.6 r
+        dist = np.maximum(np.maximum(dy, -0.866 * dx - 0.5 * dy), 0.866 * dx - 0.5 * dy) - 0.6 * rr
+    cover = np.clip(0.5 - dist, 0.0, 1.0)[..., None] * np.float32(p[6])
+    colour = np.array(p[3:6], dtype=np.float32)
+    region = frame[y0:y1, x0:x1]
+    region += cover * (colour - region)
+
+
+def render_frames(scene: Scene, size: int = 64) -> np.ndarray:
+    """Render a scene without encoding.
+
+    Args:
+        scene: What to draw.
+        size: Frame side in pixels.
+
+    Returns:
+        ``(T, size, size, 3)`` uint8 RGB frames.
+    """
+    sts = states(scene)
+    bg = _background(scene.background, size)
+    frames = np.empty((scene.num_frames, size, size, 3), dtype=np.uint8)
+    prev_key: tuple | None = None
+    done = 0
+    for t in range(scene.num_frames):
+        while done < len(scene.events) and scene.events[done].end <= t:
+            done += 1
+        params = [_params(o) for o in sts[done]]
+        if done < len(scene.events) and scene.events[done].start <= t:
+            ev = scene.events[done]
+            n, k = ev.end - ev.start + 1, t - ev.start + 1  # k in 1..n-1: endpoints belong to the still frames
+            a, b = _params(sts[done][ev.obj]), _params(sts[done + 1][ev.obj])
+            params[ev.obj] = tuple(_lerp(u, v, k, n) for u, v in zip(a, b, strict=True))
+        key = tuple(params)
+        if key == prev_key:  # still frame: nothing moved
+            frames[t] = frames[t - 1]
+            continue
+        frame = bg.copy()
+        for o, p in zip(sts[done], params, strict=True):
+            if p[6] > 0:
+                _draw(frame, o.shape, p)
+        frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+        prev_key = key
+    return frames
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+Counts = int | Sequence[int] | dict[str, int]
+
+
+def _counts(value: Counts) -> dict[str, int]:
+    if isinstance(value, int):
+        return dict.fromkeys(SPLITS, value)
+    if isinstance(value, dict):
+        return {s: int(value.get(s, 0)) for s in SPLITS}
+    if len(value) != 3:
+        raise ValueError(f"counts must be one int or (train, val, test), got {value!r}")
+    return dict(zip(SPLITS, (int(v) for v in value), strict=True))
+
+
+def _swap(rng: np.random.Generator, scene: Scene, tries: int = 20) -> Scene | None:
+    n = len(scene.events)
+    for _ in range(tries):
+        order = rng.permutation(n)
+        if (order != np.arange(n)).any() and (other := permute_scene(scene, [int(j) for j in order])) is not None:
+            return other
+    return None
+
+
+def _plan_split(rng: np.random.Generator, name: str, split: str, n: int, used: set[str], sample: Any,
+                pair_fraction: float) -> list[Item]:
+    """Items of one split; pairs first (val/test of the video sets), captions unique against ``used``."""
+    items: list[Item] = []
+    num_pairs = int(n * pair_fraction / 2 + 0.5) if (split != "train" and name != "images") else 0
+    attempts = 0
+
+    def fresh(*caps: str) -> bool:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 200 * max(n, 1):
+            raise RuntimeError(f"could not find {n} distinct {name} captions for {split}; lower the counts")
+        return len(set(caps)) == len(caps) and not any(c in used for c in caps)
+
+    for j in range(num_pairs):
+        kind = ("reverse", "swap")[j % 2]
+        while True:
+            a = sample(rng)
+            b = reverse_scene(a) if kind == "reverse" else _swap(rng, a)
+            if b is not None and fresh(ca := caption(a), cb := caption(b)):
+                break
+        used.update((ca, cb))
+        for scene, cap in ((a, ca), (b, cb)):
+            extra = {"order_only": True, "pair_id": f"{name}-{split}-pair{j:04d}", "pair_kind": kind}
+            items.append(Item(name, split, len(items), scene, cap, extra))
+    while len(items) < n:
+        scene = sample(rng)
+        if fresh(cap := caption(scene)):
+            used.add(cap)
+            extra = {} if name == "images" else {"order_only": False}
+            items.append(Item(name, split, len(items), scene, cap, extra))
+    return items
+
+
+def plan(
+    seed: int = 0,
+    *,
+    num_images: Counts = PRESETS["demo"]["num_images"],
+    num_clips: Counts = PRESETS["demo"]["num_clips"],
+    num_long: Counts = PRESETS["demo"]["num_long"],
+    clip_seconds: float = 16.0,
+    clip_fps: float = 4.0,
+    long_seconds: float = 128.0,
+    long_fps: float = 2.0,
+    pair_fraction: float = 0.5,
+) -> dict[str, dict[str, list[Item]]]:
+    """Sample every scene and caption without rendering (cheap, deterministic in ``seed``).
+
+    Args:
+        seed: Seed of everything.
+        num_images, num_clips, num_long: Items per split: one int for every split or ``(train, val, test)``.
+        clip_seconds, clip_fps: Length and native frame rate of the short clips.
+        long_seconds, long_fps: Same for the long videos.
+        pair_fraction: Share of val/test videos that belong to order-only pairs.
+
+    Returns:
+        ``{set: {split: [Item, ...]}}`` for sets ``images``, ``clips``, ``long``.
+    """
+    n_clip, n_long = round(clip_seconds * clip_fps), round(long_seconds * long_fps)
+    samplers = {
+        "images": sample_image,
+        "clips": lambda rng: sample_clip(rng, int(rng.integers(2, 4)), n_clip, clip_fps),
+        "long": lambda rng: sample_clip(rng, int(rng.integers(6, 11)), n_long, long_fps),
+    }
+    counts = {"images": _counts(num_images), "clips": _counts(num_clips), "long": _counts(num_long)}
+    out: dict[str, dict[str, list[Item]]] = {}
+    for set_index, name in enumerate(SETS):
+        used: set[str] = set()
+        planned = {}
+        for split in _PLAN_ORDER:
+            rng = np.random.default_rng([seed, set_index, SPLITS.index(split)])
+            planned[split] = _plan_split(rng, name, split, counts[name][split], used, samplers[name], pair_fraction)
+        out[name] = {split: planned[split] for split in SPLITS}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def manifest_entry(item: Item) -> dict[str, Any]:
+    """The manifest line of an item (media path relative to the set folder, where the manifest lives)."""
+    scene = item.scene
+    entry: dict[str, Any] = {("image" if item.set == "images" else "video"): item.media, "caption": item.caption}
+    if item.set == "long":
+        entry["summary"] = item.caption
+    entry.update(id=f"{item.set}-{item.split}-{item.index:05d}", split=item.split)
+    if item.set == "images":
+        entry["background"] = scene.background.colour
+        entry["objects"] = [{k: v for k, v in vars(o).items() if k != "visible"} for o in scene.objects]
+        return entry
+    entry.update(num_frames=scene.num_frames, fps=scene.fps, duration=scene.num_frames / scene.fps, **item.extra)
+    sts = states(scene)
+    entry["events"] = [
+        {"text": phrase(sts[i], ev), "object": ev.obj, "kind": ev.kind, "arg": ev.arg,
+         "colour": sts[i][ev.obj].colour, "shape": sts[i][ev.obj].shape,
+         "cell": [sts[i][ev.obj].col, sts[i][ev.obj].row],
+         "cell_after": [sts[i + 1][ev.obj].col, sts[i + 1][ev.obj].row],
+         "start": round(ev.start / scene.fps, 3), "end": round(ev.end / scene.fps, 3),
+         "start_frame": ev.start, "end_frame": ev.end}
+        for i, ev in enumerate(scene.events)
+    ]
+    return entry
+
+
+def _render_job(job: tuple[Scene, str, int, int]) -> None:
+    scene, path, size, crf = job
+    frames = render_frames(scene, size)
+    if path.endswith(".png"):
+        from PIL import Image
+
+        Image.fromarray(frames[0]).save(path, optimize=False)
+    else:
+        from longvivit.data.video_io import encode_video
+
+        encode_video(frames, fps=scene.fps, out=path, crf=crf)
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    size: int = 64,
+    num_images: Counts = PRESETS["demo"]["num_images"],
+    num_clips: Counts = PRESETS["demo"]["num_clips"],
+    num_long: Counts = PRESETS["demo"]["num_long"],
+    clip_seconds: float = 16.0,
+    clip_fps: float = 4.0,
+    long_seconds: float = 128.0,
+    long_fps: float = 2.0,
+    pair_fraction: float = 0.5,
+    crf: int = 23,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Render and write the three synthetic sets with their manifests and ``stats.json``.
+
+    Args:
+        out_dir: Output folder; gets ``{images,clips,long}/{train,val,test}.jsonl``, the media next to them
+            (``{set}/{split}/NNNNN.{png,mp4}``) and ``stats.json``.
+        seed: Seed of everything: same seed, same scenes, captions, frames and PNG bytes. (The mp4 bytes can
+            differ between runs while x264 encodes with several threads; the decoded frames agree.)
+        size: Frame side in pixels (even, >= 16).
+        num_images, num_clips, num_long, clip_seconds, clip_fps, long_seconds, long_fps, pair_fraction:
+            See :func:`plan`.
+        crf: x264 quality of the videos.
+        workers: Processes for rendering and encoding.
+
+    Returns:
+        ``{"manifests": {set: {split: path}}, "stats": {...}, "stats_path": path, "seconds": float}``.
+    """
+    if size < 16 or size % 2:
+        raise ValueError(f"size must be even and >= 16 (H.264 with yuv420p), got {size}")
+    t0 = time.perf_counter()
+    items = plan(seed, num_images=num_images, num_clips=num_clips, num_long=num_long, clip_seconds=clip_seconds,
+                 clip_fps=clip_fps, long_seconds=long_seconds, long_fps=long_fps, pair_fraction=pair_fraction)
+    out = Path(out_dir)
+    jobs = []
+    for name, splits in items.items():
+        for split, its in splits.items():
+            (out / name / split).mkdir(parents=True, exist_ok=True)
+            jobs += [(it.scene, str(out / name / it.media), size, crf) for it in its]
+    jobs.sort(key=lambda j: -j[0].num_frames)  # longest first balances the pool
+    if workers > 1 and len(jobs) > 1:
+        # fork: the children only need numpy and PyAV, and spawn would re-import torch in every worker
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render_job, jobs, chunksize=2):
+                pass
+    else:
+        for job in jobs:
+            _render_job(job)
+
+    manifests: dict[str, dict[str, str]] = {}
+    for name, splits in items.items():
+        for split, its in splits.items():
+            path = out / name / f"{split}.jsonl"
+            path.write_text("".join(json.dumps(manifest_entry(it)) + "\n" for it in its), encoding="utf-8")
+            manifests.setdefault(name, {})[split] = str(path)
+    all_items = [it for splits in items.values() for its in splits.values() for it in its]
+    pairs: dict[str, dict[str, dict[str, int]]] = {}
+    for it in all_items:
+        if it.extra.get("order_only") and it.index % 2 == 0:
+            kinds = pairs.setdefault(it.set, {}).setdefault(it.split, {"reverse": 0, "swap": 0})
+            kinds[it.extra["pair_kind"]] += 1
+    stats = {
+        "seed": seed, "size": size,
+        "counts": {name: {split: len(its) for split, its in splits.items()} for name, splits in items.items()},
+        "order_only_pairs": pairs,
+        "order_only_pairs_total": sum(n for sets in pairs.values() for kinds in sets.values() for n in kinds.values()),
+        "clips": {"seconds": clip_seconds, "fps": clip_fps, "frames": round(clip_seconds * clip_fps)},
+        "long": {"seconds": long_seconds, "fps": long_fps, "frames": round(long_seconds * long_fps)},
+        "vocab": sorted({w for it in all_items for w in re.findall(r"[a-z]+", it.caption)}),
+        "attributes": {"shapes": list(SHAPES), "colours": list(COLOURS), "backgrounds": list(BACKGROUNDS),
+                       "sizes": list(SIZES), "events": [f"moves {d}" for d in DIRECTIONS] + [
+                           "grows", "shrinks", "appears", "disappears", "turns <colour>"]},
+    }
+    stats_path = out / "stats.json"
+    stats_path.write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    return {"manifests": manifests, "stats": stats, "stats_path": str(stats_path),
+            "seconds": time.perf_counter() - t0}
+
+
+def _parse_counts(text: str) -> int | tuple[int, ...]:
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) not in (1, 3):
+        raise argparse.ArgumentTypeError("give N (every split) or TRAIN,VAL,TEST")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``longvivit synth``: generate the synthetic sets. Returns the exit code."""
+    parser = argparse.ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="counts per split")
+    for name in ("images", "clips", "long"):
+        parser.add_argument(f"--num-{name}", type=_parse_counts, default=None,
+                            help=f"{name} per split: N or TRAIN,VAL,TEST (overrides the preset)")
+    parser.add_argument("--clip-seconds", type=float, default=16.0)
+    parser.add_argument("--clip-fps", type=float, default=4.0)
+    parser.add_argument("--long-seconds", type=float, default=128.0)
+    parser.add_argument("--long-fps", type=float, default=2.0)
+    parser.add_argument("--pair-fraction", type=float, default=0.5,
+                        help="share of val/test videos in order-only pairs")
+    parser.add_argument("--crf", type=int, default=23)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    result = generate(
+        args.out, seed=args.seed, size=args.size,
+        num_images=args.num_images if args.num_images is not None else preset["num_images"],
+        num_clips=args.num_clips if args.num_clips is not None else preset["num_clips"],
+        num_long=args.num_long if args.num_long is not None else preset["num_long"],
+        clip_seconds=args.clip_seconds, clip_fps=args.clip_fps, long_seconds=args.long_seconds,
+        long_fps=args.long_fps, pair_fraction=args.pair_fraction, crf=args.crf, workers=args.workers,
+    )
+    stats = result["stats"]
+    print(f"synth: {stats['counts']} ({stats['order_only_pairs_total']} order-only pairs) in {args.out} "
+          f"({result['seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
