@@ -1,0 +1,121 @@
+"""Which source frames a clip is made of.
+
+One function, :func:`frame_indices`, shared by the training loader, evaluation, the benchmark and
+the captioning CLI, so that "16 frames at 1 FPS" means the same frames everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Literal
+
+FALLBACK_FPS = 30.0
+
+SamplingMode = Literal["fps", "uniform"]
+StartMode = Literal["first", "random", "center"]
+
+
+def _nearest(x: float) -> int:
+    # Round half up: Python's round() is banker's rounding, which would make 0.5 and 1.5 both even.
+    return int(math.floor(x + 0.5))
+
+
+def frame_indices(
+    num_source_frames: int,
+    native_fps: float | None,
+    num_frames: int,
+    fps: float = 1.0,
+    mode: SamplingMode = "fps",
+    start: StartMode = "first",
+    rng: random.Random | None = None,
+) -> tuple[list[int], int]:
+    """Pick ``num_frames`` source frame indices for one clip.
+
+    ``"fps"`` mode takes frames at ``fps`` frames per second of video time, starting at a point
+    chosen by ``start``: sampled frame ``k`` sits at time ``t0 + k / fps`` and maps to the nearest
+    source frame ``round((t0 + k / fps) * native_fps)``. ``"first"`` starts at the first frame (the
+    paper's evaluation protocol), ``"center"`` centres the window in the clip, ``"random"`` draws the
+    start uniformly among positions where the whole window fits (or 0 when it never fits).
+
+    ``"uniform"`` mode spreads ``num_frames`` evenly over the whole clip: the clip is cut into
+    ``num_frames`` equal segments and the centre frame of each is taken. With ``start="random"`` a
+    random frame inside each segment is taken instead (a cheap temporal jitter for training).
+
+    When the clip holds fewer frames than the window needs (``"fps"``: the window runs past the
+    end; ``"uniform"``: fewer source frames than ``num_frames``), the real indices are followed
+    by copies of the last real index, and ``num_valid`` counts the real ones. Padding always
+    comes last, so ``indices[:num_valid]`` are the real frames, in increasing order.
+
+    Args:
+        num_source_frames: Frames in the decoded video (>= 1).
+        native_fps: Frame rate of the video. ``None``, 0, negative or NaN fall back to 30 FPS
+            with a warning (some containers do not store a rate).
+        num_frames: Frames wanted (e.g. 16, 128, 256).
+        fps: Sampling rate in ``"fps"`` mode.
+        mode: ``"fps"`` or ``"uniform"``.
+        start: ``"first"``, ``"random"`` or ``"center"``.
+        rng: Source of randomness for ``start="random"``; a fresh unseeded one when ``None``.
+
+    Returns:
+        ``(indices, num_valid)``: ``len(indices) == num_frames``, each in ``[0, num_source_frames)``.
+
+    Raises:
+        ValueError: On an empty video or invalid arguments.
+    """
+    if num_source_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got num_source_frames={num_source_frames}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if mode not in ("fps", "uniform"):
+        raise ValueError(f"mode must be 'fps' or 'uniform', got {mode!r}")
+    if start not in ("first", "random", "center"):
+        raise ValueError(f"start must be 'first', 'random' or 'center', got {start!r}")
+    if start == "random" and rng is None:
+        rng = random.Random()
+
+    n = num_source_frames
+    if mode == "uniform":
+        if n < num_frames:
+            real = list(range(n))
+        else:
+            seg = n / num_frames
+            if start == "random":
+                # Any frame inside segment k: [k*seg, (k+1)*seg) floored, never past the segment.
+                real = [min(n - 1, int(math.floor(k * seg + rng.random() * seg))) for k in range(num_frames)]
+            else:
+                real = [min(n - 1, int(math.floor((k + 0.5) * seg))) for k in range(num_frames)]
+        return _pad(real, num_frames)
+
+    if fps <= 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if native_fps is None or not math.isfinite(native_fps) or native_fps <= 0:
+        warnings.warn(
+            f"video has no usable frame rate ({native_fps!r}); assuming {FALLBACK_FPS:g} FPS",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        native_fps = FALLBACK_FPS
+    step = native_fps / fps  # source frames between two sampled frames
+    span = (num_frames - 1) * step  # source frames from the first to the last sampled frame
+    slack = max(0.0, (n - 1) - span)  # how far the window can move and still fit
+    if start == "first":
+        offset = 0.0
+    elif start == "center":
+        offset = slack / 2
+    else:
+        offset = rng.random() * slack
+    real = []
+    for k in range(num_frames):
+        idx = _nearest(offset + k * step)
+        if idx > n - 1:
+            break  # the window runs past the end: the rest is padding
+        real.append(idx)
+    return _pad(real, num_frames)
+
+
+def _pad(real: list[int], num_frames: int) -> tuple[list[int], int]:
+    """Repeat the last real index up to ``num_frames``; ``real`` is never empty here."""
+    num_valid = len(real)
+    return real + [real[-1]] * (num_frames - num_valid), num_valid

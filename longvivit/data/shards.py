@@ -1,0 +1,542 @@
+"""WebDataset shards to batches: shard lists, mixing, splitting, decoding, tokenising, skipping.
+
+Two regimes share one :class:`ShardDataset`:
+
+* **train** (infinite): every (rank, worker) resamples shards with replacement from each dataset,
+  mixes datasets by weight, shuffles raw samples in a buffer (bytes, before decoding, so the buffer is
+  cheap), decodes, picks one caption at random and tokenises. Every random choice comes from an RNG
+  seeded with ``(seed, rank, worker, epoch, purpose)``, so a run is reproducible given its seed and
+  world size, and each epoch draws a fresh stream.
+* **eval** (finite, ordered): every sample is yielded exactly once across all ranks and workers,
+  whatever the number of shards: whole shards are dealt to (rank, worker) slots when there are at
+  least as many shards as slots, otherwise every slot reads every shard and keeps sample ``i`` iff
+  ``i % slots == slot`` (only the tar bytes are read twice; decoding is never duplicated). Slots
+  without data yield nothing. All captions are kept.
+
+Corrupt samples are skipped, never silently: each is recorded with its key and reason in
+:class:`SkipLog`, warned about (the first 5, then every 100th), and above ``max_fail_fraction`` of
+the samples seen (after ``min_fail_count`` samples) the iteration raises :class:`TooManyFailuresError`.
+Skip records travel to the main process inside batches (field ``"skipped"``) and, at the end of a
+stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoader` and
+:func:`load_clips` consume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+
+from longvivit.config import PreprocessConfig
+from longvivit.data.decode import DecodeError, Modality, SampleError, decode_sample
+
+log = logging.getLogger("longvivit.data")
+
+REPORT_ONLY = "__report_only__"
+
+ShardSpec = str | Path | Sequence[str | Path]
+
+
+class TooManyFailuresError(RuntimeError):
+    """More than the allowed fraction of samples could not be decoded."""
+
+
+# ---------------------------------------------------------------------------------------------- shard lists
+def expand_shards(spec: ShardSpec) -> list[str]:
+    """Turn a shard specification into a list of shard paths/URLs, in order.
+
+    Args:
+        spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), several joined
+            with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those.
+
+    Returns:
+        The shard list (duplicates kept: listing a shard twice reads it twice).
+
+    Raises:
+        FileNotFoundError: For a directory without ``.tar`` files or an empty specification.
+    """
+    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    urls: list[str] = []
+    for item in items:
+        for url in expand_urls(str(item)):
+            path = Path(url).expanduser()
+            if "://" not in url and path.is_dir():
+                tars = sorted(str(p) for p in path.glob("*.tar"))
+                if not tars:
+                    raise FileNotFoundError(f"no .tar shards in directory {path}")
+                urls.extend(tars)
+            else:
+                urls.append(url)
+    if not urls:
+        raise FileNotFoundError(f"no shards in {spec!r}")
+    return urls
+
+
+def _rng(*parts: object) -> random.Random:
+    # String seeds hash with SHA-512 inside random.Random: stable across processes and Python runs.
+    return random.Random("/".join(str(p) for p in parts))
+
+
+def _worker_slot(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
+    """(rank, world_size, worker, num_workers); rank/world discovered (env RANK/WORLD_SIZE, torch.distributed)
+    when not given."""
+    if rank is None or world_size is None:
+        r, ws, _, _ = wds.utils.pytorch_worker_info()
+        rank = r if rank is None else rank
+        world_size = ws if world_size is None else world_size
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    return rank, world_size, worker, num_workers
+
+
+# ---------------------------------------------------------------------------------------------- skip records
+@dataclass
+class SkipLog:
+    """Counts good and skipped samples of one stream; warns and enforces the failure budget.
+
+    Args:
+        max_fail_fraction: Raise once skipped / seen exceeds this (after ``min_fail_count`` seen).
+        min_fail_count: Samples to see before the fraction is enforced (small sets are noisy).
+        name: Shown in messages (dataset or loader name).
+        max_records: Records kept in :attr:`skipped` (the count :attr:`failed` is always exact).
+    """
+
+    max_fail_fraction: float = 0.1
+    min_fail_count: int = 20
+    name: str = "data"
+    max_records: int = 10_000
+    ok: int = 0
+    failed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    pending: list[tuple[str, str]] = field(default_factory=list)
+
+    def success(self) -> None:
+        self.ok += 1
+
+    def failure(self, key: str, reason: str) -> None:
+        """Record one skipped sample; warn (rate-limited); raise if over budget."""
+        self.failed += 1
+        record = (key, reason)
+        if len(self.skipped) < self.max_records:  # a long run with a bad shard must not grow without bound
+            self.skipped.append(record)
+        if len(self.pending) < self.max_records:
+            self.pending.append(record)
+        if self.failed <= 5 or self.failed % 100 == 0:
+            log.warning("%s: skipped sample %s (%s) [%d skipped so far]", self.name, key, reason, self.failed)
+        seen = self.ok + self.failed
+        if seen >= self.min_fail_count and self.failed / seen > self.max_fail_fraction:
+            raise TooManyFailuresError(
+                f"{self.name}: {self.failed} of {seen} samples failed to decode "
+                f"(> max_fail_fraction={self.max_fail_fraction}); last: {key}: {reason}"
+            )
+
+    def tar_handler(self, exn: Exception) -> bool:
+        """webdataset error handler for unreadable shards/members: record, keep going."""
+        # webdataset appends the shard URL (and the stream object) to the exception's args.
+        texts = [str(a) for a in exn.args if isinstance(a, str | int) and not isinstance(a, bool)]
+        url = next((t for t in reversed(texts) if "/" in t or t.endswith(".tar")), "?")
+        detail = " ".join(t for t in texts if t != url)
+        self.failure(f"<tar {url}>", f"{type(exn).__name__}: {detail}"[:300])
+        return True
+
+    def drain(self) -> list[tuple[str, str]]:
+        """Records added since the last drain (they ride along with the next batch)."""
+        out, self.pending = self.pending, []
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- tokenising
+def load_tokenizer(name_or_path: str | None = None):
+    """The HF tokenizer of the text tower (``None``: the packaged all-MiniLM-L6-v2), loaded offline-safe."""
+    from transformers import AutoTokenizer
+
+    from longvivit.paths import resolve_text_model
+
+    return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path))
+
+
+def collate(
+    samples: list[dict[str, Any]],
+    modality: Modality,
+    tokenizer: Any = None,
+    max_text_length: int = 64,
+    train: bool = True,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """Stack decoded samples into a batch.
+
+    Train batches carry one caption per sample, drawn at random (``captions[i] == [chosen]``) and
+    tokenised as ``input_ids``/``attention_mask`` (B, L). Eval batches keep every caption; with a
+    tokenizer they also carry the first caption as ``input_ids`` (for a validation loss) and all
+    captions flattened as ``all_input_ids``/``all_attention_mask`` (N_captions, L) with
+    ``caption_sample`` (N_captions,) giving each caption's row in the batch.
+
+    Returns:
+        ``{"key": [str], "video": (B, T, 3, H, W) | "image": (B, 3, H, W), "num_valid_frames": (B,) long,
+        "captions": [[str]], "modality": str, ...}``; text tensors are padded to ``max_text_length``.
+    """
+    batch: dict[str, Any] = {
+        "key": [s["key"] for s in samples],
+        modality: torch.stack([s[modality] for s in samples]),
+        "num_valid_frames": torch.tensor([s["num_valid_frames"] for s in samples], dtype=torch.long),
+        "modality": modality,
+    }
+    if train:
+        rng = rng or random.Random()
+        captions = [[rng.choice(s["captions"])] for s in samples]
+    else:
+        captions = [list(s["captions"]) for s in samples]
+    batch["captions"] = captions
+    if tokenizer is not None:
+
+        def tok(texts: list[str]) -> dict[str, torch.Tensor]:
+            # Fixed padding keeps text shapes static across batches and ranks.
+            return tokenizer(
+                texts, padding="max_length", truncation=True, max_length=max_text_length, return_tensors="pt"
+            )
+
+        first = tok([c[0] for c in captions])
+        batch["input_ids"], batch["attention_mask"] = first["input_ids"], first["attention_mask"]
+        if not train:
+            flat = [c for caps in captions for c in caps]
+            every = tok(flat)
+            batch["all_input_ids"], batch["all_attention_mask"] = every["input_ids"], every["attention_mask"]
+            batch["caption_sample"] = torch.tensor(
+                [i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long
+            )
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+class ShardDataset(IterableDataset):
+    """Batches (or single samples) from one or several webdataset datasets.
+
+    Args:
+        shards: One shard specification (see :func:`expand_shards`), or a list of them. Without
+            ``weights`` a list is one dataset; with ``weights`` each entry is its own dataset.
+        modality: ``"video"`` or ``"image"``; samples of the other kind are skipped as failures.
+        preprocess: Frames, sampling and normalisation.
+        train: Infinite shuffled resampling (True) or ordered exactly-once reading (False).
+        weights: Sampling weight of each dataset in training (ignored in eval: all are read once).
+        batch_size: Samples per batch; ``None`` yields single decoded samples.
+        tokenizer: HF tokenizer for captions (``None``: no token tensors).
+        max_text_length: Token budget per caption.
+        shuffle_buffer: Raw (encoded) samples held for shuffling in training, per worker (0 disables).
+        seed: Base seed of every random choice.
+        batches_per_epoch: Training only: batches this dataset yields per epoch in total over all
+            workers of a rank (``None``: infinite).
+        max_fail_fraction: Failure budget, see :class:`SkipLog`.
+        min_fail_count: Samples seen before the budget applies.
+        rank: This process's rank (``None``: env ``RANK`` or torch.distributed at iteration time).
+        world_size: Number of ranks (``None``: discovered like ``rank``).
+        eval_split: ``"shard"``, ``"sample"`` or ``"auto"`` (shards when #shards >= slots).
+        num_threads: decord threads per decode.
+        name: For messages.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSpec | Sequence[ShardSpec],
+        modality: Modality = "video",
+        preprocess: PreprocessConfig | None = None,
+        train: bool = False,
+        weights: Sequence[float] | None = None,
+        batch_size: int | None = None,
+        tokenizer: Any = None,
+        max_text_length: int = 64,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+        max_fail_fraction: float = 0.1,
+        min_fail_count: int = 20,
+        rank: int | None = None,
+        world_size: int | None = None,
+        eval_split: Literal["auto", "shard", "sample"] = "auto",
+        num_threads: int = 1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if modality not in ("video", "image"):
+            raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
+        if weights is not None:
+            specs = [shards] if isinstance(shards, str | Path) else list(shards)
+            if len(weights) != len(specs):
+                raise ValueError(f"{len(weights)} weights for {len(specs)} datasets")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+            self.datasets = [expand_shards(s) for s in specs]
+            self.weights = [float(w) for w in weights]
+        else:
+            self.datasets, self.weights = [expand_shards(shards)], [1.0]
+        if eval_split not in ("auto", "shard", "sample"):
+            raise ValueError(f"eval_split must be 'auto', 'shard' or 'sample', got {eval_split!r}")
+        self.modality, self.train = modality, train
+        self.preprocess = preprocess or PreprocessConfig()
+        self.batch_size, self.tokenizer, self.max_text_length = batch_size, tokenizer, max_text_length
+        self.shuffle_buffer, self.seed, self.batches_per_epoch = shuffle_buffer, seed, batches_per_epoch
+        self.max_fail_fraction, self.min_fail_count = max_fail_fraction, min_fail_count
+        self.rank, self.world_size, self.eval_split, self.num_threads = (
+            rank,
+            world_size,
+            eval_split,
+            num_threads,
+        )
+        self.name = name or f"{modality}-{'train' if train else 'eval'}"
+        self.epoch = 0
+        self.epoch_started = False  # set by ShardLoader: the next iterator moves to epoch + 1
+        # Resume point: (epoch, batches already consumed in that epoch on this rank); see datamodule.
+        self.resume_at: tuple[int, int] | None = None
+        self.skip_log = SkipLog(max_fail_fraction, min_fail_count, self.name)  # this process's record
+
+    @property
+    def urls(self) -> list[str]:
+        return [u for d in self.datasets for u in d]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training stream of this epoch (seeds include the epoch)."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ raw sample streams
+    def _train_raw(self, slot: tuple[int, int, int, int], skip_log: SkipLog) -> Iterator[dict[str, Any]]:
+        rank, _, worker, _ = slot
+        base = (self.seed, rank, worker, self.epoch)
+        streams = [
+            self._resampled(urls, _rng(*base, "shards", i), skip_log) for i, urls in enumerate(self.datasets)
+        ]
+        if len(streams) == 1:
+            yield from streams[0]
+            return
+        mix = _rng(*base, "mix")
+        while True:
+            yield next(streams[mix.choices(range(len(streams)), weights=self.weights)[0]])
+
+    @staticmethod
+    def _resampled(urls: list[str], rng: random.Random, skip_log: SkipLog) -> Iterator[dict[str, Any]]:
+        empty_in_a_row = 0
+        while True:
+            got = False
+            for sample in wds.tarfile_samples([{"url": rng.choice(urls)}], handler=skip_log.tar_handler):
+                got = True
+                yield sample
+            empty_in_a_row = 0 if got else empty_in_a_row + 1
+            if empty_in_a_row >= max(50, 5 * len(urls)):
+                raise TooManyFailuresError(
+                    f"{skip_log.name}: {empty_in_a_row} shards in a row held no samples"
+                )
+
+    def _eval_raw(self, slot: tuple[int, int, int, int], skip_log: SkipLog) -> Iterator[dict[str, Any]]:
+        rank, world_size, worker, num_workers = slot
+        urls = self.urls
+        slots, me = world_size * num_workers, rank * num_workers + worker
+        mode = self.eval_split
+        if mode == "auto":
+            mode = "shard" if len(urls) >= slots else "sample"
+        if mode == "shard":
+            mine = [{"url": u} for u in urls[me::slots]]
+            yield from wds.tarfile_samples(mine, handler=skip_log.tar_handler)
+            return
+        for i, sample in enumerate(
+            wds.tarfile_samples([{"url": u} for u in urls], handler=skip_log.tar_handler)
+        ):
+            if i % slots == me:
+                yield sample
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot = _worker_slot(self.rank, self.world_size)
+        rank, _, worker, num_workers = slot
+        skip_log = (
+            self.skip_log
+            if get_worker_info() is None
+            else SkipLog(
+                self.max_fail_fraction, self.min_fail_count, f"{self.name}[rank {rank} worker {worker}]"
+            )
+        )
+        base = (self.seed, rank, worker, self.epoch)
+        if self.train:
+            raw = self._train_raw(slot, skip_log)
+            if self.shuffle_buffer > 1:
+                raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
+            skip_batches = self._resume_skip(worker, num_workers)
+            if skip_batches:
+                # Fast-forward before decoding: dropping raw samples costs tar reading only.
+                for _ in range(skip_batches * (self.batch_size or 1)):
+                    next(raw)
+        else:
+            raw = self._eval_raw(slot, skip_log)
+        decode_rng = _rng(*base, "decode")
+        preprocess = self.preprocess
+        if not self.train and preprocess.start == "random":
+            preprocess = dataclasses.replace(preprocess, start="first")  # eval is deterministic
+        samples = self._decoded(raw, skip_log, preprocess, decode_rng)
+        out = samples if self.batch_size is None else self._batched(samples, skip_log, _rng(*base, "caption"))
+        if self.train and self.batches_per_epoch is not None:
+            out = _take(out, self._worker_quota(worker, num_workers))
+        yield from out
+        tail = skip_log.drain()
+        if tail:
+            yield {REPORT_ONLY: True, "skipped": tail}
+
+    def _decoded(
+        self,
+        raw: Iterator[dict[str, Any]],
+        skip_log: SkipLog,
+        preprocess: PreprocessConfig,
+        rng: random.Random,
+    ) -> Iterator[dict[str, Any]]:
+        for sample in raw:
+            key = str(sample.get("__key__", "?"))
+            try:
+                out = decode_sample(sample, self.modality, preprocess, rng, self.num_threads)
+            except (DecodeError, SampleError) as err:
+                skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", str(err))
+                continue
+            skip_log.success()
+            yield out
+
+    def _batched(
+        self, samples: Iterator[dict[str, Any]], skip_log: SkipLog, rng: random.Random
+    ) -> Iterator[dict[str, Any]]:
+        buf: list[dict[str, Any]] = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) == self.batch_size:
+                yield self._collate(buf, skip_log, rng)
+                buf = []
+        if buf and not self.train:  # eval keeps the last partial batch: every sample counts
+            yield self._collate(buf, skip_log, rng)
+
+    def _collate(self, buf: list[dict[str, Any]], skip_log: SkipLog, rng: random.Random) -> dict[str, Any]:
+        batch = collate(buf, self.modality, self.tokenizer, self.max_text_length, self.train, rng)
+        batch["skipped"] = skip_log.drain()
+        return batch
+
+    def _worker_quota(self, worker: int, num_workers: int) -> int:
+        # The DataLoader takes batches from workers round-robin starting at worker 0 on every new
+        # iterator, so in an epoch of n batches worker w serves len(range(w, n, W)) of them.
+        total = self.batches_per_epoch or 0
+        done = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        return len(range(worker, max(0, total - done), num_workers))
+
+    def _resume_skip(self, worker: int, num_workers: int) -> int:
+        if not self.resume_at or self.resume_at[0] != self.epoch:
+            return 0
+        return len(range(worker, self.resume_at[1], num_workers))
+
+
+def _shuffled(src: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    """Buffer shuffle: fill ``bufsize`` items, then emit a random one for each new arrival."""
+    buf: list[Any] = []
+    for item in src:
+        buf.append(item)
+        if len(buf) >= bufsize:
+            k = rng.randrange(len(buf))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _take(src: Iterator[Any], n: int) -> Iterator[Any]:
+    """The first ``n`` items; stops pulling from ``src`` after that (no decode past the quota)."""
+    if n <= 0:
+        return
+    for i, item in enumerate(src, 1):
+        yield item
+        if i >= n:
+            return
+
+
+# ---------------------------------------------------------------------------------------------- load_clips
+class ClipIterator:
+    """Iterator returned by :func:`load_clips`; :attr:`skipped` lists ``(key, reason)`` of skipped samples."""
+
+    def __init__(self, dataset: ShardDataset, num_workers: int) -> None:
+        self.dataset = dataset
+        self.skipped: list[tuple[str, str]] = []
+        if num_workers > 0:
+            source: Any = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+        else:
+            source = dataset
+        self._it = iter(source)
+
+    def __iter__(self) -> ClipIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while True:
+            item = next(self._it)
+            self.skipped.extend(item.pop("skipped", ()))
+            if item.get(REPORT_ONLY):
+                continue
+            return {
+                "key": item["key"],
+                "video": item["video"],
+                "captions": item["captions"],
+                "num_valid_frames": int(item["num_valid_frames"]),
+            }
+
+
+def load_clips(
+    urls: ShardSpec,
+    num_frames: int = 16,
+    fps: float = 1.0,
+    image_size: int = 256,
+    sampling: Literal["fps", "uniform"] = "fps",
+    start: Literal["first", "center"] = "first",
+    num_workers: int = 0,
+    max_fail_fraction: float = 0.1,
+    min_fail_count: int = 20,
+    preprocess: PreprocessConfig | None = None,
+    rank: int | None = 0,
+    world_size: int | None = 1,
+) -> ClipIterator:
+    """Read every video clip of some shards once, in order, decoded and preprocessed.
+
+    Args:
+        urls: Shard specification (path, brace pattern, directory, or a list; see :func:`expand_shards`).
+        num_frames: Frames per clip.
+        fps: Sampling rate in ``"fps"`` mode.
+        image_size: Output side (short-side resize, centre crop).
+        sampling: ``"fps"`` or ``"uniform"``.
+        start: ``"first"`` (paper) or ``"center"``.
+        num_workers: Decoding processes. With workers the order is the workers' round-robin
+            (the shard order exactly when no sample is skipped).
+        max_fail_fraction: Raise :class:`TooManyFailuresError` above this fraction of bad samples.
+        min_fail_count: Samples seen before the fraction applies.
+        preprocess: Full settings; overrides the five preceding arguments when given.
+        rank: Read only this rank's share (default 0 of 1: everything).
+        world_size: Number of ranks sharing the read.
+
+    Returns:
+        An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str],
+        "num_valid_frames": int}``; its ``skipped`` attribute lists the skipped samples and why.
+    """
+    preprocess = preprocess or PreprocessConfig(
+        num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start
+    )
+    ds = ShardDataset(
+        urls,
+        "video",
+        preprocess,
+        train=False,
+        batch_size=None,
+        max_fail_fraction=max_fail_fraction,
+        min_fail_count=min_fail_count,
+        rank=rank,
+        world_size=world_size,
+        eval_split="sample",
+        name="load_clips",
+    )
+    return ClipIterator(ds, num_workers)

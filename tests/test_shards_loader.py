@@ -1,0 +1,422 @@
+"""The webdataset pipeline on real shards: equality with direct decoding, exactly-once eval across
+workers and ranks, deterministic training streams, mixing, corrupt samples, and tokenisation with the
+real tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from longvivit.config import PreprocessConfig
+from longvivit.data import load_clips
+from longvivit.data.datamodule import ShardLoader
+from longvivit.data.decode import decode_video
+from longvivit.data.shards import ShardDataset, TooManyFailuresError, expand_shards, load_tokenizer
+from longvivit.data.video_io import encode_video
+from tests.conftest import ASSETS, moving_square_frames
+
+SMALL = PreprocessConfig(num_frames=4, fps=4.0, image_size=16)
+
+
+def video_bytes(seed: int, num_frames: int = 8, size: int = 32) -> bytes:
+    return encode_video(moving_square_frames(num_frames, size, size, seed=seed), fps=8.0)
+
+
+def png_bytes(seed: int, size: int = 12) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+def write_shard(path: Path, samples: list[dict]) -> Path:
+    """Write samples in the agreed format: ``{"key", "media": bytes, "ext", "captions"}`` each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as sink:
+        for s in samples:
+            ext = s.get("ext", "mp4")
+            media = "image" if ext in ("jpg", "jpeg", "png") else "video"
+            info = {"captions": s["captions"], "media": media, "ext": ext, "source": s["key"]}
+            sink.write(
+                {
+                    "__key__": s["key"],
+                    ext: s["media"],
+                    "json": json.dumps(info).encode(),
+                    "txt": s["captions"][0].encode(),
+                }
+            )
+    return path
+
+
+def video_shards(
+    root: Path,
+    num_shards: int,
+    per_shard: int,
+    prefix: str = "shard",
+    seed0: int = 0,
+    cache: dict | None = None,
+) -> list[str]:
+    """Shards of distinct tiny real mp4 clips; keys ``{prefix}{shard}{index}``."""
+    urls = []
+    for s in range(num_shards):
+        samples = []
+        for i in range(per_shard):
+            key = f"{prefix}{s:02d}{i:02d}"
+            seed = seed0 + s * 100 + i
+            data = cache.setdefault(seed, video_bytes(seed)) if cache is not None else video_bytes(seed)
+            samples.append(
+                {"key": key, "media": data, "captions": [f"clip {key}", f"another caption of {key}"]}
+            )
+        urls.append(str(write_shard(root / f"{prefix}-{s:06d}.tar", samples)))
+    return urls
+
+
+@pytest.fixture(scope="module")
+def clip_cache():
+    return {}
+
+
+def keys_of(loader) -> list[str]:
+    return [k for batch in loader for k in batch["key"]]
+
+
+# ---------------------------------------------------------------------------------------------- load_clips
+def test_load_clips_equals_direct_decoding_in_order(tmp_path, make_video):
+    files = [
+        make_video(f"v{i}.mp4", num_frames=12 + 4 * i, fps=8.0, height=48, width=64, seed=i) for i in range(3)
+    ]
+    samples = [
+        {"key": f"00000{i}_v{i}", "media": f.read_bytes(), "captions": [f"caption {i}"]}
+        for i, f in enumerate(files)
+    ]
+    write_shard(tmp_path / "shard-000000.tar", samples[:2])
+    write_shard(tmp_path / "shard-000001.tar", samples[2:])
+    cfg = PreprocessConfig(num_frames=4, fps=4.0, image_size=32)
+    clips = list(
+        load_clips(str(tmp_path / "shard-{000000..000001}.tar"), num_frames=4, fps=4.0, image_size=32)
+    )
+    assert [c["key"] for c in clips] == ["000000_v0", "000001_v1", "000002_v2"]
+    for clip, f in zip(clips, files, strict=True):
+        ref, valid = decode_video(f.read_bytes(), cfg)
+        assert torch.equal(clip["video"], ref)  # the shard carries the file's bytes unchanged
+        assert clip["num_valid_frames"] == valid == 4
+        assert clip["video"].shape == (4, 3, 32, 32)
+    assert clips[1]["captions"] == ["caption 1"]
+
+
+def test_load_clips_with_workers_keeps_order_and_reads_each_once(tmp_path, clip_cache):
+    urls = video_shards(tmp_path, 3, 3, cache=clip_cache)
+    expected = [f"shard{s:02d}{i:02d}" for s in range(3) for i in range(3)]
+    assert [c["key"] for c in load_clips(urls, num_frames=2, image_size=16)] == expected
+    assert [c["key"] for c in load_clips(tmp_path, num_frames=2, image_size=16, num_workers=2)] == expected
+
+
+def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
+    urls = video_shards(tmp_path / "a", 3, 1, cache=clip_cache)
+    assert expand_shards(str(tmp_path / "a" / "shard-{000000..000002}.tar")) == urls
+    assert expand_shards(tmp_path / "a") == urls
+    assert expand_shards([urls[2], urls[0]]) == [urls[2], urls[0]]
+    assert expand_shards(f"{urls[0]}::{urls[1]}") == urls[:2]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError):
+        expand_shards(tmp_path / "empty")
+
+
+def test_real_clips_in_shards(tmp_path):
+    names = [("bigbuckbunny.mp4", "mp4"), ("cityCC0.mpg", "mpg")]
+    if not all((ASSETS / n).exists() for n, _ in names):
+        pytest.skip("real clips not in tests/assets")
+    samples = [
+        {
+            "key": f"00000{i}_{Path(n).stem}",
+            "media": (ASSETS / n).read_bytes(),
+            "ext": ext,
+            "captions": [f"real clip {n}"],
+        }
+        for i, (n, ext) in enumerate(names)
+    ]
+    write_shard(tmp_path / "real-000000.tar", samples)
+    clips = list(load_clips(tmp_path, num_frames=4, fps=1.0, image_size=32))
+    assert [c["key"] for c in clips] == ["000000_bigbuckbunny", "000001_cityCC0"]
+    for clip, (n, _) in zip(clips, names, strict=True):
+        ref, _ = decode_video(
+            (ASSETS / n).read_bytes(), PreprocessConfig(num_frames=4, fps=1.0, image_size=32)
+        )
+        assert torch.equal(clip["video"], ref) and clip["num_valid_frames"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- exactly once
+@pytest.mark.parametrize(
+    ("num_shards", "per_shard", "split"), [(4, 3, "shard"), (1, 7, "sample"), (3, 2, "auto")]
+)
+def test_eval_reads_every_sample_once_across_two_workers(tmp_path, clip_cache, num_shards, per_shard, split):
+    urls = video_shards(tmp_path, num_shards, per_shard, cache=clip_cache)
+    ds = ShardDataset(urls, "video", SMALL, train=False, batch_size=2, eval_split=split, rank=0, world_size=1)
+    keys = keys_of(ShardLoader(ds, num_workers=2))
+    expected = {f"shard{s:02d}{i:02d}" for s in range(num_shards) for i in range(per_shard)}
+    assert sorted(keys) == sorted(expected)  # each exactly once: no duplicates, nothing missing
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 5])
+def test_eval_reads_every_sample_once_across_ranks_and_workers(tmp_path, clip_cache, num_shards):
+    # 2 ranks x 2 workers = 4 slots; with 1 or 2 shards some slots would get no shard at all.
+    urls = video_shards(tmp_path, num_shards, 3, cache=clip_cache)
+    seen = []
+    for rank in range(2):
+        ds = ShardDataset(urls, "video", SMALL, train=False, batch_size=2, rank=rank, world_size=2)
+        seen.extend(keys_of(ShardLoader(ds, num_workers=2)))
+    assert Counter(seen) == Counter(f"shard{s:02d}{i:02d}" for s in range(num_shards) for i in range(3))
+
+
+def test_rank_from_environment(tmp_path, clip_cache, monkeypatch):
+    urls = video_shards(tmp_path, 2, 2, cache=clip_cache)
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = ShardDataset(urls, "video", SMALL, train=False, batch_size=1)  # rank discovered in the workers
+        part = keys_of(ShardLoader(ds, num_workers=1))
+        assert 0 < len(part) < 4
+        seen.extend(part)
+    assert sorted(seen) == sorted(f"shard{s:02d}{i:02d}" for s in range(2) for i in range(2))
+
+
+# ---------------------------------------------------------------------------------------------- corrupt data
+def test_corrupt_samples_are_skipped_reported_and_iteration_continues(tmp_path, clip_cache, caplog):
+    good = video_bytes(1)
+    samples = [
+        {"key": "000000_ok", "media": good, "captions": ["fine"]},
+        {"key": "000001_truncated", "media": good[: len(good) // 2], "captions": ["cut"]},
+        {"key": "000002_ok", "media": video_bytes(2), "captions": ["fine too"]},
+        {"key": "000003_text", "media": b"a caption saved under the wrong name\n" * 3, "captions": ["text"]},
+        {"key": "000004_nocaption", "media": good, "captions": [" "]},
+        {"key": "000005_image", "media": png_bytes(0), "ext": "png", "captions": ["an image"]},
+        {"key": "000006_ok", "media": video_bytes(3), "captions": ["last"]},
+    ]
+    write_shard(tmp_path / "bad-000000.tar", samples)
+    with caplog.at_level(logging.WARNING, logger="longvivit.data"):
+        it = load_clips(tmp_path, num_frames=2, image_size=16, max_fail_fraction=0.9)
+        keys = [c["key"] for c in it]
+    assert keys == ["000000_ok", "000002_ok", "000006_ok"]
+    skipped = {k.split(" @ ")[0]: reason for k, reason in it.skipped}
+    assert set(skipped) == {"000001_truncated", "000003_text", "000004_nocaption", "000005_image"}
+    assert "caption" in skipped["000004_nocaption"] and "png" in skipped["000005_image"]
+    assert sum("skipped sample" in r.message for r in caplog.records) == 4
+
+
+def test_skips_reach_the_main_process_from_workers(tmp_path):
+    good = video_bytes(4)
+    samples = [
+        {"key": f"0000{i:02d}_c", "media": good if i % 3 else b"garbage", "captions": ["c"]} for i in range(9)
+    ]
+    write_shard(tmp_path / "bad-000000.tar", samples)
+    ds = ShardDataset(
+        tmp_path,
+        "video",
+        SMALL,
+        train=False,
+        batch_size=2,
+        max_fail_fraction=0.5,
+        rank=0,
+        world_size=1,
+        eval_split="sample",
+    )
+    loader = ShardLoader(ds, num_workers=2)
+    assert len(keys_of(loader)) == 6
+    assert sorted(k.split(" @ ")[0] for k, _ in loader.skipped) == ["000000_c", "000003_c", "000006_c"]
+
+
+def test_failure_fraction_raises_with_the_count(tmp_path):
+    samples = [
+        {"key": f"0000{i:02d}_c", "media": video_bytes(5) if i % 2 else b"junk", "captions": ["c"]}
+        for i in range(12)
+    ]
+    write_shard(tmp_path / "bad-000000.tar", samples)
+    # Checked at each failure once 10 samples were seen: the 6th failure comes with the 11th sample.
+    with pytest.raises(TooManyFailuresError, match=r"6 of 11 samples"):
+        list(load_clips(tmp_path, num_frames=2, image_size=16, max_fail_fraction=0.3, min_fail_count=10))
+    # Under the budget the same data passes.
+    assert len(list(load_clips(tmp_path, num_frames=2, image_size=16, max_fail_fraction=0.6))) == 6
+
+
+def test_truncated_tar_and_missing_shard_are_recorded(tmp_path, clip_cache):
+    urls = video_shards(tmp_path, 2, 4, cache=clip_cache)
+    raw = Path(urls[0]).read_bytes()
+    Path(urls[0]).write_bytes(raw[: len(raw) * 2 // 3])  # cut inside the third sample's member
+    it = load_clips(
+        [urls[0], str(tmp_path / "missing.tar"), urls[1]], num_frames=2, image_size=16, max_fail_fraction=0.9
+    )
+    keys = [c["key"] for c in it]
+    assert keys[-4:] == [f"shard01{i:02d}" for i in range(4)]  # the next shard is read in full
+    assert 1 <= len(keys) - 4 <= 3
+    assert any("<tar" in k and "missing.tar" in k for k, _ in it.skipped)
+    assert any("<tar" in k and "shard-000000.tar" in k and "ReadError" in r for k, r in it.skipped)
+
+
+# ------------------------------------------------------------------------------------------ training streams
+def train_keys(urls, n, **kw) -> list[str]:
+    ds = ShardDataset(
+        urls, "video", SMALL, train=True, batch_size=None, shuffle_buffer=4, rank=0, world_size=1, **kw
+    )
+    out = []
+    for s in ds:
+        out.append(s["key"])
+        if len(out) == n:
+            return out
+    raise AssertionError("a training stream ended")
+
+
+def test_training_stream_is_infinite_and_deterministic(tmp_path, clip_cache):
+    urls = video_shards(tmp_path, 3, 2, cache=clip_cache)
+    a = train_keys(urls, 20, seed=1)
+    assert a == train_keys(urls, 20, seed=1)
+    assert a != train_keys(urls, 20, seed=2)
+    assert set(a) <= {f"shard{s:02d}{i:02d}" for s in range(3) for i in range(2)}
+    ds = ShardDataset(urls, "video", SMALL, train=True, shuffle_buffer=4, seed=1, rank=0, world_size=1)
+    ds.set_epoch(1)
+    assert [s["key"] for s, _ in zip(ds, range(20), strict=False)] != a
+    ds_r1 = ShardDataset(urls, "video", SMALL, train=True, shuffle_buffer=4, seed=1, rank=1, world_size=2)
+    assert [s["key"] for s, _ in zip(ds_r1, range(20), strict=False)] != a
+
+
+def test_weighted_mixing_of_datasets(tmp_path):
+    def image_shard(name: str, n: int) -> str:
+        return str(
+            write_shard(
+                tmp_path / f"{name}-000000.tar",
+                [
+                    {"key": f"{name}{i:03d}", "media": png_bytes(i), "ext": "png", "captions": [name]}
+                    for i in range(n)
+                ],
+            )
+        )
+
+    a, b = image_shard("a", 10), image_shard("b", 10)
+    ds = ShardDataset(
+        [a, b],
+        "image",
+        PreprocessConfig(image_size=8),
+        train=True,
+        weights=[3.0, 1.0],
+        shuffle_buffer=0,
+        seed=0,
+        rank=0,
+        world_size=1,
+    )
+    keys = [s["key"] for s, _ in zip(ds, range(400), strict=False)]
+    frac_a = sum(k.startswith("a") for k in keys) / len(keys)
+    assert 0.65 < frac_a < 0.85
+    ds = ShardDataset(
+        [a, b],
+        "image",
+        PreprocessConfig(image_size=8),
+        train=True,
+        weights=[0.0, 1.0],
+        shuffle_buffer=0,
+        rank=0,
+        world_size=1,
+    )
+    assert all(s["key"].startswith("b") for s, _ in zip(ds, range(30), strict=False))
+    with pytest.raises(ValueError):
+        ShardDataset([a, b], "image", train=True, weights=[1.0])
+
+
+# -------------------------------------------------------------------------------------------- batches + text
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)  # the packaged all-MiniLM-L6-v2 tokenizer
+
+
+def test_train_batches_tokenise_one_random_caption(tmp_path, clip_cache, tokenizer):
+    urls = video_shards(tmp_path, 2, 3, cache=clip_cache)
+    ds = ShardDataset(
+        urls,
+        "video",
+        SMALL,
+        train=True,
+        batch_size=3,
+        tokenizer=tokenizer,
+        max_text_length=12,
+        shuffle_buffer=4,
+        rank=0,
+        world_size=1,
+    )
+    chosen = set()
+    for batch, _ in zip(ds, range(4), strict=False):
+        assert batch["video"].shape == (3, 4, 3, 16, 16) and batch["modality"] == "video"
+        assert batch["num_valid_frames"].dtype == torch.long and batch["num_valid_frames"].tolist() == [
+            4,
+            4,
+            4,
+        ]
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 12)
+        for key, caps, ids in zip(batch["key"], batch["captions"], batch["input_ids"], strict=True):
+            assert len(caps) == 1 and caps[0] in (f"clip {key}", f"another caption of {key}")
+            assert (
+                ids.tolist()
+                == tokenizer(caps[0], padding="max_length", max_length=12, truncation=True)["input_ids"]
+            )
+            assert tokenizer.decode(ids, skip_special_tokens=True) == caps[0].lower()
+            chosen.add(caps[0].split()[0])
+    assert chosen == {"clip", "another"}  # both captions get picked
+
+
+def test_eval_batches_keep_all_captions(tmp_path, tokenizer):
+    samples = [
+        {"key": "000000_a", "media": video_bytes(7), "captions": ["one", "two", "three"]},
+        {"key": "000001_b", "media": video_bytes(8), "captions": ["only one"]},
+    ]
+    write_shard(tmp_path / "val-000000.tar", samples)
+    ds = ShardDataset(
+        tmp_path,
+        "video",
+        SMALL,
+        train=False,
+        batch_size=4,
+        tokenizer=tokenizer,
+        max_text_length=8,
+        rank=0,
+        world_size=1,
+    )
+    (batch,) = list(ds)
+    assert batch["captions"] == [["one", "two", "three"], ["only one"]]
+    assert batch["input_ids"].shape == (2, 8)  # first caption of each clip
+    assert batch["all_input_ids"].shape == (4, 8) and batch["caption_sample"].tolist() == [0, 0, 0, 1]
+    assert tokenizer.decode(batch["all_input_ids"][2], skip_special_tokens=True) == "three"
+
+
+def test_image_batches(tmp_path):
+    write_shard(
+        tmp_path / "img-000000.tar",
+        [
+            {"key": f"0000{i:02d}_i", "media": png_bytes(i, size=20), "ext": "png", "captions": ["x"]}
+            for i in range(5)
+        ],
+    )
+    ds = ShardDataset(
+        tmp_path, "image", PreprocessConfig(image_size=16), train=False, batch_size=2, rank=0, world_size=1
+    )
+    batches = list(ShardLoader(ds))
+    assert [b["image"].shape for b in batches] == [(2, 3, 16, 16), (2, 3, 16, 16), (1, 3, 16, 16)]
+    assert all(b["modality"] == "image" and "video" not in b for b in batches)
+    asset = ASSETS / "cityCC0.png"
+    if asset.exists():
+        write_shard(
+            tmp_path / "real" / "img-000000.tar",
+            [{"key": "000000_city", "media": asset.read_bytes(), "ext": "png", "captions": ["city"]}],
+        )
+        ds = ShardDataset(
+            tmp_path / "real", "image", PreprocessConfig(image_size=32), batch_size=1, rank=0, world_size=1
+        )
+        (batch,) = list(ds)
+        assert batch["image"].shape == (1, 3, 32, 32) and batch["image"].std() > 0.1
