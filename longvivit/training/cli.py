@@ -1,0 +1,49 @@
+"""LightningCLI wiring: typed recipes for ``longvivit fit | validate | test``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from longvivit.data.datamodule import VideoTextDataModule
+from longvivit.training.callbacks import RNGState, Throughput
+from longvivit.training.module import ContrastiveModule
+
+
+class LongViViTCLI(LightningCLI):
+    """LightningCLI whose data follows the model: frame count, image size and tokenizer are linked.
+
+    Linking (rather than duplicating the values in every recipe) means a recipe cannot train a
+    16-frame encoder on 256-frame clips by accident: the data module receives the model's sizes.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.video.num_frames", "data.num_frames")
+        parser.link_arguments("model.video.image_size", "data.image_size")
+        parser.link_arguments("model.text.name_or_path", "data.tokenizer")
+        parser.link_arguments("model.text.max_length", "data.max_text_length")
+        # Always-on callbacks (a recipe's trainer.callbacks list adds to these, it cannot drop them):
+        # checkpoints with a stable `last.ckpt` for stage chaining and resume, RNG state for exact resume,
+        # and clips/s + tokens/s on the progress bar.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(RNGState, "rng_state")
+        parser.add_lightning_class_args(Throughput, "throughput")
+        parser.set_defaults({
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": "runs", "name": "longvivit"}},
+        })
+
+
+def run_lightning_cli(args: Sequence[str]) -> LongViViTCLI:
+    """Run ``fit | validate | test`` with ``args`` (subcommand first) and return the CLI object."""
+    return LongViViTCLI(
+        ContrastiveModule,
+        VideoTextDataModule,
+        args=list(args),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"},
+    )

@@ -1,0 +1,254 @@
+"""LightningModule for contrastive video(+image)-text pre-training, and its zero-shot retrieval validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
+from longvivit.evaluation.retrieval import RetrievalEvaluator
+from longvivit.loss import NCELoss
+from longvivit.models.init import inflate_patch_kernel, load_pretrained
+from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
+from longvivit.models.model import VideoTextModel
+from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
+
+log = logging.getLogger(__name__)
+
+CKPT_META_KEY = "longvivit"
+# Non-optional dataclass defaults let LightningCLI link data arguments to model.video.* fields.
+_DEFAULT_VIDEO, _DEFAULT_TEXT, _DEFAULT_OPTIM = VideoEncoderConfig(), TextEncoderConfig(), OptimConfig()
+
+
+class ContrastiveModule(L.LightningModule):
+    """Trains :class:`~longvivit.models.model.VideoTextModel` with a symmetric NCE loss.
+
+    A training batch is either one batch dict (``"video"`` or ``"image"`` modality) or a dict
+    ``{"video": batch, "image": batch}`` from a combined loader; each modality gets its own NCE loss
+    (negatives stay within a modality) and the losses are summed with ``image_loss_weight`` on images.
+    Validation encodes every clip and all its captions and reports zero-shot retrieval (T2V/V2T
+    R@1/5/10, MdR, MnR, MRR and chance) at the end of the epoch.
+
+    Args:
+        video: Video encoder config (its ``mask_ratio`` is the training mask ratio for videos).
+        text: Text tower config.
+        optim: AdamW and schedule settings.
+        init_from: Checkpoint (``.ckpt``), exported folder or encoder folder of a previous stage. Shapes
+            are adapted (tubelet inflation, spatial/temporal position tables); optimizer state is not carried.
+        trainable_last: Train only the last K blocks of the video encoder (stage 3: 4); ``None`` trains all.
+        image_mask_ratio: Token mask ratio for images (the paper's efficient variant masks images too).
+        eval_mask_ratio: Mask ratio at validation and test (0: exact, deterministic).
+        image_loss_weight: Weight of the image-text loss when images are mixed into video training.
+        init_logit_scale: Initial 1/temperature.
+        max_logit_scale: Clamp of the learned 1/temperature.
+        local_loss: Score local rows against global columns in distributed NCE (memory-light, same loss).
+        sync_inflation: Before each validation, set the tubelet kernel to the inflated image kernel. Used by
+            the image stage, where the 3D path is not trained: validation on videos then measures exactly the
+            model that the next stage starts from.
+    """
+
+    def __init__(
+        self,
+        video: VideoEncoderConfig = _DEFAULT_VIDEO,
+        text: TextEncoderConfig = _DEFAULT_TEXT,
+        optim: OptimConfig = _DEFAULT_OPTIM,
+        init_from: str | None = None,
+        trainable_last: int | None = None,
+        image_mask_ratio: float = 0.0,
+        eval_mask_ratio: float = 0.0,
+        image_loss_weight: float = 1.0,
+        init_logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        local_loss: bool = True,
+        sync_inflation: bool = False,
+    ) -> None:
+        super().__init__()
+        # Copies: the defaults are shared instances, and VideoTextConfig aligns text.embed_dim in place.
+        video = VideoEncoderConfig.from_dict(video) if isinstance(video, dict) else dataclasses.replace(video)
+        text = TextEncoderConfig(**text) if isinstance(text, dict) else dataclasses.replace(text)
+        optim = OptimConfig(**optim) if isinstance(optim, dict) else dataclasses.replace(optim)
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            "video": video.to_dict(), "text": dataclasses.asdict(text), "optim": dataclasses.asdict(optim),
+            "init_from": init_from, "trainable_last": trainable_last, "image_mask_ratio": image_mask_ratio,
+            "eval_mask_ratio": eval_mask_ratio, "image_loss_weight": image_loss_weight,
+            "init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "local_loss": local_loss,
+            "sync_inflation": sync_inflation,
+        })
+        self.model_cfg = VideoTextConfig(
+            video=video,
+            text=text,
+            init_logit_scale=init_logit_scale,
+            max_logit_scale=max_logit_scale,
+        )
+        self.optim_cfg = optim
+        self.model = VideoTextModel(self.model_cfg)
+        self.loss_fn = NCELoss(local_loss=local_loss)
+        self.image_mask_ratio, self.eval_mask_ratio = image_mask_ratio, eval_mask_ratio
+        self.image_loss_weight, self.sync_inflation = image_loss_weight, sync_inflation
+        self.adaptations: list[str] = []
+        if init_from:
+            self.adaptations = self.init_weights_from(init_from)
+        if trainable_last is not None:
+            self.model.video_encoder.freeze(trainable_last=trainable_last)
+        self.evaluator = RetrievalEvaluator()
+        self.last_batch_stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- stage chaining
+    def init_weights_from(self, source: str | Path) -> list[str]:
+        """Initialise both towers and the temperature from a previous stage, adapting shapes.
+
+        Args:
+            source: Lightning checkpoint, a folder written by ``VideoTextModel.save_pretrained`` /
+                ``longvivit export``, or a video-encoder-only folder.
+
+        Returns:
+            Messages describing each adaptation (also logged).
+        """
+        source = Path(source)
+        msgs = [f"video encoder: {m}" for m in load_pretrained(self.model.video_encoder, source)]
+        if source.is_dir():
+            text_dir = source / "text"
+            if text_dir.is_dir():
+                from longvivit.models.text_encoder import TextEncoder
+
+                self.model.text_encoder.load_state_dict(TextEncoder.from_pretrained(text_dir).state_dict())
+                msgs.append(f"text tower loaded from {text_dir}")
+            else:
+                msgs.append("text tower kept at its initialisation (folder has no text/ tower)")
+            meta_path = source / MODEL_CONFIG_NAME
+            if meta_path.is_file():
+                self.model.logit_scale.data.fill_(json.loads(meta_path.read_text())["log_logit_scale"])
+                msgs.append(f"logit scale {self.model.logit_scale.exp().item():.2f}")
+        else:
+            state = torch.load(str(source), map_location="cpu", weights_only=True)["state_dict"]
+            text = {k[len("model.text_encoder."):]: v for k, v in state.items() if k.startswith("model.text_encoder.")}
+            if text:
+                self.model.text_encoder.load_state_dict(text)
+                msgs.append(f"text tower loaded ({len(text)} tensors)")
+            if "model.logit_scale" in state:
+                self.model.logit_scale.data.copy_(state["model.logit_scale"])
+                msgs.append(f"logit scale {self.model.logit_scale.exp().item():.2f}")
+        for m in msgs:
+            log.info("init_from %s: %s", source, m)
+        return msgs
+
+    # ----------------------------------------------------------------- training
+    def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:
+        enc = self.model.video_encoder
+        if modality == "image":
+            out = self.model(images=batch["image"], input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"], mask_ratio=self.image_mask_ratio)
+            feats, n_tok = out["image_features"], enc.cfg.num_spatial_tokens
+            ratio = self.image_mask_ratio
+        else:
+            out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            feats = out["video_features"]
+            n_tok = batch["video"].shape[1] // enc.cfg.tubelet_size[0] * enc.cfg.num_spatial_tokens
+            ratio = enc.cfg.mask_ratio
+        res = self.loss_fn(feats, out["text_features"], out["logit_scale"], output_dict=True)
+        visible = feats.shape[0] * (n_tok - int(n_tok * ratio))
+        return res["loss"], res, visible
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        parts = batch if "modality" not in batch else {batch["modality"]: batch}
+        total, clips, tokens = 0.0, 0, 0
+        for modality, sub in parts.items():
+            if sub is None:
+                continue
+            loss, res, visible = self._modality_loss(sub, modality)
+            weight = self.image_loss_weight if modality == "image" and len(parts) > 1 else 1.0
+            total = total + weight * loss
+            bs = len(sub["key"])
+            clips, tokens = clips + bs, tokens + visible
+            self.log(f"train/loss_{modality}", loss, prog_bar=True, batch_size=bs)
+            self.log(f"train/acc_{modality}", (res["v2t_acc"] + res["t2v_acc"]) / 2, batch_size=bs)
+        self.log("train/loss", total, batch_size=clips)
+        self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
+        self.last_batch_stats = {"clips": clips, "tokens": tokens}
+        return total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        no_decay = {f"model.{n}" for n in self.model.no_weight_decay()} | set(self.model.no_weight_decay())
+        groups = param_groups(self, cfg.weight_decay, no_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        total = cfg.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+        if total is None:
+            total = int(self.trainer.estimated_stepping_batches)
+        sched = cosine_with_warmup(opt, cfg.warmup_steps, total, cfg.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        if self.sync_inflation:
+            enc = self.model.video_encoder
+            with torch.no_grad():
+                w3d = inflate_patch_kernel(enc.patch_embed_2d.weight, enc.cfg.tubelet_size[0])
+                enc.patch_embed_3d.weight.copy_(w3d)
+                enc.patch_embed_3d.bias.copy_(enc.patch_embed_2d.bias)
+        self.evaluator.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio)
+        captions = [c for caps in batch["captions"] for c in caps]
+        owners = [k for k, caps in zip(batch["key"], batch["captions"], strict=True) for _ in caps]
+        tok = self.model.text_encoder.tokenize(captions)
+        text_emb = self.model.encode_text(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+        self.evaluator.add_videos(video_emb, batch["key"])
+        self.evaluator.add_texts(text_emb, owners, captions)
+
+    test_step = validation_step
+
+    def _log_retrieval(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            self._gather_evaluator()
+        if self.evaluator.num_videos == 0:
+            return
+        metrics = self.evaluator.compute()
+        flat = {f"{stage}/{d}_{k}": float(v) for d in ("t2v", "v2t") for k, v in metrics[d].items()}
+        flat[f"{stage}/chance_R@1"] = float(metrics["chance"]["R@1"])
+        flat[f"{stage}/num_videos"] = float(metrics["num_videos"])
+        self.log_dict(flat, sync_dist=False, rank_zero_only=True)
+        self.last_metrics = metrics
+        log.info("%s retrieval: %s", stage, metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _gather_evaluator(self) -> None:
+        """Every rank scored a disjoint part of the eval set: gather all of it so all videos compete."""
+        import torch.distributed as dist
+
+        ev = self.evaluator
+        video, text, _ = ev.embeddings() if ev.num_videos else (None, None, None)
+        payload = (video, ev.video_keys, text, ev.text_video_keys)
+        gathered: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(gathered, payload)
+        self.evaluator.reset()
+        for v, k, t, owners in gathered:
+            if v is not None:
+                self.evaluator.add_videos(v, k)
+                self.evaluator.add_texts(t, owners)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_META_KEY] = {
+            "model_config": self.model_cfg.to_dict(),
+            "trainable_last": self.hparams.trainable_last,
+            "init_from": self.hparams.init_from,
+            "adaptations": self.adaptations,
+            "metrics": getattr(self, "last_metrics", None),
+        }

@@ -1,0 +1,80 @@
+"""AdamW with decoupled weight decay on matrices only, and a cosine schedule with linear warmup."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule of one training stage (paper Table 4 values live in the recipes).
+
+    Args:
+        lr: Peak learning rate reached after warmup.
+        weight_decay: AdamW decoupled weight decay, applied to >= 2-D weights only.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: Linear warmup from 0 to ``lr``.
+        total_steps: Length of the cosine; ``None`` uses the trainer's ``max_steps``.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+    """
+
+    lr: float = 5e-5
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 1000
+    total_steps: int | None = None
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0, weight_decay and warmup_steps >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str] = frozenset()) -> list[dict]:
+    """Split trainable parameters into decayed (>= 2-D weights) and non-decayed groups.
+
+    Biases, norms (1-D), position tables, class tokens and the temperature are excluded from weight
+    decay: decaying them pulls embeddings and the temperature towards zero for no regularisation gain.
+
+    Args:
+        model: Module whose trainable parameters are grouped.
+        weight_decay: Decay of the first group.
+        no_decay: Extra parameter names (as in ``named_parameters``) never decayed, e.g. position tables,
+            which are 3-D and would otherwise be caught by the ndim rule.
+
+    Returns:
+        Two parameter groups for ``torch.optim.AdamW``.
+    """
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name in no_decay or any(name.endswith("." + n) or name == n for n in no_decay)
+        (keep if skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
+
+
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base lr, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
