@@ -257,3 +257,9 @@ def test_init_args_are_exposed_to_lightning_cli(shards):
         parser.parse_args(["--data.batch_sise", "4"])
     with pytest.raises(Exception, match="sampling"):
         parser.parse_args(["--data.sampling", "dense"])
+
+
+def test_persistent_workers_are_refused_for_training(shards):
+    ds = make_dm(shards).train_dataloader().dataset
+    with pytest.raises(ValueError, match="persistent_workers"):
+        ShardLoader(ds, num_workers=1, persistent_workers=True)

@@ -43,6 +43,9 @@ class ShardLoader(DataLoader):
     """
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs: Any) -> None:
+        if dataset.train and kwargs.get("persistent_workers"):
+            # Persistent workers keep the dataset copy of the first epoch: every epoch would replay it.
+            raise ValueError("persistent_workers=True would repeat the first epoch's stream; leave it off")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
         self.skipped: list[tuple[str, str]] = []
         self.batches_seen = 0  # served in the current epoch on this rank (including a resumed prefix)

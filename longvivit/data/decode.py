@@ -47,7 +47,7 @@ def preprocess_frames(
     """Resize the short side to ``image_size`` (bilinear, antialiased), centre crop, normalise.
 
     Args:
-        frames: (T, H, W, 3) uint8 RGB frames (numpy or torch).
+        frames: (T, H, W, 3) RGB frames, uint8 (numpy or torch); float input in [0, 255] also works.
         image_size: Side of the square output.
         mean: Per-channel mean, applied after scaling to [0, 1].
         std: Per-channel std.
@@ -57,12 +57,15 @@ def preprocess_frames(
     """
     if not isinstance(frames, torch.Tensor):
         arr = np.asarray(frames)
-        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # PIL hands out read-only arrays
-    else:
-        x = frames
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3), got {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+        # PIL hands out read-only arrays, which torch.from_numpy warns about.
+        frames = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {tuple(frames.shape)}")
+    # A permuted view is channels-last in memory, the layout of torch's fast uint8 antialiased resize
+    # (~25x faster than resizing float frames; the result differs by rounding to uint8 only).
+    x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
+    if x.dtype != torch.uint8:
+        x = x.float()
     h, w = x.shape[-2:]
     scale = image_size / min(h, w)
     # max(.., image_size) guards against the long side rounding below the crop size.
@@ -70,11 +73,11 @@ def preprocess_frames(
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    x = x[:, :, top : top + image_size, left : left + image_size]  # (T, 3, S, S)
+    # Contiguous (channels-first) before the arithmetic: normalising a channels-last view is ~3x slower.
+    x = x[:, :, top : top + image_size, left : left + image_size].contiguous().float()  # (T, 3, S, S)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    # (x / 255 - mean) / std in one pass over the data.
-    return ((x - mean_t) / std_t).contiguous()
+    return x.sub_(mean_t).div_(std_t)  # (x / 255 - mean) / std, in place
 
 
 def _open(data: bytes, num_threads: int):

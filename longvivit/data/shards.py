@@ -286,12 +286,8 @@ class ShardDataset(IterableDataset):
         self.batch_size, self.tokenizer, self.max_text_length = batch_size, tokenizer, max_text_length
         self.shuffle_buffer, self.seed, self.batches_per_epoch = shuffle_buffer, seed, batches_per_epoch
         self.max_fail_fraction, self.min_fail_count = max_fail_fraction, min_fail_count
-        self.rank, self.world_size, self.eval_split, self.num_threads = (
-            rank,
-            world_size,
-            eval_split,
-            num_threads,
-        )
+        self.rank, self.world_size = rank, world_size
+        self.eval_split, self.num_threads = eval_split, num_threads
         self.name = name or f"{modality}-{'train' if train else 'eval'}"
         self.epoch = 0
         self.epoch_started = False  # set by ShardLoader: the next iterator moves to epoch + 1
@@ -401,6 +397,9 @@ class ShardDataset(IterableDataset):
                 out = decode_sample(sample, self.modality, preprocess, rng, self.num_threads)
             except (DecodeError, SampleError) as err:
                 skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", str(err))
+                continue
+            except Exception as err:  # any decoder surprise is one bad sample, counted against the budget
+                skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", f"{type(err).__name__}: {err}")
                 continue
             skip_log.success()
             yield out
