@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
+from test_shards_loader import png_bytes, video_shards, write_shard
 
 from longvivit.data.datamodule import ShardLoader, VideoTextDataModule
-from tests.test_shards_loader import png_bytes, video_shards, write_shard
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS
 from PIL import Image
 
 from longvivit.config import CLIP_MEAN, CLIP_STD, PreprocessConfig
@@ -19,7 +20,6 @@ from longvivit.data.decode import (
     read_frames,
 )
 from longvivit.data.sampling import frame_indices
-from tests.conftest import ASSETS
 
 
 def pyav_frames(data: bytes) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from conftest import ASSETS, moving_square_frames
 from PIL import Image
 
 from longvivit.config import PreprocessConfig
@@ -22,7 +23,6 @@ from longvivit.data.datamodule import ShardLoader
 from longvivit.data.decode import decode_video
 from longvivit.data.shards import ShardDataset, TooManyFailuresError, expand_shards, load_tokenizer
 from longvivit.data.video_io import encode_video
-from tests.conftest import ASSETS, moving_square_frames
 
 SMALL = PreprocessConfig(num_frames=4, fps=4.0, image_size=16)
 
