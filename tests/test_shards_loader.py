@@ -192,7 +192,7 @@ def test_rank_from_environment(tmp_path, clip_cache, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- corrupt data
-def test_corrupt_samples_are_skipped_reported_and_iteration_continues(tmp_path, clip_cache, caplog):
+def test_corrupt_samples_are_skipped_reported_and_iteration_continues(tmp_path, caplog):
     good = video_bytes(1)
     samples = [
         {"key": "000000_ok", "media": good, "captions": ["fine"]},
@@ -209,9 +209,32 @@ def test_corrupt_samples_are_skipped_reported_and_iteration_continues(tmp_path, 
         keys = [c["key"] for c in it]
     assert keys == ["000000_ok", "000002_ok", "000006_ok"]
     skipped = {k.split(" @ ")[0]: reason for k, reason in it.skipped}
-    assert set(skipped) == {"000001_truncated", "000003_text", "000004_nocaption", "000005_image"}
-    assert "caption" in skipped["000004_nocaption"] and "png" in skipped["000005_image"]
-    assert sum("skipped sample" in r.message for r in caplog.records) == 4
+    # The image is another loader's sample, not a corrupt one: passed over, not reported as skipped.
+    assert set(skipped) == {"000001_truncated", "000003_text", "000004_nocaption"}
+    assert "caption" in skipped["000004_nocaption"] and "cannot" in skipped["000003_text"]
+    assert sum("skipped sample" in r.message for r in caplog.records) == 3
+
+
+def test_mixed_shards_feed_video_and_image_loaders_without_failures(tmp_path):
+    samples = [{"key": f"0000{i:02d}_v", "media": video_bytes(i), "captions": ["v"]} for i in range(3)]
+    samples += [
+        {"key": f"0001{i:02d}_i", "media": png_bytes(i), "ext": "png", "captions": ["i"]} for i in range(30)
+    ]
+    write_shard(tmp_path / "mixed-000000.tar", samples)
+    common = dict(train=False, batch_size=None, rank=0, world_size=1, min_fail_count=5)
+    videos = ShardDataset(tmp_path, "video", SMALL, **common)
+    images = ShardDataset(tmp_path, "image", PreprocessConfig(image_size=8), **common)
+    assert [s["key"] for s in videos if "key" in s] == [f"0000{i:02d}_v" for i in range(3)]
+    assert len([s for s in images if "key" in s]) == 30
+    assert videos.skip_log.failed == 0 and videos.skip_log.other_media == 30
+    # In training too, a mixed shard yields its videos...
+    mixed = ShardDataset(tmp_path / "mixed-000000.tar", "video", SMALL, train=True, rank=0, world_size=1)
+    assert next(iter(mixed))["key"].endswith("_v")
+    # ...but a stream of nothing but the other kind is a configuration mistake, said clearly.
+    image_shard = str(write_shard(tmp_path / "img" / "i-000000.tar", samples[3:]))
+    images_as_videos = ShardDataset(image_shard, "video", SMALL, train=True, rank=0, world_size=1)
+    with pytest.raises(TooManyFailuresError, match="other modality"):
+        next(iter(images_as_videos))
 
 
 def test_skips_reach_the_main_process_from_workers(tmp_path):

@@ -21,6 +21,7 @@ _LAZY = {
     "load_tokenizer": "longvivit.data.shards",
     "DecodeError": "longvivit.data.decode",
     "SampleError": "longvivit.data.decode",
+    "OtherMediaError": "longvivit.data.decode",
     "decode_video": "longvivit.data.decode",
     "decode_image": "longvivit.data.decode",
     "read_frames": "longvivit.data.decode",

@@ -35,7 +35,14 @@ class DecodeError(RuntimeError):
 
 
 class SampleError(ValueError):
-    """A sample that is well-formed as tar members but unusable (no caption, wrong media, bad JSON)."""
+    """A sample that is well-formed as tar members but unusable (no caption, no media, bad JSON)."""
+
+
+class OtherMediaError(SampleError):
+    """A valid sample of the other modality (an image in a video dataset or the reverse): not corrupt.
+
+    Shards may mix videos and images; each loader takes its own kind and passes over the rest.
+    """
 
 
 def preprocess_frames(
@@ -200,7 +207,8 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
         ``(media_bytes, captions, meta)``.
 
     Raises:
-        SampleError: No media of the right kind, no caption, or unreadable JSON.
+        OtherMediaError: The sample holds the other modality.
+        SampleError: No media, no caption, or unreadable JSON.
     """
     meta: dict[str, Any] = {}
     if "json" in raw:
@@ -222,8 +230,9 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
     ext = next((e for e in wanted if e in raw), None)
     if ext is None:
         found = next((e for e in other if e in raw), None)
-        what = f"a {found} sample" if found else f"no media member (members: {sorted(raw)})"
-        raise SampleError(f"{what} in a {modality} dataset")
+        if found:
+            raise OtherMediaError(f"a {found} sample in a {modality} dataset")
+        raise SampleError(f"no {modality} member (members: {sorted(raw)})")
     return raw[ext], captions, meta
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 
 from longvivit.config import PreprocessConfig
-from longvivit.data.decode import DecodeError, Modality, SampleError, decode_sample
+from longvivit.data.decode import DecodeError, Modality, OtherMediaError, SampleError, decode_sample
 
 log = logging.getLogger("longvivit.data")
 
@@ -110,6 +110,9 @@ class SkipLog:
         min_fail_count: Samples to see before the fraction is enforced (small sets are noisy).
         name: Shown in messages (dataset or loader name).
         max_records: Records kept in :attr:`skipped` (the count :attr:`failed` is always exact).
+
+    Samples of the other modality are not failures: they are counted in :attr:`other_media` and
+    passed over (a mixed shard feeds both the video and the image loader).
     """
 
     max_fail_fraction: float = 0.1
@@ -118,11 +121,26 @@ class SkipLog:
     max_records: int = 10_000
     ok: int = 0
     failed: int = 0
+    other_media: int = 0
+    other_in_a_row: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pending: list[tuple[str, str]] = field(default_factory=list)
 
     def success(self) -> None:
         self.ok += 1
+        self.other_in_a_row = 0
+
+    def other(self, key: str, reason: str, limit: int = 1000) -> None:
+        """Pass over a sample of the other modality; raise if nothing but those arrives."""
+        self.other_media += 1
+        self.other_in_a_row += 1
+        if self.other_media == 1:
+            log.info("%s: passing over samples of the other modality (first: %s, %s)", self.name, key, reason)
+        if self.other_in_a_row >= limit:
+            raise TooManyFailuresError(
+                f"{self.name}: {self.other_in_a_row} samples in a row were of the other modality ({reason}); "
+                "are image shards configured as video shards (or the reverse)?"
+            )
 
     def failure(self, key: str, reason: str) -> None:
         """Record one skipped sample; warn (rate-limited); raise if over budget."""
@@ -225,7 +243,7 @@ class ShardDataset(IterableDataset):
     Args:
         shards: One shard specification (see :func:`expand_shards`), or a list of them. Without
             ``weights`` a list is one dataset; with ``weights`` each entry is its own dataset.
-        modality: ``"video"`` or ``"image"``; samples of the other kind are skipped as failures.
+        modality: ``"video"`` or ``"image"``; samples of the other kind are passed over (not failures).
         preprocess: Frames, sampling and normalisation.
         train: Infinite shuffled resampling (True) or ordered exactly-once reading (False).
         weights: Sampling weight of each dataset in training (ignored in eval: all are read once).
@@ -395,6 +413,9 @@ class ShardDataset(IterableDataset):
             key = str(sample.get("__key__", "?"))
             try:
                 out = decode_sample(sample, self.modality, preprocess, rng, self.num_threads)
+            except OtherMediaError as err:
+                skip_log.other(key, str(err))
+                continue
             except (DecodeError, SampleError) as err:
                 skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", str(err))
                 continue
