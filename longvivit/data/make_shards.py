@@ -1,0 +1,610 @@
+"""Turn a manifest into webdataset shards: probe every input, reject the bad ones with a reason, write tars.
+
+Usage::
+
+    python tools/make_shards.py --manifest data/train.jsonl --out shards/train --maxcount 1000 --workers 4
+
+Sample format (what :mod:`longvivit.data.shards` reads): per sample ``{key}.{ext}`` (the video or image bytes;
+ext one of mp4 avi mkv webm mov mpg mpeg m4v jpg jpeg png), ``{key}.json`` (captions, media, ext, duration,
+fps, num_frames, width, height of the *stored* bytes, source, start, end, line, meta) and ``{key}.txt`` (the
+first caption). Keys are ``{line:06d}_{name}`` with only ``[A-Za-z0-9_-]`` (webdataset splits at dots).
+
+How a run goes, and why it can be interrupted and rerun safely:
+
+1. Stale ``*.tmp`` files of an earlier, interrupted run are removed.
+2. Every manifest entry is probed (in parallel with ``--workers``): decord opens it, counts frames and decodes
+   the first and last frame the sample needs. Videos are stored byte for byte unless they must be re-encoded:
+   a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), or a
+   container outside the list above. Re-encoded videos stream through PyAV (never the whole video in RAM) into
+   ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
+3. Accepted samples, in manifest order, are cut into shards: a new shard starts when ``--maxcount`` samples or
+   ``--maxsize`` bytes would be exceeded. The assignment only depends on the inputs and options.
+4. Each shard is written to ``NAME.tar.tmp`` and renamed when complete, then ``NAME.index.json`` records its
+   keys and a fingerprint of its samples. A rerun skips a shard whose tar and index match the plan (unless
+   ``--overwrite``) and deletes numbered shards beyond the plan, so every good input ends up in exactly one
+   shard, exactly once.
+5. ``OUT/rejects.jsonl`` (``{"line", "source", "reason", "detail"}``) and ``OUT/stats.json`` are written.
+
+Exit status: 0 when at least one sample is in the shards; 1 when nothing could be written; 2 when the
+manifest is unreadable (one line on stderr says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from longvivit.data.manifest import ManifestEntry, ManifestReadError, read_manifest
+
+VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "mpg", "mpeg", "m4v")
+IMAGE_EXTS = ("jpg", "jpeg", "png")
+_EPS = 1e-6  # seconds; absorbs float noise in frame timestamps
+
+# Reason codes written to rejects.jsonl and counted in stats.json (manifest-level ones come from manifest.py).
+MISSING = "missing_file"
+UNREADABLE = "unreadable"
+ZERO_FRAMES = "zero_frames"
+TOO_SHORT = "too_short"
+OUT_OF_RANGE = "segment_out_of_range"
+TRANSCODE_FAILED = "transcode_failed"
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """What the probe/encode step needs to know (picklable for worker processes)."""
+
+    staging: str
+    fps: float | None = None
+    short_side: int | None = None
+    min_seconds: float = 0.0
+    crf: int = 23
+    reencode: bool = False
+
+
+@dataclass
+class Sample:
+    """An accepted input: where its bytes are and the json stored next to them."""
+
+    key: str
+    line: int
+    media_path: str
+    ext: str
+    info: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        """Bytes this sample adds to a tar (headers and 512-byte padding included)."""
+        sizes = (os.path.getsize(self.media_path), len(self._json()), len(self._txt()))
+        return sum(512 + -(-n // 512) * 512 for n in sizes)
+
+    def _json(self) -> bytes:
+        return json.dumps(self.info, ensure_ascii=False, sort_keys=True).encode()
+
+    def _txt(self) -> bytes:
+        return self.info["captions"][0].encode()
+
+
+@dataclass
+class Reject:
+    """An input that will not be in the shards, and why."""
+
+    line: int
+    source: str | None
+    reason: str
+    detail: str
+
+
+def sample_key(entry: ManifestEntry) -> str:
+    """Deterministic, unique (line numbers are) and dot-free key of a manifest entry."""
+    name = entry.id if entry.id is not None else Path(entry.path).stem
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+    safe = "_".join(p for p in safe.split("_") if p)[:48]
+    return f"{entry.line:06d}_{safe}" if safe else f"{entry.line:06d}"
+
+
+# ----------------------------------------------------------------------------- streaming re-encode
+def output_size(height: int, width: int, short_side: int | None, even: bool = True) -> tuple[int, int]:
+    """(height, width) after an optional downscale to ``short_side`` (never upscales); even for H.264."""
+    if short_side is not None and min(height, width) > short_side:
+        scale = short_side / min(height, width)
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    if even:
+        height, width = max(2, height // 2 * 2), max(2, width // 2 * 2)
+    return height, width
+
+
+def _decoded_frames(src: Path, start: float) -> Iterator[tuple[float, Any]]:
+    """Yield ``(t, av.VideoFrame)``, ``t`` in seconds from the stream's start time (what a player shows).
+
+    Frames are decoded one at a time (a long 1080p video is never held in memory). For a late ``start`` the
+    container is seeked a few seconds ahead of it; containers whose seek overshoots are decoded from the top.
+    """
+    import av
+
+    for use_seek in (start > 10.0, False):
+        with av.open(str(src)) as inp:
+            ist = inp.streams.video[0]
+            ist.thread_type = "AUTO"
+            tb = float(ist.time_base)
+            t0 = ist.start_time * tb if ist.start_time is not None else 0.0
+            step = 1.0 / float(ist.average_rate or ist.guessed_rate or 25)
+            if use_seek:
+                inp.seek(int((start - 5.0 + t0) / tb), stream=ist, backward=True)
+            t = None
+            for i, frame in enumerate(inp.decode(ist)):
+                t = frame.time - t0 if frame.time is not None else (0.0 if t is None else t + step)
+                if i == 0 and use_seek and t > start + _EPS:
+                    break  # overshot: retry from the beginning
+                yield t, frame
+            else:
+                return
+
+
+def transcode_video(
+    src: str | Path, dst: str | Path, *, start: float | None = None, end: float | None = None,
+    fps: float | None = None, short_side: int | None = None, crf: int = 23,
+) -> int:
+    """Re-encode (a segment of) a video to H.264 mp4, streaming frame by frame.
+
+    Args:
+        src: Input video (anything FFmpeg reads).
+        dst: Output mp4 path.
+        start: Segment start in seconds from the stream's start time; ``None`` = 0.
+        end: Segment end in seconds (exclusive); ``None`` = end of the video.
+        fps: Output rate; only ever lowers the native rate (frames are picked, not interpolated).
+        short_side: Downscale so the short side is this many pixels (never upscales).
+        crf: x264 constant rate factor.
+
+    Returns:
+        Number of frames written. At the native rate these are exactly the source frames whose timestamps
+        lie in ``[start, end)``; at a lower rate, the frame showing at each ``start + j / fps``.
+    """
+    import av
+
+    start = start or 0.0
+    end = float("inf") if end is None else end
+    with av.open(str(src)) as probe:
+        ist = probe.streams.video[0]
+        native = Fraction(ist.average_rate or ist.guessed_rate or 25)
+        height, width = output_size(ist.codec_context.height, ist.codec_context.width, short_side)
+    rate = native if fps is None or fps >= native else Fraction(fps).limit_denominator(1001)
+    count = 0
+    with av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        ost = out.add_stream("libx264", rate=rate)
+        ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
+        ost.options = {"crf": str(crf), "preset": "veryfast"}
+        time_base = Fraction(1) / rate
+
+        def emit(frame: Any) -> None:
+            nonlocal count
+            vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+            vf.pts, vf.time_base = count, time_base
+            # The frame keeps the source's picture type, which x264 then follows. Resetting it to NONE (x264
+            # decides) made the output differ from run to run here for the same pixels, and resume and
+            # --workers rely on identical inputs giving identical shards.
+            for packet in ost.encode(vf):
+                out.mux(packet)
+            count += 1
+
+        prev, last_t = None, 0.0
+        for t, frame in _decoded_frames(Path(src), start):
+            if t >= end - _EPS:
+                break
+            if rate == native:
+                if t >= start - _EPS:
+                    emit(frame)
+                continue
+            # Resampling: `prev` is on screen during [its time, t); it fills every target time before t.
+            while prev is not None and start + count / rate < t - _EPS:
+                emit(prev)
+            prev, last_t = frame, t
+        if prev is not None:
+            stop = min(end, last_t + 1.0 / float(native))
+            while start + count / rate < stop - _EPS:
+                emit(prev)
+        for packet in ost.encode():
+            out.mux(packet)
+    if count == 0:
+        raise ValueError(f"no frame in [{start}, {end}) s")
+    return count
+
+
+# ----------------------------------------------------------------------------- probing
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:300]
+
+
+def _has_empty_video_stream(path: Path) -> bool:
+    """True when PyAV sees a video stream that decodes to nothing (decord only reports an error then)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return False
+            return next(iter(c.decode(video=0)), None) is None
+    except Exception:
+        return False
+
+
+def _staged_path(entry: ManifestEntry, src: Path, opts: ShardOptions, ext: str) -> Path:
+    # The name hashes everything the encode depends on, so a staged file from other options is never reused.
+    st = src.stat()
+    tag = json.dumps([str(src.resolve()), st.st_size, st.st_mtime_ns, entry.start, entry.end, opts.fps,
+                      opts.short_side, opts.crf])
+    return Path(opts.staging) / f"{sample_key(entry)}-{hashlib.sha1(tag.encode()).hexdigest()[:12]}.{ext}"
+
+
+def _read_video_info(path: Path) -> tuple[int, float, int, int]:
+    """(num_frames, fps, height, width) of a video as decord (the loader's decoder) sees it."""
+    import decord
+
+    vr = decord.VideoReader(str(path), num_threads=1)
+    n = len(vr)
+    h, w = vr[0].shape[:2] if n else (0, 0)
+    return n, float(vr.get_avg_fps()), int(h), int(w)
+
+
+def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
+    import decord
+    import numpy as np
+
+    def reject(reason: str, detail: str) -> Reject:
+        return Reject(entry.line, entry.path, reason, detail)
+
+    try:
+        vr = decord.VideoReader(str(src), num_threads=1)
+    except Exception as err:
+        if _has_empty_video_stream(src):
+            return reject(ZERO_FRAMES, "the video stream has no frames")
+        return reject(UNREADABLE, f"cannot open: {_first_line(err)}")
+    n = len(vr)
+    if n == 0:
+        return reject(ZERO_FRAMES, "the video stream has no frames")
+    fps = float(vr.get_avg_fps())
+    if not fps > 0:
+        return reject(UNREADABLE, f"no usable frame rate ({fps})")
+    ts = vr.get_frame_timestamp(np.arange(n))[:, 0]  # (n,) presentation time of each frame, stream-relative
+    src_duration = n / fps
+    segment = entry.start is not None or entry.end is not None
+    start = entry.start or 0.0
+    end = src_duration if entry.end is None else min(entry.end, src_duration)
+    if segment:
+        if start >= src_duration:
+            return reject(OUT_OF_RANGE, f"start {start:.3f}s is beyond the duration {src_duration:.3f}s")
+        idx = np.nonzero((ts >= start - _EPS) & (ts < end - _EPS))[0]
+        if len(idx) == 0:
+            return reject(OUT_OF_RANGE, f"no frame in [{start:.3f}, {end:.3f})s")
+        first, last = int(idx[0]), int(idx[-1])
+    else:
+        first, last = 0, n - 1
+    try:
+        frame = vr[first].asnumpy()
+        vr[last].asnumpy()
+    except Exception as err:
+        return reject(UNREADABLE, f"cannot decode frames {first} and {last} of {n}: {_first_line(err)}")
+    del vr
+    length = (end - start) if segment else src_duration
+    if length < opts.min_seconds:
+        return reject(TOO_SHORT, f"{length:.3f}s is shorter than --min-seconds {opts.min_seconds}")
+
+    height, width = frame.shape[:2]
+    ext = src.suffix.lower().lstrip(".")
+    out_fps = fps if opts.fps is None else min(opts.fps, fps)
+    resize = opts.short_side is not None and min(height, width) > opts.short_side
+    if segment or out_fps < fps or resize or opts.reencode or ext not in VIDEO_EXTS:
+        ext = "mp4"
+        media = _staged_path(entry, src, opts, ext)
+        try:
+            if not media.exists():
+                tmp = media.with_name(media.name + ".tmp")
+                transcode_video(src, tmp, start=start if segment else None, end=end if segment else None,
+                                fps=opts.fps, short_side=opts.short_side, crf=opts.crf)
+                os.replace(tmp, media)
+            n, fps, height, width = _read_video_info(media)
+        except Exception as err:
+            return reject(TRANSCODE_FAILED, _first_line(err))
+        if n == 0:
+            return reject(TRANSCODE_FAILED, "the re-encoded video has no frames")
+    else:
+        media = src
+    info = {
+        "captions": entry.captions, "media": "video", "ext": ext, "duration": n / fps, "fps": fps,
+        "num_frames": n, "width": width, "height": height, "source": entry.path,
+        "start": start if segment else None, "end": end if segment else None, "line": entry.line,
+        "meta": _meta(entry),
+    }
+    return Sample(sample_key(entry), entry.line, str(media), ext, info)
+
+
+def _probe_image(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            im.verify()  # catches truncated files that open() alone accepts
+        with Image.open(src) as im:
+            im.load()
+            fmt = (im.format or "").lower()
+            width, height = im.size
+            new_h, new_w = output_size(height, width, opts.short_side, even=False)
+            ext = src.suffix.lower().lstrip(".")
+            media = src
+            if (new_h, new_w) != (height, width) or ext not in IMAGE_EXTS or fmt not in ("jpeg", "png"):
+                ext = "jpg" if fmt == "jpeg" else "png"
+                media = _staged_path(entry, src, opts, ext)
+                out = im.convert("RGB") if ext == "jpg" or im.mode not in ("RGB", "RGBA", "L") else im
+                if (new_h, new_w) != (height, width):
+                    out = out.resize((new_w, new_h), Image.Resampling.BICUBIC)
+                tmp = media.with_name(media.name + ".tmp")
+                out.save(tmp, format="JPEG" if ext == "jpg" else "PNG", quality=95)
+                os.replace(tmp, media)
+                width, height = new_w, new_h
+    except Exception as err:
+        return Reject(entry.line, entry.path, UNREADABLE, f"cannot read image: {_first_line(err)}")
+    info = {
+        "captions": entry.captions, "media": "image", "ext": ext, "duration": 0.0, "fps": 0.0,
+        "num_frames": 1, "width": width, "height": height, "source": entry.path, "start": None, "end": None,
+        "line": entry.line, "meta": _meta(entry),
+    }
+    return Sample(sample_key(entry), entry.line, str(media), ext, info)
+
+
+def _meta(entry: ManifestEntry) -> dict[str, Any]:
+    return {**entry.meta, **({"id": entry.id} if entry.id is not None else {})}
+
+
+def probe_entry(entry: ManifestEntry, opts: ShardOptions) -> Sample | Reject:
+    """Check one manifest entry and prepare its stored bytes; never raises.
+
+    Args:
+        entry: The manifest entry.
+        opts: Re-encoding and filtering options.
+
+    Returns:
+        A :class:`Sample` ready to be written or a :class:`Reject` with a reason code.
+    """
+    src = entry.resolved_path
+    try:
+        if not src.is_file():
+            return Reject(entry.line, entry.path, MISSING, f"no such file: {src}")
+        if src.stat().st_size == 0:
+            return Reject(entry.line, entry.path, UNREADABLE, "empty file (0 bytes)")
+        if entry.media == "image":
+            return _probe_image(entry, src, opts)
+        return _probe_video(entry, src, opts)
+    except Exception as err:  # a probe must not take the whole run down
+        return Reject(entry.line, entry.path, UNREADABLE, f"unexpected error: {_first_line(err)}")
+
+
+# ----------------------------------------------------------------------------- planning and writing
+def plan_shards(samples: list[Sample], maxcount: int, maxsize: int | None) -> list[list[Sample]]:
+    """Cut samples (in order) into shards of at most ``maxcount`` samples and about ``maxsize`` bytes.
+
+    A sample larger than ``maxsize`` gets a shard of its own; samples are never split.
+    """
+    shards: list[list[Sample]] = []
+    cur: list[Sample] = []
+    cur_size = 1024  # the tar end-of-archive blocks
+    for s in samples:
+        size = s.size
+        if cur and (len(cur) >= maxcount or (maxsize is not None and cur_size + size > maxsize)):
+            shards.append(cur)
+            cur, cur_size = [], 1024
+        cur.append(s)
+        cur_size += size
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def _fingerprint(group: list[Sample]) -> str:
+    payload = json.dumps([[s.key, s.ext, s.info, os.path.getsize(s.media_path)] for s in group], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _add_member(tf: tarfile.TarFile, name: str, size: int, fileobj) -> None:
+    # Fixed owner/mtime: the same samples always give byte-identical shards (whatever --workers).
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    tf.addfile(info, fileobj)
+
+
+def write_shard(path: Path, group: list[Sample]) -> dict[str, Any]:
+    """Write one shard atomically (``.tmp`` then rename) and its ``.index.json``; returns the index."""
+    import io
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for s in group:
+                with open(s.media_path, "rb") as media:
+                    _add_member(tf, f"{s.key}.{s.ext}", os.fstat(media.fileno()).st_size, media)
+                for ext, data in (("json", s._json()), ("txt", s._txt())):
+                    _add_member(tf, f"{s.key}.{ext}", len(data), io.BytesIO(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    index = {"shard": path.name, "keys": [s.key for s in group], "fingerprint": _fingerprint(group),
+             "bytes": path.stat().st_size}
+    _write_json_atomic(_index_path(path), index)
+    return index
+
+
+def _index_path(shard: Path) -> Path:
+    return shard.with_name(shard.name[: -len(".tar")] + ".index.json")
+
+
+def _shard_is_complete(path: Path, group: list[Sample]) -> bool:
+    try:
+        index = json.loads(_index_path(path).read_text())
+        return (path.stat().st_size == index["bytes"] and index["keys"] == [s.key for s in group]
+                and index["fingerprint"] == _fingerprint(group))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if lines:
+        tmp.write_text("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in obj))
+    else:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _numbered_shards(out: Path, prefix: str) -> dict[int, Path]:
+    found = {}
+    for p in out.glob(f"{prefix}-*.tar"):
+        num = p.name[len(prefix) + 1 : -len(".tar")]
+        if len(num) == 6 and num.isdigit():
+            found[int(num)] = p
+    return found
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parse_size(text: str) -> int:
+    units = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+    t = text.strip().lower().removesuffix("b")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 500000000, 500MB, 2G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--maxsize must be positive")
+    return int(value)
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_shards", description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True, type=Path, help="JSONL or CSV manifest")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    p.add_argument("--maxcount", type=_positive(int), default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--maxsize", type=_parse_size, default=None, help="bytes per shard, e.g. 1G (default: none)")
+    p.add_argument("--workers", type=_positive(int), default=1, help="parallel probe/encode processes")
+    p.add_argument("--fps", type=_positive(float), default=None, help="re-encode videos above this frame rate")
+    p.add_argument("--short-side", type=_positive(int), default=None,
+                   help="re-encode videos (resize images) whose short side is larger than this")
+    p.add_argument("--min-seconds", type=float, default=0.0, help="reject videos shorter than this")
+    p.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
+    p.add_argument("--overwrite", action="store_true", help="rewrite shards even when complete")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality of re-encoded videos (lower = better)")
+    p.add_argument("--reencode", action="store_true",
+                   help="re-encode every video to H.264 mp4 (for containers decord reads badly, e.g. MPEG-PS)")
+    return p
+
+
+def _probe_all(entries: list[ManifestEntry], opts: ShardOptions, workers: int) -> list[Sample | Reject]:
+    from tqdm import tqdm
+
+    task = partial(probe_entry, opts=opts)
+    bar = {"total": len(entries), "desc": "probe", "unit": "file", "disable": None}
+    if workers == 1 or len(entries) <= 1:
+        return [task(e) for e in tqdm(entries, **bar)]
+    # fork where available: spawned workers would each re-import the package (and torch, seconds each);
+    # the workers only run decord/PyAV/PIL, which create their own threads after the fork.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(min(workers, len(entries))) as pool:
+        return list(tqdm(pool.imap(task, entries), **bar))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the shard builder.
+
+    Args:
+        argv: Command-line arguments (``None`` = ``sys.argv[1:]``).
+
+    Returns:
+        0 when at least one sample was written, 1 when none could be, 2 when the manifest is unreadable.
+    """
+    args = build_parser().parse_args(argv)
+    if not args.prefix or not all(c.isascii() and (c.isalnum() or c in "-_") for c in args.prefix):
+        print(f"make_shards: --prefix must use only [A-Za-z0-9_-], got {args.prefix!r}", file=sys.stderr)
+        return 2
+    try:
+        entries, errors = read_manifest(args.manifest)
+    except (ManifestReadError, ValueError) as err:
+        print(f"make_shards: {err}", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".staging"
+    if args.overwrite:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(exist_ok=True)
+    for stale in [*out.glob("*.tmp"), *staging.glob("*.tmp")]:
+        stale.unlink(missing_ok=True)
+
+    opts = ShardOptions(staging=str(staging), fps=args.fps, short_side=args.short_side,
+                        min_seconds=args.min_seconds, crf=args.crf, reencode=args.reencode)
+    results = _probe_all(entries, opts, args.workers)
+    samples = [r for r in results if isinstance(r, Sample)]
+    rejects = [Reject(e.line, e.source, e.reason, e.detail) for e in errors]
+    rejects += [r for r in results if isinstance(r, Reject)]
+    rejects.sort(key=lambda r: r.line)
+
+    groups = plan_shards(samples, args.maxcount, args.maxsize)
+    names: list[str] = []
+    written = skipped = 0
+    for k, group in enumerate(groups):
+        path = out / f"{args.prefix}-{k:06d}.tar"
+        names.append(path.name)
+        if not args.overwrite and _shard_is_complete(path, group):
+            skipped += 1
+            continue
+        write_shard(path, group)
+        written += 1
+    for k, path in _numbered_shards(out, args.prefix).items():
+        if k >= len(groups):  # left by an earlier run with more shards: would duplicate samples
+            path.unlink()
+            _index_path(path).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+    _write_json_atomic(out / "rejects.jsonl", [asdict(r) for r in rejects], lines=True)
+    videos = [s for s in samples if s.info["media"] == "video"]
+    stats = {
+        "manifest": str(args.manifest), "written": len(samples), "videos": len(videos),
+        "images": len(samples) - len(videos), "rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "hours": sum(s.info["duration"] for s in videos) / 3600,
+        "frames": sum(s.info["num_frames"] for s in videos),
+        "bytes": sum((out / n).stat().st_size for n in names), "shards": len(names),
+        "shards_written": written, "shards_skipped": skipped, "shard_names": names,
+        "pattern": f"{args.prefix}-{{000000..{len(names) - 1:06d}}}.tar" if names else None,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    _write_json_atomic(out / "stats.json", stats)
+    if not samples:
+        print(f"make_shards: nothing written: all {len(rejects)} inputs rejected (see {out / 'rejects.jsonl'})",
+              file=sys.stderr)
+        return 1
+    print(f"make_shards: {len(samples)} samples in {len(names)} shards ({written} written, {skipped} "
+          f"already complete), {len(rejects)} rejected -> {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
