@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from torch import Tensor
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
 from longvivit.evaluation.retrieval import RetrievalEvaluator
 from longvivit.loss import NCELoss
-from longvivit.models.init import inflate_patch_kernel, load_pretrained
-from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
+from longvivit.models.checkpoint import load_weights_into
+from longvivit.models.init import inflate_patch_kernel
 from longvivit.models.model import VideoTextModel
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
 
@@ -112,33 +111,7 @@ class ContrastiveModule(L.LightningModule):
         Returns:
             Messages describing each adaptation (also logged).
         """
-        source = Path(source)
-        msgs = [f"video encoder: {m}" for m in load_pretrained(self.model.video_encoder, source)]
-        if source.is_dir():
-            text_dir = source / "text"
-            if text_dir.is_dir():
-                from longvivit.models.text_encoder import TextEncoder
-
-                self.model.text_encoder.load_state_dict(TextEncoder.from_pretrained(text_dir).state_dict())
-                msgs.append(f"text tower loaded from {text_dir}")
-            else:
-                msgs.append("text tower kept at its initialisation (folder has no text/ tower)")
-            meta_path = source / MODEL_CONFIG_NAME
-            if meta_path.is_file():
-                self.model.logit_scale.data.fill_(json.loads(meta_path.read_text())["log_logit_scale"])
-                msgs.append(f"logit scale {self.model.logit_scale.exp().item():.2f}")
-        else:
-            state = torch.load(str(source), map_location="cpu", weights_only=True)["state_dict"]
-            text = {k[len("model.text_encoder."):]: v for k, v in state.items() if k.startswith("model.text_encoder.")}
-            if text:
-                self.model.text_encoder.load_state_dict(text)
-                msgs.append(f"text tower loaded ({len(text)} tensors)")
-            if "model.logit_scale" in state:
-                self.model.logit_scale.data.copy_(state["model.logit_scale"])
-                msgs.append(f"logit scale {self.model.logit_scale.exp().item():.2f}")
-        for m in msgs:
-            log.info("init_from %s: %s", source, m)
-        return msgs
+        return load_weights_into(self.model, source)
 
     # ----------------------------------------------------------------- training
     def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:

@@ -1,0 +1,128 @@
+"""Load a :class:`VideoTextModel` from any of our sources: a training checkpoint or a saved/exported folder.
+
+Every path goes through :func:`longvivit.models.init.load_pretrained` for the video encoder, so a model
+can be loaded at another frame count or image size than it was trained with (temporal table extended,
+spatial table resized) and the adaptations are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
+from longvivit.models.init import load_pretrained
+from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
+from longvivit.models.model import TEXT_SUBDIR, VideoTextModel
+from longvivit.models.text_encoder import CONFIG_NAME as TEXT_CONFIG_NAME
+from longvivit.models.text_encoder import TextEncoder
+from longvivit.models.video_encoder import CONFIG_NAME as VIDEO_CONFIG_NAME
+
+log = logging.getLogger(__name__)
+
+TEXT_PREFIX = "model.text_encoder."
+LOGIT_KEY = "model.logit_scale"
+
+
+def _read_ckpt(path: Path) -> dict[str, Any]:
+    # Tensors and plain types only: never unpickle arbitrary objects from a checkpoint.
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def source_config(source: str | Path) -> VideoTextConfig:
+    """The model config a checkpoint or folder was saved with.
+
+    Args:
+        source: Lightning ``.ckpt`` written by ``longvivit fit`` or a folder from ``save_pretrained`` / export.
+
+    Returns:
+        The config (video, text, temperature settings).
+    """
+    source = Path(source)
+    if source.is_dir():
+        video = VideoEncoderConfig.load(source / VIDEO_CONFIG_NAME)
+        meta_path = source / MODEL_CONFIG_NAME
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        text_cfg_path = source / TEXT_SUBDIR / TEXT_CONFIG_NAME
+        text = None
+        if text_cfg_path.is_file():  # build the tower from the folder itself, not from where it was first loaded
+            saved = json.loads(text_cfg_path.read_text())
+            text = TextEncoderConfig(**{**saved, "name_or_path": str(text_cfg_path.parent)})
+        return VideoTextConfig(
+            video=video,
+            text=text or TextEncoderConfig(embed_dim=video.embed_dim),
+            **{k: meta[k] for k in ("init_logit_scale", "max_logit_scale") if k in meta},
+        )
+    hp = _read_ckpt(source).get("hyper_parameters", {})
+    if "video" not in hp:
+        raise ValueError(f"{source} has no model config in its hyper_parameters (not written by longvivit fit?)")
+    return VideoTextConfig(
+        video=VideoEncoderConfig.from_dict(hp["video"]),
+        text=TextEncoderConfig(**hp["text"]),
+        init_logit_scale=hp.get("init_logit_scale", 1 / 0.07),
+        max_logit_scale=hp.get("max_logit_scale", 100.0),
+    )
+
+
+def load_weights_into(model: VideoTextModel, source: str | Path) -> list[str]:
+    """Load both towers and the temperature of ``source`` into ``model``, adapting the video encoder's shapes.
+
+    Args:
+        model: Target model (modified in place); its config decides frame count and image size.
+        source: Lightning ``.ckpt``, a ``VideoTextModel.save_pretrained`` / export folder, or a folder with
+            only a video encoder (the text tower then keeps its initialisation, which is reported).
+
+    Returns:
+        One message per adaptation or partial load (also logged).
+    """
+    source = Path(source)
+    msgs = [f"video encoder: {m}" for m in load_pretrained(model.video_encoder, source)]
+    if source.is_dir():
+        text_dir = source / TEXT_SUBDIR
+        if text_dir.is_dir():
+            model.text_encoder.load_state_dict(TextEncoder.from_pretrained(text_dir).state_dict())
+            msgs.append(f"text tower loaded from {text_dir}")
+        else:
+            msgs.append("text tower kept at its initialisation (the folder has no text/ tower)")
+        meta_path = source / MODEL_CONFIG_NAME
+        if meta_path.is_file():
+            with torch.no_grad():
+                model.logit_scale.fill_(json.loads(meta_path.read_text())["log_logit_scale"])
+    else:
+        state = _read_ckpt(source)["state_dict"]
+        text = {k[len(TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+        if text:
+            model.text_encoder.load_state_dict(text)
+            msgs.append(f"text tower loaded ({len(text)} tensors)")
+        else:
+            msgs.append("text tower kept at its initialisation (no text tower in the checkpoint)")
+        if LOGIT_KEY in state:
+            with torch.no_grad():
+                model.logit_scale.copy_(state[LOGIT_KEY])
+    msgs.append(f"logit scale {model.get_logit_scale().item():.2f}")
+    for m in msgs:
+        log.info("loaded %s: %s", source, m)
+    return msgs
+
+
+def load_model(source: str | Path, **video_overrides: Any) -> tuple[VideoTextModel, list[str]]:
+    """Build the model a checkpoint or folder describes and load its weights.
+
+    Args:
+        source: See :func:`load_weights_into`.
+        **video_overrides: Changes to the video config, e.g. ``num_frames=128`` to evaluate a 16-frame model on
+            long videos (the temporal position table is extended) or ``mask_ratio``.
+
+    Returns:
+        ``(model in eval mode, adaptation messages)``.
+    """
+    cfg = source_config(source)
+    cfg = dataclasses.replace(cfg, video=cfg.video.replace(**video_overrides))
+    model = VideoTextModel(cfg)
+    msgs = load_weights_into(model, source)
+    return model.eval(), msgs
