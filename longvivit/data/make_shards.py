@@ -14,15 +14,17 @@ How a run goes, and why it can be interrupted and rerun safely:
 1. Stale ``*.tmp`` files of an earlier, interrupted run are removed.
 2. Every manifest entry is probed (in parallel with ``--workers``): decord opens it, counts frames and decodes
    the first and last frame the sample needs. Videos are stored byte for byte unless they must be re-encoded:
-   a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), or a
-   container outside the list above. Re-encoded videos stream through PyAV (never the whole video in RAM) into
-   ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
+   a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), a
+   container outside the list above, or ``--reencode`` (normalises everything to H.264 mp4, e.g. for MPEG-PS,
+   where decord skips the first GOP). Re-encoded videos stream through PyAV (never the whole video in RAM)
+   into ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
 3. Accepted samples, in manifest order, are cut into shards: a new shard starts when ``--maxcount`` samples or
    ``--maxsize`` bytes would be exceeded. The assignment only depends on the inputs and options.
 4. Each shard is written to ``NAME.tar.tmp`` and renamed when complete, then ``NAME.index.json`` records its
-   keys and a fingerprint of its samples. A rerun skips a shard whose tar and index match the plan (unless
-   ``--overwrite``) and deletes numbered shards beyond the plan, so every good input ends up in exactly one
-   shard, exactly once.
+   keys and a fingerprint of each sample's inputs (source file, entry, options: x264 does not promise the
+   same bytes twice). A rerun keeps a complete shard that holds exactly the next samples of the plan
+   (unless ``--overwrite``), rewrites the others and deletes numbered shards beyond the plan, so every good
+   input ends up in exactly one shard, exactly once.
 5. ``OUT/rejects.jsonl`` (``{"line", "source", "reason", "detail"}``) and ``OUT/stats.json`` are written.
 
 Exit status: 0 when at least one sample is in the shards; 1 when nothing could be written; 2 when the
@@ -83,17 +85,20 @@ class Sample:
     media_path: str
     ext: str
     info: dict[str, Any]
+    fingerprint: str = ""  # of the inputs (source file, entry, options), not of the possibly re-encoded bytes
 
     @property
     def size(self) -> int:
         """Bytes this sample adds to a tar (headers and 512-byte padding included)."""
-        sizes = (os.path.getsize(self.media_path), len(self._json()), len(self._txt()))
+        sizes = (os.path.getsize(self.media_path), len(self.json_bytes()), len(self.txt_bytes()))
         return sum(512 + -(-n // 512) * 512 for n in sizes)
 
-    def _json(self) -> bytes:
+    def json_bytes(self) -> bytes:
+        """The ``{key}.json`` member (keys sorted, so equal samples give equal bytes)."""
         return json.dumps(self.info, ensure_ascii=False, sort_keys=True).encode()
 
-    def _txt(self) -> bytes:
+    def txt_bytes(self) -> bytes:
+        """The ``{key}.txt`` member: the first caption."""
         return self.info["captions"][0].encode()
 
 
@@ -192,9 +197,8 @@ def transcode_video(
             nonlocal count
             vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
             vf.pts, vf.time_base = count, time_base
-            # The frame keeps the source's picture type, which x264 then follows. Resetting it to NONE (x264
-            # decides) made the output differ from run to run here for the same pixels, and resume and
-            # --workers rely on identical inputs giving identical shards.
+            # The frame keeps the source's picture type, which x264 follows. Letting x264 decide (NONE) made
+            # the same pixels encode to different bytes from run to run far more often in our tests.
             for packet in ost.encode(vf):
                 out.mux(packet)
             count += 1
@@ -328,7 +332,7 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
         "start": start if segment else None, "end": end if segment else None, "line": entry.line,
         "meta": _meta(entry),
     }
-    return Sample(sample_key(entry), entry.line, str(media), ext, info)
+    return _sample(entry, src, opts, Path(media), ext, info)
 
 
 def _probe_image(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
@@ -361,11 +365,22 @@ def _probe_image(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
         "num_frames": 1, "width": width, "height": height, "source": entry.path, "start": None, "end": None,
         "line": entry.line, "meta": _meta(entry),
     }
-    return Sample(sample_key(entry), entry.line, str(media), ext, info)
+    return _sample(entry, src, opts, Path(media), ext, info)
 
 
 def _meta(entry: ManifestEntry) -> dict[str, Any]:
     return {**entry.meta, **({"id": entry.id} if entry.id is not None else {})}
+
+
+def _sample(entry: ManifestEntry, src: Path, opts: ShardOptions, media: Path, ext: str,
+            info: dict[str, Any]) -> Sample:
+    # x264 does not always give the same bytes for the same frames, so what identifies a stored sample is
+    # what it was made from: the source file, the manifest entry (in info) and the encoding options.
+    st = src.stat()
+    tag = [sample_key(entry), ext, info, str(src.resolve()), st.st_size, st.st_mtime_ns, opts.fps,
+           opts.short_side, opts.crf, opts.reencode]
+    fingerprint = hashlib.sha1(json.dumps(tag, sort_keys=True).encode()).hexdigest()
+    return Sample(sample_key(entry), entry.line, str(media), ext, info, fingerprint)
 
 
 def probe_entry(entry: ManifestEntry, opts: ShardOptions) -> Sample | Reject:
@@ -392,29 +407,41 @@ def probe_entry(entry: ManifestEntry, opts: ShardOptions) -> Sample | Reject:
 
 
 # ----------------------------------------------------------------------------- planning and writing
-def plan_shards(samples: list[Sample], maxcount: int, maxsize: int | None) -> list[list[Sample]]:
+def plan_shards(
+    samples: list[Sample], maxcount: int, maxsize: int | None, existing: dict[int, list[str]] | None = None
+) -> list[list[Sample]]:
     """Cut samples (in order) into shards of at most ``maxcount`` samples and about ``maxsize`` bytes.
 
     A sample larger than ``maxsize`` gets a shard of its own; samples are never split.
+
+    Args:
+        samples: Accepted samples in manifest order.
+        maxcount: Samples per shard.
+        maxsize: Approximate bytes per shard, or ``None``.
+        existing: Shard number -> sample fingerprints of complete shards already on disk (written with the
+            same maxcount/maxsize). A shard that holds exactly the next samples is kept as it is: re-encoded
+            sizes may differ by a few bytes between runs and must not re-cut finished shards.
+
+    Returns:
+        The shards, each a list of samples.
     """
+    existing = existing or {}
     shards: list[list[Sample]] = []
-    cur: list[Sample] = []
-    cur_size = 1024  # the tar end-of-archive blocks
-    for s in samples:
-        size = s.size
-        if cur and (len(cur) >= maxcount or (maxsize is not None and cur_size + size > maxsize)):
-            shards.append(cur)
-            cur, cur_size = [], 1024
-        cur.append(s)
-        cur_size += size
-    if cur:
-        shards.append(cur)
+    i = 0
+    while i < len(samples):
+        known = existing.get(len(shards))
+        if known and [s.fingerprint for s in samples[i : i + len(known)]] == known:
+            group = samples[i : i + len(known)]
+        else:
+            group, size = [], 1024  # the tar end-of-archive blocks
+            for s in samples[i:]:
+                if group and (len(group) >= maxcount or (maxsize is not None and size + s.size > maxsize)):
+                    break
+                group.append(s)
+                size += s.size
+        shards.append(group)
+        i += len(group)
     return shards
-
-
-def _fingerprint(group: list[Sample]) -> str:
-    payload = json.dumps([[s.key, s.ext, s.info, os.path.getsize(s.media_path)] for s in group], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _add_member(tf: tarfile.TarFile, name: str, size: int, fileobj) -> None:
@@ -424,8 +451,8 @@ def _add_member(tf: tarfile.TarFile, name: str, size: int, fileobj) -> None:
     tf.addfile(info, fileobj)
 
 
-def write_shard(path: Path, group: list[Sample]) -> dict[str, Any]:
-    """Write one shard atomically (``.tmp`` then rename) and its ``.index.json``; returns the index."""
+def write_shard(path: Path, group: list[Sample], plan: dict[str, Any]) -> dict[str, Any]:
+    """Write one shard atomically (``.tmp`` then rename), then its ``.index.json``; returns the index."""
     import io
 
     tmp = path.with_name(path.name + ".tmp")
@@ -434,13 +461,13 @@ def write_shard(path: Path, group: list[Sample]) -> dict[str, Any]:
             for s in group:
                 with open(s.media_path, "rb") as media:
                     _add_member(tf, f"{s.key}.{s.ext}", os.fstat(media.fileno()).st_size, media)
-                for ext, data in (("json", s._json()), ("txt", s._txt())):
+                for ext, data in (("json", s.json_bytes()), ("txt", s.txt_bytes())):
                     _add_member(tf, f"{s.key}.{ext}", len(data), io.BytesIO(data))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    index = {"shard": path.name, "keys": [s.key for s in group], "fingerprint": _fingerprint(group),
-             "bytes": path.stat().st_size}
+    index = {"shard": path.name, "keys": [s.key for s in group], "samples": [s.fingerprint for s in group],
+             "plan": plan, "bytes": path.stat().st_size}
     _write_json_atomic(_index_path(path), index)
     return index
 
@@ -449,13 +476,17 @@ def _index_path(shard: Path) -> Path:
     return shard.with_name(shard.name[: -len(".tar")] + ".index.json")
 
 
-def _shard_is_complete(path: Path, group: list[Sample]) -> bool:
-    try:
-        index = json.loads(_index_path(path).read_text())
-        return (path.stat().st_size == index["bytes"] and index["keys"] == [s.key for s in group]
-                and index["fingerprint"] == _fingerprint(group))
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+def _complete_shards(out: Path, prefix: str, plan: dict[str, Any]) -> dict[int, list[str]]:
+    """Shard number -> sample fingerprints of the shards a rerun may keep (tar and index agree)."""
+    found = {}
+    for k, path in _numbered_shards(out, prefix).items():
+        try:
+            index = json.loads(_index_path(path).read_text())
+            if index["plan"] == plan and path.stat().st_size == index["bytes"]:
+                found[k] = list(index["samples"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
@@ -566,16 +597,18 @@ def main(argv: list[str] | None = None) -> int:
     rejects += [r for r in results if isinstance(r, Reject)]
     rejects.sort(key=lambda r: r.line)
 
-    groups = plan_shards(samples, args.maxcount, args.maxsize)
+    plan = {"maxcount": args.maxcount, "maxsize": args.maxsize}
+    existing = {} if args.overwrite else _complete_shards(out, args.prefix, plan)
+    groups = plan_shards(samples, args.maxcount, args.maxsize, existing)
     names: list[str] = []
     written = skipped = 0
     for k, group in enumerate(groups):
         path = out / f"{args.prefix}-{k:06d}.tar"
         names.append(path.name)
-        if not args.overwrite and _shard_is_complete(path, group):
+        if existing.get(k) == [s.fingerprint for s in group]:
             skipped += 1
             continue
-        write_shard(path, group)
+        write_shard(path, group, plan)
         written += 1
     for k, path in _numbered_shards(out, args.prefix).items():
         if k >= len(groups):  # left by an earlier run with more shards: would duplicate samples
