@@ -38,12 +38,18 @@ class LongViViTCLI(LightningCLI):
         })
 
 
-def run_lightning_cli(args: Sequence[str]) -> LongViViTCLI:
-    """Run ``fit | validate | test`` with ``args`` (subcommand first) and return the CLI object."""
+def run_lightning_cli(args: Sequence[str], run: bool = True) -> LongViViTCLI:
+    """Run ``fit | validate | test`` with ``args`` and return the CLI object.
+
+    Args:
+        args: Subcommand first (``["fit", "--config", ...]``); without ``run``, no subcommand.
+        run: ``False`` only instantiates model, data and trainer (recipe checks).
+    """
     return LongViViTCLI(
         ContrastiveModule,
         VideoTextDataModule,
         args=list(args),
+        run=run,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf"},
     )
