@@ -15,9 +15,16 @@ Videos: 640x360, 30 FPS H.264 (``encode_video``, x264 veryfast, crf 23), low-ent
 checkerboard and a moving square) so generation stays quick; 1-minute and 5-minute videos are built
 by remuxing 10-second encoded chunks (no re-encode), then cached under ``--cache-dir``.
 
+What bounds the speed-up: keyframes are ~8 s apart (x264's default GOP of 250 frames), so to return
+frames 0, 30, ..., 450 decord still decodes, without converting, every frame of the first 16 s. On a
+1-minute video the saving is therefore about (60 s / 16 s) x (decode + convert) / decode: roughly
+8x for this content; it grows with video length (5 minutes: 20-45x). Wall-clock figures on a shared
+machine are noisy, which is why each cell is the median of interleaved runs and CPU time per clip is
+reported next to them.
+
 Usage:
-  python tools/bench_data.py --quick      # 2 one-minute + 1 five-minute video (~2 min with generation)
-  python tools/bench_data.py              # 4 one-minute + 2 five-minute videos
+  python tools/bench_data.py --quick      # 2 one-minute + 1 five-minute video, 1 run per cell (~1.5 min)
+  python tools/bench_data.py              # 4 one-minute + 2 five-minute videos, median of 3 (~5 min)
   python tools/bench_data.py --json       # figures as JSON on stdout (the table goes to stderr)
 """
 
@@ -188,11 +195,28 @@ class Row:
     seconds: float
     clips_per_s: float
     frames_per_s: float
+    cpu_s_per_clip: float
     speedup: float | None = None
+    cpu_speedup: float | None = None
 
 
-def measure(kind: str, urls: list[str], cfg, workers: int) -> tuple[int, float]:
-    """Read every clip of ``urls`` once with ``workers`` DataLoader workers; (clips, seconds)."""
+def _row(video: str, loader: str, workers: int, runs: list[tuple[int, float, float]], num_frames: int) -> Row:
+    """Totals over the runs; rates are the median run's (robust to a burst of background load)."""
+    rate = float(np.median([clips / secs for clips, secs, _ in runs]))
+    cpu = float(np.median([cpu / clips for clips, _, cpu in runs]))
+    clips, secs = sum(r[0] for r in runs), sum(r[1] for r in runs)
+    return Row(video, loader, workers, clips, secs, rate, rate * num_frames, cpu)
+
+
+def measure(kind: str, urls: list[str], cfg, workers: int) -> tuple[int, float, float]:
+    """Read every clip of ``urls`` once with ``workers`` DataLoader workers.
+
+    Returns:
+        ``(clips, wall seconds, CPU seconds)``; CPU time of this process and its (reaped) workers,
+        which, unlike wall time, barely depends on what else the machine is running.
+    """
+    import resource
+
     import torch
 
     from longvivit.data.shards import REPORT_ONLY, ShardDataset
@@ -212,15 +236,22 @@ def measure(kind: str, urls: list[str], cfg, workers: int) -> tuple[int, float]:
         )
     else:
         ds = _naive_dataset(urls, cfg)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
-    t = time.perf_counter()
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    cpu0, t = cpu(), time.perf_counter()
     clips = 0
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
     for item in loader:
         if item.get(REPORT_ONLY):
             continue
         assert item["video"].shape == (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
         clips += 1
-    return clips, time.perf_counter() - t
+    secs = time.perf_counter() - t
+    del loader  # workers are joined when the iterator ends; their CPU time is then in RUSAGE_CHILDREN
+    return clips, secs, cpu() - cpu0
 
 
 def machine() -> dict:
@@ -247,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="passes of our loader over the shard (default: enough for >= ~16 clips)",
+        "--trials", type=int, default=None, help="runs per cell, median reported (default 3, quick 1)"
+    )
+    p.add_argument(
+        "--min-clips", type=int, default=32, help="clips per run of our loader (shard listed again)"
     )
     args = p.parse_args(argv)
 
@@ -266,54 +297,47 @@ def main(argv: list[str] | None = None) -> int:
     log(f"  ready in {time.perf_counter() - t:.1f} s")
     cfg = PreprocessConfig(num_frames=args.num_frames, fps=args.fps, image_size=args.image_size)
 
+    trials = args.trials or (1 if args.quick else 3)
     rows: list[Row] = []
     for label, paths in videos.items():
         shard = write_shard(paths, args.cache_dir / "shards" / f"{label.replace(' ', '')}-000000.tar")
         # Our loader is fast: list the shard several times so worker start-up does not dominate.
-        repeat = args.repeat or max(1, -(-16 // len(paths)))
+        repeat = max(1, -(-args.min_clips // len(paths)))
         for workers in args.workers:
-            clips, secs = measure("naive", [shard], cfg, workers)
-            naive = Row(
-                label,
-                "naive (PyAV, every frame)",
-                workers,
-                clips,
-                secs,
-                clips / secs,
-                clips * cfg.num_frames / secs,
-            )
-            clips, secs = measure("ours", [shard] * repeat, cfg, workers)
-            ours = Row(
-                label,
-                "ours (decord, sampled frames)",
-                workers,
-                clips,
-                secs,
-                clips / secs,
-                clips * cfg.num_frames / secs,
-                speedup=(clips / secs) / naive.clips_per_s,
-            )
+            runs: dict[str, list[tuple[int, float]]] = {"naive": [], "ours": []}
+            for _ in range(trials):  # interleaved, so both loaders see the same background load
+                runs["naive"].append(measure("naive", [shard], cfg, workers))
+                runs["ours"].append(measure("ours", [shard] * repeat, cfg, workers))
+            naive = _row(label, "naive (PyAV, every frame)", workers, runs["naive"], cfg.num_frames)
+            ours = _row(label, "ours (decord, sampled frames)", workers, runs["ours"], cfg.num_frames)
+            ours.speedup = ours.clips_per_s / naive.clips_per_s
+            ours.cpu_speedup = naive.cpu_s_per_clip / ours.cpu_s_per_clip
             rows += [naive, ours]
             log(
                 f"  {label}, {workers} worker(s): naive {naive.clips_per_s:.2f} clips/s, "
-                f"ours {ours.clips_per_s:.2f} clips/s ({ours.speedup:.1f}x)"
+                f"ours {ours.clips_per_s:.2f} clips/s ({ours.speedup:.1f}x; "
+                f"CPU per clip {ours.cpu_speedup:.1f}x)"
             )
 
     header = (
-        f"{'video':<6} | {'loader':<30} | {'workers':>7} | {'clips':>5} | {'seconds':>7} | "
-        f"{'clips/s':>7} | {'frames/s':>8} | {'vs naive':>8}"
+        f"{'video':<6} | {'loader':<30} | {'workers':>7} | {'clips':>5} | {'seconds':>7} | {'clips/s':>7} | "
+        f"{'frames/s':>8} | {'CPU s/clip':>10} | {'vs naive':>8} | {'vs naive (CPU)':>14}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         ratio = f"{r.speedup:.1f}x" if r.speedup is not None else ""
+        cpu_ratio = f"{r.cpu_speedup:.1f}x" if r.cpu_speedup is not None else ""
         lines.append(
             f"{r.video:<6} | {r.loader:<30} | {r.workers:>7} | {r.clips:>5} | {r.seconds:>7.1f} | "
-            f"{r.clips_per_s:>7.2f} | {r.frames_per_s:>8.1f} | {ratio:>8}"
+            f"{r.clips_per_s:>7.2f} | {r.frames_per_s:>8.1f} | {r.cpu_s_per_clip:>10.3f} | {ratio:>8} | "
+            f"{cpu_ratio:>14}"
         )
     info = machine()
     setup = (
         f"{cfg.num_frames} frames at {cfg.fps:g} FPS from the start, {cfg.image_size} px; "
-        f"{info['cores']} CPU cores ({info['cpu']}); frames/s = sampled frames delivered per second"
+        f"{info['cores']} CPU cores ({info['cpu']}), load average {os.getloadavg()[0]:.1f}\n"
+        f"clips/s and CPU s/clip: median of {trials} run(s); frames/s: sampled frames delivered per second; "
+        f"CPU s/clip: CPU time of the loader process and its workers per clip"
     )
     log("")
     log("\n".join(lines))
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": info,
                     "config": asdict(cfg),
                     "quick": args.quick,
+                    "trials": trials,
+                    "load_average": os.getloadavg(),
                     "rows": [asdict(r) for r in rows],
                 },
                 indent=2,
