@@ -67,6 +67,7 @@ class ContrastiveModule(L.LightningModule):
         max_logit_scale: float = 100.0,
         local_loss: bool = True,
         sync_inflation: bool = False,
+        modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
         # Copies: the defaults are shared instances, and VideoTextConfig aligns text.embed_dim in place.
@@ -79,8 +80,9 @@ class ContrastiveModule(L.LightningModule):
             "init_from": init_from, "trainable_last": trainable_last, "image_mask_ratio": image_mask_ratio,
             "eval_mask_ratio": eval_mask_ratio, "image_loss_weight": image_loss_weight,
             "init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "local_loss": local_loss,
-            "sync_inflation": sync_inflation,
+            "sync_inflation": sync_inflation, "modalities": modalities,
         })
+        self.modalities = modalities
         self.model_cfg = VideoTextConfig(
             video=video,
             text=text,
@@ -114,6 +116,22 @@ class ContrastiveModule(L.LightningModule):
         return load_weights_into(self.model, source)
 
     # ----------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        modalities = self.modalities
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if modalities is None and dm is not None:
+            modalities = [m for m, shards in (("video", dm.train_shards), ("image", dm.image_shards)) if shards]
+        if not modalities:
+            return
+        enc = self.model.video_encoder
+        if "image" not in modalities:
+            enc.patch_embed_2d.requires_grad_(False)
+        if "video" not in modalities:
+            enc.patch_embed_3d.requires_grad_(False)
+            enc.pos_embed_temporal.requires_grad_(False)
+
     def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:
         enc = self.model.video_encoder
         if modality == "image":
