@@ -25,6 +25,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
 Backbone = Literal["joint", "factorized", "frame"]
 AttnImpl = Literal["sdpa", "xformers"]
 TemporalExtend = Literal["repeat", "interpolate"]
+FramePool = Literal["mean", "attention"]
+# Linear layers of a block that LoRA can wrap: attention qkv and output, and both feed-forward layers.
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 
 @dataclass
@@ -49,7 +52,18 @@ class VideoEncoderConfig:
         layer_norm_eps: LayerNorm epsilon (HF ViT uses 1e-12).
         attn_impl: ``"sdpa"`` (any device) or ``"xformers"`` (CUDA only; falls back to SDPA).
         grad_checkpointing: Recompute block activations in backward to save memory.
-        backbone: ``"joint"`` space-time attention (default), ``"factorized"`` or ``"frame"``.
+        backbone: ``"joint"`` space-time attention (default); ``"factorized"``: per block, spatial attention
+            within each tubelet step then a gated temporal block across steps (gate ``tanh(alpha)``, alpha=0 at
+            init, so it starts as the per-frame image model); ``"frame"``: ImageViT, every frame through the 2D
+            path on its own, then ``frame_pool`` over the per-frame embeddings.
+        frame_pool: Pooling of per-frame embeddings with ``backbone="frame"``: ``"mean"`` or ``"attention"``
+            (a learned query over frames; at init it equals the mean).
+        adapter_dim: Bottleneck of the MLP adapter added after every block's feed-forward layer (LN, down,
+            ReLU, zero-init up, residual); 0 = no adapters. The paper uses 384 for ViT-B.
+        lora_rank: Rank of the LoRA update added to the ``lora_targets`` linears of every block; 0 = no LoRA.
+            The paper uses 64 for ViT-B.
+        lora_alpha: LoRA scale numerator: the update is ``(lora_alpha / lora_rank) * B @ A``; ``None`` = rank.
+        lora_targets: Which linears get LoRA, a subset of ``("qkv", "proj", "fc1", "fc2")``.
         temporal_extend: How the temporal position table grows when loaded for more frames.
         drop_path: Stochastic depth rate (linearly increasing over blocks).
     """
@@ -73,9 +87,15 @@ class VideoEncoderConfig:
     backbone: Backbone = "joint"
     temporal_extend: TemporalExtend = "repeat"
     drop_path: float = 0.0
+    frame_pool: FramePool = "mean"
+    adapter_dim: int = 0
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         self.tubelet_size = tuple(int(v) for v in self.tubelet_size)  # YAML gives lists
+        self.lora_targets = tuple(str(v) for v in self.lora_targets)
         if len(self.tubelet_size) != 3:
             raise ValueError(f"tubelet_size must be (time, height, width), got {self.tubelet_size}")
         t, ph, pw = self.tubelet_size
@@ -102,11 +122,24 @@ class VideoEncoderConfig:
             ("attn_impl", ("sdpa", "xformers")),
             ("backbone", ("joint", "factorized", "frame")),
             ("temporal_extend", ("repeat", "interpolate")),
+            ("frame_pool", ("mean", "attention")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.depth < 1 or self.width < 1 or self.embed_dim < 1:
             raise ValueError("depth, width and embed_dim must be positive")
+        if self.backbone == "factorized" and self.cls_token:
+            # Spatial attention runs per tubelet step and temporal attention per position: a single class
+            # token belongs to neither grid.
+            raise ValueError("backbone='factorized' does not support cls_token=True; use pool='mean'")
+        if self.adapter_dim < 0 or self.lora_rank < 0:
+            raise ValueError(f"adapter_dim and lora_rank must be >= 0 (0 = off), got {self.adapter_dim}, "
+                             f"{self.lora_rank}")
+        bad = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if bad or not self.lora_targets:
+            raise ValueError(f"lora_targets must be a non-empty subset of {LORA_TARGETS}, got {self.lora_targets}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0 (or None = lora_rank), got {self.lora_alpha}")
 
     # ----------------------------------------------------------------- derived sizes
     @property
@@ -139,6 +172,13 @@ class VideoEncoderConfig:
     def head_dim(self) -> int:
         return self.width // self.heads
 
+    @property
+    def lora_scale(self) -> float:
+        """Factor of the LoRA update, ``lora_alpha / lora_rank`` (1 when ``lora_alpha`` is None)."""
+        if self.lora_rank == 0:
+            return 0.0
+        return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / self.lora_rank
+
     # ----------------------------------------------------------------- construction
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> VideoEncoderConfig:
@@ -167,6 +207,7 @@ class VideoEncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tubelet_size"] = list(self.tubelet_size)
+        d["lora_targets"] = list(self.lora_targets)
         return d
 
     @classmethod

@@ -2,8 +2,10 @@
 
 This is the one place that changes weights by shape. Any source (our exported folder, a safetensors file,
 a Lightning checkpoint, a state dict, a Hugging Face ViT) is turned into our key names and then adapted to
-the target model's config: the 2D patch kernel is inflated to a tubelet kernel, the spatial position table
-is resized to a new grid, the temporal table is extended (or truncated) to a new number of frames.
+the target model's config: the 2D patch kernel is inflated to a tubelet kernel (and resized for coarser
+patches), the spatial position table is resized to a new grid, the temporal table is extended (or
+truncated) to a new number of frames, and the modules of the variants (factorized temporal branches,
+adapters, LoRA, attention pooling) are derived or start at their identity initialisation.
 Every adaptation is logged and returned as a human-readable message.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +61,36 @@ def inflate_patch_kernel(w2d: torch.Tensor, t: int, mode: str = "mean") -> torch
         w3d[:, :, t // 2] = w2d
         return w3d
     raise ValueError(f"inflation mode must be 'mean' or 'central', got {mode!r}")
+
+
+def resize_patch_kernel(w: torch.Tensor, new_size: tuple[int, int]) -> torch.Tensor:
+    """Resample the spatial extent of a patch kernel, for a coarser (or finer) patch of the same content.
+
+    The kernel is resampled and rescaled by the area ratio, so a patch of the image upsampled by an integer
+    factor ``f`` (nearest) through the ``f``-times larger kernel gives exactly the original token; shrinking
+    sums each ``f x f`` block, which matches an image downsampled by block averaging. Non-integer factors
+    are interpolated bilinearly (approximate).
+
+    Args:
+        w: (O, C, h, w) or (O, C, t, h, w) kernel.
+        new_size: (new_h, new_w).
+
+    Returns:
+        The kernel with its last two dimensions of size ``new_size``.
+    """
+    (h, w_), (nh, nw) = w.shape[-2:], new_size
+    if (h, w_) == (nh, nw):
+        return w
+    lead = w.shape[:-2]
+    flat = w.float().reshape(1, -1, h, w_)  # (1, O*C(*t), h, w): every 2D slice resampled alike
+    if nh <= h and nw <= w_:
+        mode = "area"
+    elif nh % h == 0 and nw % w_ == 0:
+        mode = "nearest"
+    else:
+        mode = "bilinear"
+    out = F.interpolate(flat, size=(nh, nw), mode=mode) * (h * w_) / (nh * nw)  # (1, O*C(*t), nh, nw)
+    return out.reshape(*lead, nh, nw).to(w.dtype)
 
 
 def collapse_patch_kernel(w3d: torch.Tensor) -> torch.Tensor:
@@ -178,6 +211,11 @@ def adapt_state_dict(
     t = cfg.tubelet_size[0]
 
     k3, k2 = "patch_embed_3d.weight", "patch_embed_2d.weight"
+    for key in (k2, k3):
+        if key in sd and sd[key].shape[-2:] != target[key].shape[-2:]:
+            old = tuple(sd[key].shape[-2:])
+            sd[key] = resize_patch_kernel(sd[key], tuple(target[key].shape[-2:]))
+            _note(msgs, f"{key.split('.')[0]} resized from patch {old} to {cfg.patch_size} (area-preserving)")
     if k3 not in sd and k2 in sd:
         sd[k3] = inflate_patch_kernel(sd[k2], t, inflate_mode)
         sd.setdefault("patch_embed_3d.bias", sd.get("patch_embed_2d.bias"))
@@ -210,6 +248,8 @@ def adapt_state_dict(
         sd[kt] = extend_temporal_pos(sd[kt], new_len, cfg.temporal_extend)
         _note(msgs, f"pos_embed_temporal {how} from {old_len} to {new_len} steps")
 
+    _adapt_variant_modules(sd, target, cfg, msgs)
+
     cls_keys = ("cls_token", "pos_embed_cls")
     if cfg.cls_token:
         missing_cls = [k for k in cls_keys if k not in sd]
@@ -233,6 +273,44 @@ def adapt_state_dict(
             "and channels must match; frames and image size are adapted):\n  " + "\n  ".join(mismatched)
         )
     return sd, msgs
+
+
+# Keys of modules an image or joint ViT does not have and that start as the identity when absent.
+_NEW_MODULE_KEY = re.compile(r"(^|\.)(adapter\.|lora_[ab]$|temporal_gate$)|^temporal_pool\.")
+_TEMPORAL_KEY = re.compile(r"^blocks\.(\d+)\.temporal\.(.+)$")
+
+
+def _adapt_variant_modules(sd: StateDict, target: Mapping[str, torch.Tensor], cfg: VideoEncoderConfig,
+                           msgs: list[str]) -> None:
+    """Fill the variant modules a checkpoint lacks, in place (see :mod:`longvivit.models.variants`).
+
+    Factorized temporal branches are copied from their block's spatial weights (as at construction);
+    adapters, LoRA factors, temporal gates and the attention pool keep the model's identity initialisation
+    (zero up-projection, zero ``B``, ``alpha = 0``, zero query). An attention-pool position table of another
+    length is extended like the temporal table.
+    """
+    copied = 0
+    for key in target:
+        m = _TEMPORAL_KEY.match(key)
+        if m and key not in sd and f"blocks.{m[1]}.{m[2]}" in sd:
+            sd[key] = sd[f"blocks.{m[1]}.{m[2]}"].clone()
+            copied += 1
+    if copied:
+        _note(msgs, f"factorized temporal branches initialised from the spatial weights ({copied} tensors)")
+    fresh: dict[str, int] = {}
+    for key in target:
+        if key not in sd and _NEW_MODULE_KEY.search(key):
+            sd[key] = target[key].clone()
+            kind = next(k for k in ("adapter", "lora", "temporal_gate", "temporal_pool", "temporal") if k in key)
+            fresh[kind] = fresh.get(kind, 0) + 1
+    if fresh:
+        what = ", ".join(f"{k} ({n} tensors)" for k, n in sorted(fresh.items()))
+        _note(msgs, f"new modules absent from the checkpoint start at identity initialisation: {what}")
+    kp = "temporal_pool.pos"
+    if kp in sd and kp in target and sd[kp].shape[1] != target[kp].shape[1]:
+        old_len = sd[kp].shape[1]
+        sd[kp] = extend_temporal_pos(sd[kp], target[kp].shape[1], cfg.temporal_extend)
+        _note(msgs, f"{kp} resized from {old_len} to {target[kp].shape[1]} frames ({cfg.temporal_extend})")
 
 
 def load_adapted(

@@ -125,6 +125,9 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
 
+    ``adapter`` is an optional residual module applied to the block output (set by
+    :mod:`longvivit.models.variants`); it is ``None`` in a plain ViT.
+
     Args:
         dim: Token width.
         heads: Attention heads.
@@ -151,8 +154,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        self.adapter: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x if self.adapter is None else self.adapter(x)

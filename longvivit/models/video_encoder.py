@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -56,20 +57,30 @@ def random_masking(
 class VideoEncoder(nn.Module):
     """ViViT encoder: tubelet embedding, joint space-time transformer, mean pooling, projection.
 
+    ``VideoEncoder(cfg)`` builds the class of ``cfg.backbone``: this class for ``"joint"``, the subclasses in
+    :mod:`longvivit.models.variants` for ``"factorized"`` and ``"frame"``. Adapters and LoRA
+    (``cfg.adapter_dim``, ``cfg.lora_rank``) are added to the blocks of any backbone.
+
     Args:
-        cfg: The encoder configuration. Only ``backbone="joint"`` is built here.
+        cfg: The encoder configuration.
 
     Attributes:
         trainable_last: ``None`` when fully trainable, else the ``K`` given to :meth:`freeze`.
+        peft: The parameter-efficient mode set by :meth:`set_peft`, or ``None``.
         grad_checkpointing: Whether trainable blocks recompute activations in backward.
     """
 
+    def __new__(cls, cfg: VideoEncoderConfig | None = None, *args: object, **kwargs: object) -> VideoEncoder:
+        # Dispatch here rather than in a factory so that every caller (the model, from_pretrained, the
+        # checkpoint loader) builds the right backbone from the config alone. cfg is None on unpickling.
+        if cls is VideoEncoder and cfg is not None and cfg.backbone != "joint":
+            from longvivit.models.variants import backbone_class
+
+            cls = backbone_class(cfg.backbone)
+        return super().__new__(cls)
+
     def __init__(self, cfg: VideoEncoderConfig) -> None:
         super().__init__()
-        if cfg.backbone != "joint":
-            raise NotImplementedError(
-                f"backbone={cfg.backbone!r} is not available in VideoEncoder yet; use backbone='joint'"
-            )
         self.cfg = cfg
         w = cfg.width
         self.patch_embed_3d = nn.Conv3d(
@@ -88,11 +99,17 @@ class VideoEncoder(nn.Module):
         # Stochastic depth grows linearly with depth (plain floats: the module may be built on "meta").
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(self.make_block(i, rates[i]) for i in range(cfg.depth))
+        if cfg.adapter_dim or cfg.lora_rank:
+            from longvivit.models.variants import attach_peft
+
+            for blk in self.blocks:
+                attach_peft(blk, cfg)
         self.norm = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
         self.head_norm = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
         self.proj = nn.Linear(w, cfg.embed_dim, bias=False)
 
         self.trainable_last: int | None = None
+        self.peft: str | None = None
         self.grad_checkpointing = False
         self.reset_parameters()
         if cfg.grad_checkpointing:
@@ -120,6 +137,10 @@ class VideoEncoder(nn.Module):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
         self.apply(_init_module)
+        # Adapters, LoRA and temporal branches re-initialise themselves so the model starts as the base ViT.
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_as_identity"):
+                m.init_as_identity()
 
     # ----------------------------------------------------------------- embedding
     def embed_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -206,15 +227,11 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"mask_ratio must be in [0, 1), got {ratio}")
         n_frozen = self.num_frozen_blocks
         # The frozen prefix needs no activations for backward: running it without autograd is what
-        # makes "train the last K blocks" cheap in memory. Input gradients (saliency) still work.
-        frozen = self.trainable_last is not None and not pixels.requires_grad
+        # makes "train the last K blocks" cheap in memory. Input gradients (saliency) still work, and a
+        # trainable tubelet embedding (set_peft("last_k")) keeps autograd on through the prefix.
+        frozen = not self._prefix_needs_grad(pixels, is_video, n_frozen)
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x = self.embed_video(pixels) if is_video else self.embed_image(pixels)
-            if ratio > 0.0:
-                x, _ = random_masking(x, ratio, generator)
-            if self.cls_token is not None:
-                cls = (self.cls_token + self.pos_embed_cls).expand(x.shape[0], -1, -1)  # (B, 1, width)
-                x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
+            x = self.prepare_tokens(pixels, is_video, ratio, generator)
             for blk in self.blocks[:n_frozen]:
                 x = blk(x)
         for blk in self.blocks[n_frozen:]:
@@ -222,7 +239,37 @@ class VideoEncoder(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        return self.norm(x)
+        return self.norm(self.flatten_tokens(x))
+
+    def _prefix_needs_grad(self, pixels: torch.Tensor, is_video: bool, n_frozen: int) -> bool:
+        if self.trainable_last is None or pixels.requires_grad:
+            return True
+        embed = self.patch_embed_3d if is_video else self.patch_embed_2d
+        tables = (self.pos_embed_spatial, self.pos_embed_temporal, self.cls_token, self.pos_embed_cls)
+        prefix = [*embed.parameters(), *(p for p in tables if p is not None)]
+        prefix += [p for blk in self.blocks[:n_frozen] for p in blk.parameters()]
+        return any(p.requires_grad for p in prefix)
+
+    def prepare_tokens(
+        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Embedded, masked tokens in the layout the blocks take (variants override this and
+        :meth:`flatten_tokens`).
+
+        Returns:
+            (B, N_keep (+1 class token, first), width) for the joint backbone.
+        """
+        x = self.embed_video(pixels) if is_video else self.embed_image(pixels)
+        if ratio > 0.0:
+            x, _ = random_masking(x, ratio, generator)
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed_cls).expand(x.shape[0], -1, -1)  # (B, 1, width)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
+        return x
+
+    def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Block output -> (B, N, width); the identity for the joint backbone."""
+        return x
 
     def forward_features(
         self,
@@ -354,9 +401,32 @@ class VideoEncoder(nn.Module):
                 item.requires_grad_(False)
 
     def unfreeze(self) -> None:
-        """Make every parameter trainable again and forget the frozen prefix."""
+        """Make every parameter trainable again and forget the frozen prefix and any PEFT mode."""
         self.trainable_last = None
+        self.peft = None
         self.requires_grad_(True)
+
+    def set_peft(self, kind: str, trainable_last: int = 4) -> None:
+        """Parameter-efficient image-to-video tuning: freeze the image model, train the rest.
+
+        Trainable afterwards: the video-specific parameters (:meth:`video_parameters`: tubelet embedding
+        and temporal table, plus temporal branches or the attention pool of the variants), the final norm,
+        ``head_norm`` and ``proj``, and, by ``kind``, the adapters (``"adapter"``), the LoRA factors
+        (``"lora"``) or the last ``trainable_last`` blocks (``"last_k"``). See
+        :func:`longvivit.models.variants.freeze_for_peft`.
+
+        Args:
+            kind: ``"adapter"``, ``"lora"`` or ``"last_k"``.
+            trainable_last: ``K`` for ``"last_k"``.
+        """
+        from longvivit.models.variants import freeze_for_peft
+
+        freeze_for_peft(self, kind, trainable_last)
+
+    def video_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters an image ViT does not have; :meth:`set_peft` keeps them trainable."""
+        yield from self.patch_embed_3d.parameters()
+        yield self.pos_embed_temporal
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the trainable blocks' activations in backward (non-reentrant checkpointing)."""
@@ -374,7 +444,8 @@ class VideoEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def extra_repr(self) -> str:
-        return f"trainable_last={self.trainable_last}, grad_checkpointing={self.grad_checkpointing}"
+        return (f"backbone={self.cfg.backbone}, trainable_last={self.trainable_last}, peft={self.peft}, "
+                f"grad_checkpointing={self.grad_checkpointing}")
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path) -> Path:

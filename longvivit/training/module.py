@@ -42,6 +42,9 @@ class ContrastiveModule(L.LightningModule):
         init_from: Checkpoint (``.ckpt``), exported folder or encoder folder of a previous stage. Shapes
             are adapted (tubelet inflation, spatial/temporal position tables); optimizer state is not carried.
         trainable_last: Train only the last K blocks of the video encoder (stage 3: 4); ``None`` trains all.
+        peft: Parameter-efficient image-to-video tuning of the video encoder after ``init_from``:
+            ``"adapter"``, ``"lora"`` or ``"last_k"`` (K = ``trainable_last``, default 4); the tubelet
+            embedding stays trainable (see ``VideoEncoder.set_peft``). ``None``: full tuning.
         image_mask_ratio: Token mask ratio for images (the paper's efficient variant masks images too).
         eval_mask_ratio: Mask ratio at validation and test (0: exact, deterministic).
         image_loss_weight: Weight of the image-text loss when images are mixed into video training.
@@ -60,6 +63,7 @@ class ContrastiveModule(L.LightningModule):
         optim: OptimConfig = _DEFAULT_OPTIM,
         init_from: str | None = None,
         trainable_last: int | None = None,
+        peft: str | None = None,
         image_mask_ratio: float = 0.0,
         eval_mask_ratio: float = 0.0,
         image_loss_weight: float = 1.0,
@@ -77,7 +81,8 @@ class ContrastiveModule(L.LightningModule):
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "video": video.to_dict(), "text": dataclasses.asdict(text), "optim": dataclasses.asdict(optim),
-            "init_from": init_from, "trainable_last": trainable_last, "image_mask_ratio": image_mask_ratio,
+            "init_from": init_from, "trainable_last": trainable_last, "peft": peft,
+            "image_mask_ratio": image_mask_ratio,
             "eval_mask_ratio": eval_mask_ratio, "image_loss_weight": image_loss_weight,
             "init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "local_loss": local_loss,
             "sync_inflation": sync_inflation, "modalities": modalities,
@@ -97,7 +102,9 @@ class ContrastiveModule(L.LightningModule):
         self.adaptations: list[str] = []
         if init_from:
             self.adaptations = self.init_weights_from(init_from)
-        if trainable_last is not None:
+        if peft is not None:
+            self.model.video_encoder.set_peft(peft, trainable_last=4 if trainable_last is None else trainable_last)
+        elif trainable_last is not None:
             self.model.video_encoder.freeze(trainable_last=trainable_last)
         self.evaluator = RetrievalEvaluator()
         self.last_batch_stats: dict[str, float] = {}
@@ -126,7 +133,7 @@ class ContrastiveModule(L.LightningModule):
         if not modalities:
             return
         enc = self.model.video_encoder
-        if "image" not in modalities:
+        if "image" not in modalities and enc.cfg.backbone != "frame":  # the frame model embeds frames with it
             enc.patch_embed_2d.requires_grad_(False)
         if "video" not in modalities:
             enc.patch_embed_3d.requires_grad_(False)
