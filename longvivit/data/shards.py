@@ -219,9 +219,11 @@ def collate(
     if tokenizer is not None:
 
         def tok(texts: list[str]) -> dict[str, torch.Tensor]:
-            # Fixed padding keeps text shapes static across batches and ranks.
+            # Pad to the longest caption of the batch, not to max_length: captions are usually far shorter
+            # than the budget and the text tower's cost grows with the padded length. Only features are
+            # gathered across ranks, so token shapes need not match between them.
             return tokenizer(
-                texts, padding="max_length", truncation=True, max_length=max_text_length, return_tensors="pt"
+                texts, padding="longest", truncation=True, max_length=max_text_length, return_tensors="pt"
             )
 
         first = tok([c[0] for c in captions])
