@@ -67,7 +67,7 @@ def test_train_loader_epochs_have_exact_length_and_differ(shards):
     assert e0 != e1  # a new epoch draws a new stream
     batch = next(iter(loader))
     assert batch["video"].shape == (2, 2, 3, 16, 16)
-    assert batch["input_ids"].shape == batch["attention_mask"].shape [:1] == (2,)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 2
     assert set(batch) >= {
         "key",
         "video",
