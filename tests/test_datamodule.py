@@ -217,6 +217,7 @@ def test_resume_from_a_mid_epoch_checkpoint_with_workers(shards, tmp_path):
         enable_model_summary=False,
         limit_val_batches=0,
         max_epochs=2,
+        default_root_dir=tmp_path,  # the resumed trainer's own checkpoints must not land in the working dir
     )
     model = TinyModule()
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
