@@ -1,0 +1,140 @@
+"""``runs/demo/report.md``: data stats, per-stage retrieval beside chance, order probes, and plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+STAGES = ("stage1", "stage2", "stage3")
+
+
+def _loss_curves(out: Path) -> dict[str, list[tuple[int, float]]]:
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for stage in STAGES:
+        for f in sorted((out / stage).glob("logs/version_*/metrics.csv")):
+            for row in csv.DictReader(f.open()):
+                for key in ("train/loss_video", "train/loss_image"):
+                    if row.get(key):
+                        curves.setdefault(f"{stage} {key.split('_')[-1]}", []).append(
+                            (int(row["step"]), float(row[key])))
+    return curves
+
+
+def _plots(out: Path, results: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    curves = _loss_curves(out)
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+        ax.set_xlabel("step (within stage)")
+        ax.set_ylabel("NCE loss")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss_curves.png", dpi=110)
+        plt.close(fig)
+        names.append("loss_curves.png")
+    evals = results.get("eval", {})
+    rows = [(s, evals.get(f"{s}/clips/original")) for s in STAGES]
+    rows = [(s, m) for s, m in rows if m]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        width = 0.25
+        for j, k in enumerate(("R@1", "R@5", "R@10")):
+            ax.bar([i + (j - 1) * width for i in range(len(rows))], [m["t2v"][k] for _, m in rows], width,
+                   label=f"T2V {k}")
+        chance = rows[0][1]["chance"]["R@1"]
+        ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance R@1 ({chance:.1f})")
+        ax.set_xticks(range(len(rows)), [s for s, _ in rows])
+        ax.set_ylabel("%")
+        ax.set_title("zero-shot text-to-video retrieval, 16-frame test clips")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "recall_by_stage.png", dpi=110)
+        plt.close(fig)
+        names.append("recall_by_stage.png")
+    return names
+
+
+def _fmt(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "| - | - | - | - | - | - | - |"
+    t, v = m["t2v"], m["v2t"]
+    oo = m.get("order_only")
+    pair = f"{oo['pair_accuracy']['accuracy']:.1f}" if oo else "-"
+    return (f"| {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | {t['MRR']:.3f} | {v['R@1']:.1f} | "
+            f"{v['MRR']:.3f} | {pair} |")
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """Write ``out/report.md`` (and its PNGs) from the demo's recorded results.
+
+    Args:
+        out: Demo folder.
+        results: What :class:`longvivit.demo.Demo` recorded (data stats, evals, timings, export path).
+
+    Returns:
+        Path of the report.
+    """
+    plots = _plots(out, results)
+    evals = results.get("eval", {})
+    lines = ["# LongViViT demo report", ""]
+    total = results.get("total_seconds")
+    if total:
+        lines += [f"Total time: {total / 60:.1f} min on this machine.", ""]
+    data = results.get("data", {})
+    lines += ["## Data", "", "Synthetic order-sensitive video-text set (rendered and encoded to H.264 here).", ""]
+    counts = data.get("counts") or {}
+    if counts:
+        lines += ["| set | train | val | test |", "|---|---|---|---|"]
+        for name, per in counts.items():
+            if isinstance(per, dict):
+                lines.append(f"| {name} | " + " | ".join(str(per.get(s, "-")) for s in ("train", "val", "test")) + " |")
+        lines.append("")
+    for key in ("order_only_pairs", "pairs"):
+        if key in data:
+            lines += [f"Order-only pairs: `{data[key]}`", ""]
+    shards = results.get("shards", {})
+    if shards:
+        lines += ["| shards | samples | rejected | hours |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['written']} | {v['rejected']} | {v['hours']:.2f} |" for k, v in shards.items()]
+        lines.append("")
+    titles = (("clips", "16-frame test clips (stage 2's task)"), ("long", "long test videos (stage 3's task)"))
+    for name, title in titles:
+        lines += [f"## Zero-shot retrieval: {title}", ""]
+        some = next((m for k, m in evals.items() if f"/{name}/" in k), None)
+        if some:
+            c = some["chance"]
+            lines += [f"{some['num_videos']} videos, {some['num_texts']} captions; chance: R@1 {c['R@1']:.1f}%, "
+                      f"MRR {c['MRR']:.3f}; order-only: 2-way accuracy between the two clips of a pair "
+                      "(chance 50%).", ""]
+        lines += ["| stage | frames | T2V R@1 | R@5 | R@10 | MRR | V2T R@1 | V2T MRR | order-only 2-way % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for stage in STAGES:
+            for order in ("original", "shuffled"):
+                m = evals.get(f"{stage}/{name}/{order}")
+                if m:
+                    lines.append(f"| {stage} | {order} " + _fmt(m))
+        lines.append("")
+    lines += ["Shuffled = the same clips with their frames in random order at evaluation: a model that uses temporal "
+              "order loses accuracy, a bag-of-frames model does not.", ""]
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    if results.get("export"):
+        lines += ["## Exported model", "", f"`{results['export']}`", ""]
+    if results.get("caption"):
+        lines += ["## Video-to-text", "", "```", str(results["caption"]), "```", ""]
+    if results.get("timings"):
+        lines += ["## Timings", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in results["timings"].items()]
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
