@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from longvivit.config import VideoEncoderConfig
+from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.layers import Block
 
 CONFIG_NAME = "config.json"
@@ -482,7 +482,62 @@ class VideoEncoder(nn.Module):
             cfg = cfg.replace(**overrides)
         model = cls(cfg)
         load_pretrained(model, directory)
+        # An export also says how its frames were sampled: extract_features takes the rate from it.
+        from longvivit.export import load_preprocess_config
+
+        model.preprocess = load_preprocess_config(directory)
         return model
+
+    # ----------------------------------------------------------------- features for fusion
+    #: Sampling settings of the export this encoder was loaded from (``preprocessor_config.json``), if any.
+    preprocess: PreprocessConfig | None = None
+
+    def extract_features(
+        self, video: torch.Tensor, fps: float | None = None, start: float = 0.0
+    ) -> dict[str, torch.Tensor | tuple[int, int, int]]:
+        """Token grid, pooled embedding and the time of every temporal step, for fusing several encoders.
+
+        Nothing is masked. With a class token, the grid holds only the patch tokens; the class token is
+        returned apart as ``"cls"`` (it belongs to no space-time position).
+
+        Args:
+            video: (B, T, C, H, W) normalised frames, sampled at ``fps`` frames per second.
+            fps: Sampling rate of ``video``. ``None``: the rate of the export's ``preprocessor_config.json``
+                when the encoder came from :meth:`from_pretrained` of an export, else 1.0 (the paper's).
+            start: Time in seconds of the first frame.
+
+        Returns:
+            ``"tokens"``: (B, T', H', W', width) features after the final norm; ``"embedding"``: (B, embed_dim)
+            as :meth:`forward` gives it (pooled and projected, not L2-normalised); ``"tubelet"``: (t, h, w),
+            frames and pixels one token covers; ``"timestamps"``: (T',) float32 seconds at which each temporal
+            step starts, ``start + i * t / fps``; ``"grid"``: (T', H', W'); ``"cls"``: (B, width) with a class
+            token.
+        """
+        if fps is None:
+            if self.preprocess is not None and self.preprocess.sampling == "uniform":
+                raise ValueError("the export samples frames uniformly over each clip: pass fps=num_frames/seconds")
+            fps = self.preprocess.fps if self.preprocess is not None else 1.0
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        out: dict[str, torch.Tensor | tuple[int, int, int]] = {}
+        own = type(self)
+        if own.forward is VideoEncoder.forward and own.forward_tokens_grid is VideoEncoder.forward_tokens_grid:
+            # One pass: the embedding pools the very tokens the grid is cut from.
+            tokens = self.forward_features(video, mask_ratio=0.0)  # (B, [1 +] T'*H'*W', width)
+            out["embedding"] = self.head(self.pool(tokens))
+            if self.cls_token is not None:
+                out["cls"], tokens = tokens[:, 0], tokens[:, 1:]
+            gh, gw = self.cfg.grid_size
+            grid = rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)  # (B, T', H', W', width)
+        else:  # backbones with their own pooling path (frame-level ImageViT)
+            grid, out["embedding"] = self.forward_tokens_grid(video), self(video, mask_ratio=0.0)
+        steps = grid.shape[1]
+        stride = video.shape[1] // steps  # frames per temporal step: the tubelet's t, or 1 per frame
+        out["tokens"], out["grid"] = grid, tuple(grid.shape[1:4])
+        out["tubelet"] = (stride, *self.cfg.patch_size)
+        out["timestamps"] = start + torch.arange(steps, dtype=torch.float32, device=video.device) * (stride / fps)
+        return out
+
 
 
 def _init_module(m: nn.Module) -> None:
