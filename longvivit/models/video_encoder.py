@@ -539,7 +539,6 @@ class VideoEncoder(nn.Module):
         return out
 
 
-
 def _init_module(m: nn.Module) -> None:
     if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
         # A patch conv is a Linear on the flattened kernel, so it gets the same init.
