@@ -22,6 +22,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "vit-l16": {"width": 1024, "depth": 24, "heads": 16, "embed_dim": 768},
 }
 
+# Keys of a hub config.json that describe the file for the hub, not the model.
+HUB_METADATA_KEYS = frozenset({"architectures", "model_type", "library_name", "library_version"})
+
 Backbone = Literal["joint", "factorized", "frame"]
 AttnImpl = Literal["sdpa", "xformers"]
 TemporalExtend = Literal["repeat", "interpolate"]
@@ -212,8 +215,13 @@ class VideoEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoEncoderConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped.
+
+        The hub metadata that ``longvivit export`` adds to ``config.json`` (:data:`HUB_METADATA_KEYS`) is
+        skipped: it describes the file, not the model.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in HUB_METADATA_KEYS}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown VideoEncoderConfig keys: {sorted(unknown)}")

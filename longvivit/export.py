@@ -465,8 +465,11 @@ def export_model(
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(DTYPES[dtype]).save_pretrained(tmp)
-    # config.json stays exactly a VideoEncoderConfig (its loader rejects unknown keys): the hub-style
-    # architecture and library fields go to the top-level model's config
+    # The hub reads architecture and library from config.json; VideoEncoderConfig.from_dict skips these keys.
+    enc_cfg = json.loads((tmp / "config.json").read_text())
+    enc_cfg.update({"architectures": ["VideoEncoder"], "model_type": "longvivit-video-encoder",
+                    "library_name": LIBRARY_NAME, "library_version": _library_version()})
+    (tmp / "config.json").write_text(json.dumps(enc_cfg, indent=2) + "\n")
     meta = json.loads((tmp / MODEL_CONFIG_NAME).read_text())
     meta.update({"architectures": ["VideoTextModel"], "video_architecture": "VideoEncoder",
                  "library_name": LIBRARY_NAME, "library_version": _library_version(),

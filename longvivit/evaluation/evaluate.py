@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command-line arguments say and return the metrics dict."""
     from longvivit.config import PreprocessConfig
     from longvivit.data.shards import load_clips
+    from longvivit.export import load_preprocess_config
     from longvivit.models.checkpoint import load_model
 
     overrides: dict[str, Any] = {}
@@ -130,8 +131,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, msgs = load_model(args.model, **overrides)
     model.to(args.device)
     cfg = model.video_encoder.cfg
-    pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps, sampling=args.sampling,
-                           image_size=args.image_size or cfg.image_size)
+    # Defaults come from the export's preprocessor_config.json when there is one (fps, sampling, mean/std).
+    exported = load_preprocess_config(args.model) if Path(args.model).is_dir() else None
+    base = exported or PreprocessConfig()
+    pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
+                           image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(args.shards, preprocess=pre, num_workers=args.workers)
     ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                            frame_order=args.frame_order, seed=args.seed, device=args.device)
@@ -141,8 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics["order_only"] = order
     metrics["skipped"] = [{"key": k, "reason": r} for k, r in getattr(clips, "skipped", [])]
     metrics["settings"] = {
-        "model": str(args.model), "shards": args.shards, "num_frames": cfg.num_frames, "fps": args.fps,
-        "sampling": args.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
+        "model": str(args.model), "shards": args.shards, "num_frames": cfg.num_frames, "fps": pre.fps,
+        "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
         "image_size": pre.image_size, "adaptations": msgs,
     }
     if args.embeddings:
@@ -156,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="exported folder or Lightning checkpoint (.ckpt)")
     p.add_argument("--shards", required=True, help="shard path, brace pattern or folder of .tar")
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
-    p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--sampling", choices=("fps", "uniform"), default="fps")
+    p.add_argument("--fps", type=float, default=None, help="default: the export's, else 1")
+    p.add_argument("--sampling", choices=("fps", "uniform"), default=None, help="default: the export's, else fps")
     p.add_argument("--image-size", type=int, default=None, help="default: the model's")
     p.add_argument("--mask-ratio", type=float, default=0.0)
     p.add_argument("--frame-order", choices=FRAME_ORDERS, default="original")
