@@ -1,0 +1,160 @@
+"""``longvivit caption``: caption video files, caption and score shards, or answer multiple-choice questions.
+
+    longvivit caption --model DIR|CKPT --video FILE [FILE ...]     prints one caption per video
+    longvivit caption --model DIR --shards PATTERN --out captions.json   captions + CIDEr / BLEU-4 / ROUGE-L
+    longvivit caption --model DIR --qa questions.jsonl [--out qa.json]  option likelihoods + accuracy
+
+Videos go through the model's saved preprocessing (``preprocessor_config.json``: frames, fps, sampling,
+size, normalisation), with ``--num-frames``/``--fps``/``--sampling`` as overrides; the window starts at the
+first frame. Long-video summarisation is the same command with a summarisation-trained model, more frames
+and a larger ``--max-new-tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("longvivit.caption")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longvivit caption", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="captioning model folder or CaptioningModule .ckpt")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--video", nargs="+", help="video file(s) to caption")
+    what.add_argument("--shards", nargs="+", help="webdataset shards to caption")
+    what.add_argument("--qa", help="multiple-choice questions, JSON lines (see longvivit.captioning.qa)")
+    p.add_argument("--out", help="write results as JSON here")
+    p.add_argument("--num-frames", type=int, help="frames per video (default: as trained)")
+    p.add_argument("--fps", type=float, help="sampling rate in fps mode (default: as trained)")
+    p.add_argument("--sampling", choices=("fps", "uniform"), help="frame sampling (default: as trained)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="caption length budget (summaries: more)")
+    p.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
+    p.add_argument("--mask-ratio", type=float, help="tubelet mask ratio at inference (default: as trained)")
+    p.add_argument("--prompt", help="text before the caption (default: the training prompt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inference masks")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per generation batch (shards)")
+    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (shards)")
+    p.add_argument("--lm", help="use this local copy of the LM instead of the one the model names")
+    p.add_argument("--qa-template", default=None, help="QA context with a {question} field")
+    p.add_argument("--qa-normalize", action="store_true", help="average option log-probs per token")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    return p
+
+
+def _preprocess(model: Any, source: str, args: argparse.Namespace) -> Any:
+    from longvivit.captioning.model import read_preprocess
+    from longvivit.config import PreprocessConfig
+
+    saved = read_preprocess(source) if Path(source).is_dir() else None
+    pre = saved or PreprocessConfig(num_frames=model.cfg.num_frames, image_size=model.cfg.image_size)
+    changes: dict[str, Any] = {"num_frames": model.cfg.num_frames, "image_size": model.cfg.image_size,
+                               "start": "first"}
+    if args.fps is not None:
+        changes["fps"] = args.fps
+    if args.sampling is not None:
+        changes["sampling"] = args.sampling
+    return dataclasses.replace(pre, **changes)
+
+
+def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, str]:
+    import torch
+
+    from longvivit.data.decode import decode_video
+
+    out = {}
+    for i, path in enumerate(args.video):
+        video, nvf = decode_video(Path(path).read_bytes(), pre)  # (T, 3, H, W)
+        dev = next(model.resampler.parameters()).device
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
+        caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
+                                 args.beams, args.mask_ratio, gen, args.prompt)[0]
+        out[path] = caption
+        print(caption if len(args.video) == 1 else f"{path}\t{caption}", flush=True)
+    return out
+
+
+def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from longvivit.data.shards import load_clips
+    from longvivit.evaluation.captioning_metrics import caption_scores
+
+    preds: dict[str, str] = {}
+    refs: dict[str, list[str]] = {}
+    clips = load_clips(args.shards, preprocess=pre, num_workers=args.num_workers)
+    dev = next(model.resampler.parameters()).device
+    batch: list[dict[str, Any]] = []
+
+    def flush(index: int) -> None:
+        video = torch.stack([c["video"] for c in batch]).to(dev)  # (B, T, 3, H, W)
+        nvf = torch.tensor([c["num_valid_frames"] for c in batch], device=dev)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + index)
+        caps = model.generate(video, nvf, args.max_new_tokens, args.beams, args.mask_ratio, gen, args.prompt)
+        for clip, cap in zip(batch, caps, strict=True):
+            preds[clip["key"]], refs[clip["key"]] = cap, list(clip["captions"])
+        batch.clear()
+
+    n_batches = 0
+    for clip in clips:
+        batch.append(clip)
+        if len(batch) == args.batch_size:
+            flush(n_batches)
+            n_batches += 1
+    if batch:
+        flush(n_batches)
+    if clips.skipped:
+        log.warning("skipped %d undecodable samples, e.g. %s", len(clips.skipped), clips.skipped[:3])
+    if not preds:
+        raise SystemExit("no clips decoded from the shards")
+    scores = caption_scores(preds, refs)
+    print(json.dumps({k: scores[k] for k in ("CIDEr", "BLEU-4", "ROUGE-L", "num_samples")}), flush=True)
+    return {"scores": scores, "captions": preds, "references": refs, "skipped": clips.skipped}
+
+
+def _answer_questions(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from longvivit.captioning.qa import DEFAULT_TEMPLATE, evaluate_qa, read_qa_jsonl
+
+    result = evaluate_qa(model, read_qa_jsonl(args.qa), pre, args.qa_template or DEFAULT_TEMPLATE,
+                         args.qa_normalize, args.mask_ratio, args.seed)
+    summary = {k: result[k] for k in ("accuracy", "chance", "num_questions", "num_answered")}
+    print(json.dumps(summary), flush=True)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``longvivit caption``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.beams < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise SystemExit("--beams, --max-new-tokens and --batch-size must be >= 1")
+    import torch
+
+    from longvivit.captioning.model import load_captioner
+
+    overrides: dict[str, Any] = {}
+    if args.num_frames is not None:
+        overrides["num_frames"] = args.num_frames
+    if args.lm is not None:
+        overrides.update(lm=args.lm, lm_gguf_file=None)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_captioner(args.model, **overrides).to(device)
+    pre = _preprocess(model, args.model, args)
+    if args.video:
+        result: Any = _caption_files(model, pre, args)
+    elif args.shards:
+        result = _caption_shards(model, pre, args)
+    else:
+        result = _answer_questions(model, pre, args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", args.out)
+    return 0

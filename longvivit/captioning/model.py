@@ -1,0 +1,395 @@
+"""Video-to-text: frozen encoder -> temporal mean pool -> Perceiver resampler -> gated xattn -> frozen LM.
+
+A trained model is saved as one folder (:meth:`VideoToText.save_pretrained`)::
+
+    captioner_config.json     CaptionerConfig: sizes, prompt, mask ratio, which LM (None = packaged SmolLM2)
+    captioner.safetensors     the trained weights only: resampler.* and xlm.xattn.*
+    encoder/                  copy of the frozen video encoder (config.json + model.safetensors)
+    preprocessor_config.json  how videos were sampled and preprocessed in training (frames, fps, size...)
+
+The LM is referenced, not copied: it is frozen, so its source (the packaged GGUF or a local HF folder)
+reproduces it exactly. A Lightning checkpoint of :class:`~longvivit.captioning.module.CaptioningModule`
+holds the same trained weights and refers to the encoder by the path it was trained from;
+:func:`load_captioner` reads either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longvivit.captioning.lm import eos_token_id, load_lm
+from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_steps
+from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
+from longvivit.captioning.xattn import XAttnConfig, XAttnLM
+from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.models.video_encoder import VideoEncoder
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "captioner_config.json"
+WEIGHTS_NAME = "captioner.safetensors"
+ENCODER_SUBDIR = "encoder"
+PREPROCESS_NAME = "preprocessor_config.json"
+IGNORE = -100
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything that defines a :class:`VideoToText` model except the trained weights.
+
+    Args:
+        encoder: Frozen encoder source: an exported / saved folder or a contrastive ``.ckpt``. ``None``
+            builds a randomly initialised ``encoder_preset`` (smoke tests only).
+        encoder_preset: Preset used when ``encoder`` is ``None``.
+        num_frames: Frames per video fed to the encoder (its temporal table is adapted if needed).
+        image_size: Frame side fed to the encoder.
+        lm: Local HF causal-LM folder, or ``None`` for the packaged SmolLM2-135M.
+        lm_gguf_file: GGUF file inside ``lm`` to load instead of safetensors.
+        resampler: Perceiver resampler size.
+        xattn: Gated cross-attention placement and size.
+        prompt: Text before the caption; the loss covers only the caption and the EOS after it.
+        max_text_length: Token budget of prompt + caption + EOS in training.
+        mask_ratio: Fraction of tubelets dropped in training and, by default, at inference (paper: 0.3).
+    """
+
+    encoder: str | None = None
+    encoder_preset: str = "vit-b16"
+    num_frames: int = 16
+    image_size: int = 256
+    lm: str | None = None
+    lm_gguf_file: str | None = None
+    resampler: ResamplerConfig = field(default_factory=ResamplerConfig)
+    xattn: XAttnConfig = field(default_factory=XAttnConfig)
+    prompt: str = "A video of"
+    max_text_length: int = 64
+    mask_ratio: float = 0.3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resampler, dict):
+            self.resampler = ResamplerConfig(**self.resampler)
+        if isinstance(self.xattn, dict):
+            self.xattn = XAttnConfig(**self.xattn)
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.max_text_length < 2:
+            raise ValueError("max_text_length must be >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaptionerConfig:
+        """Inverse of :meth:`to_dict`, also accepting a checkpoint's hyperparameters (extra keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def load_encoder(
+    source: str | Path | None, num_frames: int, image_size: int, preset: str = "vit-b16"
+) -> VideoEncoder:
+    """The frozen video encoder of a captioner, in eval mode with no gradients.
+
+    Args:
+        source: Exported / saved encoder folder, contrastive Lightning ``.ckpt``, or ``None`` (random preset).
+        num_frames: Frames the encoder will see (the temporal position table is extended if needed).
+        image_size: Frame side (the spatial table is resized if needed).
+        preset: Size of the random encoder when ``source`` is ``None``.
+    """
+    if source is None:
+        log.warning("no encoder given: using a randomly initialised %s encoder", preset)
+        enc = VideoEncoder(VideoEncoderConfig.preset(preset, num_frames=num_frames, image_size=image_size))
+    elif Path(source).is_dir():
+        enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
+    else:
+        from longvivit.models.checkpoint import source_config
+        from longvivit.models.init import load_pretrained
+
+        cfg = source_config(source).video.replace(num_frames=num_frames, image_size=image_size)
+        enc = VideoEncoder(cfg)
+        for msg in load_pretrained(enc, source):
+            log.info("encoder from %s: %s", source, msg)
+    return enc.requires_grad_(False).eval()
+
+
+class VideoToText(nn.Module):
+    """Frozen video encoder and frozen causal LM joined by a trainable resampler and gated cross-attention.
+
+    Args:
+        cfg: The model description.
+        encoder: The video encoder (frozen here).
+        lm: A Hugging Face causal LM (frozen and wrapped here).
+        tokenizer: Its tokenizer (needs a pad token; see :func:`~longvivit.captioning.lm.load_lm`).
+
+    Attributes:
+        encoder: :class:`VideoEncoder`, eval mode, no gradients.
+        resampler: :class:`PerceiverResampler` (trained).
+        xlm: :class:`XAttnLM` holding the frozen LM (``xlm.lm``) and the trained blocks (``xlm.xattn``).
+    """
+
+    def __init__(self, cfg: CaptionerConfig, encoder: VideoEncoder, lm: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.resampler = PerceiverResampler(encoder.cfg.width, cfg.resampler, encoder.cfg.num_spatial_tokens)
+        self.xlm = XAttnLM(lm, cfg.resampler.hidden, cfg.xattn)
+        self.tokenizer = tokenizer
+        self.eos_id = eos_token_id(tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+
+    @classmethod
+    def build(cls, cfg: CaptionerConfig) -> VideoToText:
+        """Load the encoder and the LM named in ``cfg`` and build fresh resampler and cross-attention."""
+        encoder = load_encoder(cfg.encoder, cfg.num_frames, cfg.image_size, cfg.encoder_preset)
+        lm, tokenizer = load_lm(cfg.lm, cfg.lm_gguf_file)
+        return cls(cfg, encoder, lm, tokenizer)
+
+    def train(self, mode: bool = True) -> VideoToText:
+        """Only resampler and cross-attention follow ``mode``; encoder and LM stay in eval mode."""
+        super().train(mode)
+        self.encoder.eval()
+        self.xlm.train(mode)
+        return self
+
+    # ----------------------------------------------------------------- trained weights
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Resampler and cross-attention tensors, keyed as in :meth:`state_dict`."""
+        out = {f"resampler.{k}": v for k, v in self.resampler.state_dict().items()}
+        out.update({f"xlm.xattn.{k}": v for k, v in self.xlm.xattn.state_dict().items()})
+        return out
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load :meth:`trainable_state_dict` output; missing or unexpected keys are an error."""
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5]
+            raise KeyError(f"captioner weights do not match the model: missing {missing}, unexpected {extra}")
+        self.load_state_dict(state, strict=False)
+
+    def no_weight_decay(self) -> set[str]:
+        """Latent queries and tanh gates are not decayed (decay would pull the gates back to 0)."""
+        names = {f"resampler.{n}" for n in self.resampler.no_weight_decay()}
+        for i in range(len(self.xlm.xattn)):
+            names |= {f"xlm.xattn.{i}.attn_gate", f"xlm.xattn.{i}.ff_gate"}
+        return names
+
+    # ----------------------------------------------------------------- vision
+    def visual_tokens(
+        self,
+        video: Tensor,
+        num_valid_frames: Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Video -> resampled visual tokens the LM cross-attends to.
+
+        Args:
+            video: (B, T, 3, H, W) normalised frames.
+            num_valid_frames: Optional (B,) real frame counts; steps of padding frames are not pooled.
+            mask_ratio: Tubelets dropped at random; ``None`` uses ``cfg.mask_ratio``.
+            generator: Optional RNG for reproducible masks.
+
+        Returns:
+            (B, num_latents, resampler hidden).
+        """
+        ratio = self.cfg.mask_ratio if mask_ratio is None else float(mask_ratio)
+        with torch.no_grad():  # the encoder is frozen: no activations kept for backward
+            grid, visible = encode_grid(self.encoder, video, ratio, generator)  # (B, T', S, C), (B, T', S)
+            steps = None
+            if num_valid_frames is not None:
+                tt = self.encoder.cfg.tubelet_size[0]
+                steps = valid_steps(num_valid_frames.to(grid.device), tt, grid.shape[1])  # (B, T')
+            pooled, keep = temporal_mean_pool(grid, visible, steps)  # (B, S, C), (B, S)
+        return self.resampler(pooled, keep)
+
+    # ----------------------------------------------------------------- text
+    def _context_ids(self, context: str) -> list[int]:
+        ids = list(self.tokenizer(context).input_ids) if context else []
+        # A target needs at least one token before it to be predicted from.
+        bos = self.tokenizer.bos_token_id
+        return ids or [bos if bos is not None else self.eos_id]
+
+    def build_text(
+        self, contexts: list[str], targets: list[str], add_eos: bool = True, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Tokenise ``context + " " + target (+ EOS)`` per sample, right-padded, labels on the target only.
+
+        Args:
+            contexts: Prompt (or question) per sample; tokenised with the tokenizer's special tokens.
+            targets: Text to score or learn per sample.
+            add_eos: End each target with the EOS token (training: the model learns where to stop).
+            max_length: Truncate the target so the sequence fits (``None``: no limit).
+
+        Returns:
+            ``{"input_ids", "attention_mask", "labels"}``, each (B, S) long; labels are -100 off the target.
+        """
+        rows, labels = [], []
+        for ctx, tgt in zip(contexts, targets, strict=True):
+            c = self._context_ids(ctx)
+            sep = "" if not ctx or ctx.endswith((" ", "\n")) else " "
+            t = list(self.tokenizer(sep + tgt, add_special_tokens=False).input_ids)
+            if add_eos:
+                t.append(self.eos_id)
+            if max_length is not None:
+                t = t[: max(0, max_length - len(c))]
+            rows.append(c + t)
+            labels.append([IGNORE] * len(c) + t)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
+            ids[i, : len(r)], lab[i, : len(r)], att[i, : len(r)] = torch.tensor(r), torch.tensor(lb), 1
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    def token_nll(self, media: Tensor, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-sequence summed negative log-likelihood of the labelled tokens and their count.
+
+        Args:
+            media: (B_v, M, hidden) visual tokens; the text batch may be a multiple of B_v (consecutive
+                repeats of each video).
+            text: Output of :meth:`build_text`.
+
+        Returns:
+            ``(nll_sum, num_tokens)``, each (B,), float and long.
+        """
+        dev = media.device
+        ids, att, lab = (text[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+        logits = self.xlm(media, input_ids=ids, attention_mask=att, use_cache=False).logits  # (B, S, V)
+        target = lab[:, 1:]  # token t is predicted at position t - 1
+        nll = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(target)  # (B, S-1)
+        return nll.sum(dim=1), (target != IGNORE).sum(dim=1)
+
+    def caption_loss(
+        self,
+        video: Tensor,
+        captions: list[str],
+        num_valid_frames: Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Mean ``-log p(w_t | w_<t, V)`` over the caption tokens (and EOS) of the batch."""
+        media = self.visual_tokens(video, num_valid_frames, mask_ratio, generator)
+        prompts = [self.cfg.prompt] * len(captions)
+        text = self.build_text(prompts, captions, max_length=self.cfg.max_text_length)
+        nll, count = self.token_nll(media, text)
+        return nll.sum() / count.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        video: Tensor,
+        num_valid_frames: Tensor | None = None,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        prompt: str | None = None,
+    ) -> list[str]:
+        """Caption videos: greedy (``num_beams=1``) or beam search, with the LM's KV cache.
+
+        Long-video summarisation is the same call with a model trained on summaries and a larger
+        ``max_new_tokens``.
+
+        Returns:
+            One string per video, special tokens removed.
+        """
+        media = self.visual_tokens(video, num_valid_frames, mask_ratio, generator)
+        prompt = self.cfg.prompt if prompt is None else prompt
+        ids = torch.tensor([self._context_ids(prompt)], device=media.device)
+        ids = ids.expand(media.shape[0], -1)  # (B, P): one prompt for all, so no padding is needed
+        out = self.xlm.generate(
+            media,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )  # (B, P + new)
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path, preprocess: PreprocessConfig | None = None) -> Path:
+        """Write the folder described in the module docstring; returns it."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory / ENCODER_SUBDIR)
+        cfg = dataclasses.replace(self.cfg, encoder=ENCODER_SUBDIR)
+        if cfg.lm is not None and Path(cfg.lm).exists():
+            cfg.lm = str(Path(cfg.lm).resolve())  # the folder may be used from another working directory
+        (directory / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        pre = preprocess or PreprocessConfig(num_frames=self.cfg.num_frames, image_size=self.cfg.image_size)
+        (directory / PREPROCESS_NAME).write_text(json.dumps(dataclasses.asdict(pre), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> VideoToText:
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Args:
+            directory: The folder.
+            **overrides: ``CaptionerConfig`` fields to change, e.g. ``lm=...`` (a copy of the same LM
+                elsewhere), ``num_frames=...`` or ``mask_ratio=...``.
+        """
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg = CaptionerConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        cfg = dataclasses.replace(cfg, **overrides)
+        if cfg.encoder is not None and not Path(cfg.encoder).is_absolute():
+            cfg.encoder = str(directory / cfg.encoder)
+        model = cls.build(cfg)
+        model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        return model.eval()
+
+
+def read_preprocess(source: str | Path) -> PreprocessConfig | None:
+    """The saved preprocessing of a captioner folder, if any."""
+    path = Path(source) / PREPROCESS_NAME
+    if not path.is_file():
+        return None
+    return PreprocessConfig(**json.loads(path.read_text()))
+
+
+def load_captioner(source: str | Path, **overrides: Any) -> VideoToText:
+    """Load a captioner from a saved folder or a ``CaptioningModule`` Lightning checkpoint.
+
+    Args:
+        source: Folder from :meth:`VideoToText.save_pretrained` or a ``.ckpt`` from ``longvivit fit`` with a
+            captioning recipe (read with ``weights_only=True``; its encoder path must still exist).
+        **overrides: ``CaptionerConfig`` fields to change.
+
+    Returns:
+        The model in eval mode.
+    """
+    source = Path(source)
+    if source.is_dir():
+        return VideoToText.from_pretrained(source, **overrides)
+    ckpt = torch.load(str(source), map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters", {})
+    if "resampler" not in hp:
+        raise ValueError(f"{source} is not a captioning checkpoint (no resampler in its hyper_parameters)")
+    cfg = dataclasses.replace(CaptionerConfig.from_dict(hp), **overrides)
+    model = VideoToText.build(cfg)
+    prefix = "model."
+    model.load_trainable_state_dict(
+        {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    )
+    return model.eval()

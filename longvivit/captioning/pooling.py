@@ -1,0 +1,94 @@
+"""Frozen-encoder token grid with random tubelet masking, and the temporal mean pool over it.
+
+Masking (paper: 30% of tubelets dropped in video-to-text training *and* inference) and the temporal mean
+pool meet here. Masked tubelets are dropped before the encoder, as in pre-training; the visible outputs are
+scattered back onto the (T', H'*W') grid, and each spatial position is averaged over the tubelet steps where
+it is visible (and that hold real frames: steps made only of padding frames are left out). A position with
+no visible step gets a zero vector and ``keep=False``; the resampler then excludes it from its keys instead
+of reading a fake token. With 30% masking and T' = 8 that happens with probability 0.3^8 ≈ 7e-5 per
+position; with a single tubelet step it happens to 30% of the positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from longvivit.models.video_encoder import VideoEncoder, random_masking
+
+
+def encode_grid(
+    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Encoder features on the space-time grid, with masked tubelets dropped before the transformer.
+
+    Args:
+        encoder: The (frozen) video encoder.
+        video: (B, T, 3, H, W) normalised frames.
+        mask_ratio: Fraction of tubelets dropped per sample, in [0, 1).
+        generator: Optional RNG for reproducible masks (draws the same mask as
+            ``encoder.forward_features(video, mask_ratio, generator)`` from the same RNG state).
+
+    Returns:
+        ``(grid, visible)``: (B, T', H'*W', width) features (zeros where masked) and the (B, T', H'*W')
+        bool visibility.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    gh, gw = encoder.cfg.grid_size
+    if mask_ratio == 0.0:
+        grid = encoder.forward_tokens_grid(video)  # (B, T', H', W', width)
+        grid = rearrange(grid, "b t h w c -> b t (h w) c")  # (B, T', H'*W', width)
+        return grid, torch.ones(grid.shape[:3], dtype=torch.bool, device=grid.device)
+    # Same steps as VideoEncoder.forward_features, keeping the kept indices to scatter the outputs back.
+    tokens = encoder.embed_video(video)  # (B, T'*H'*W', width)
+    b, n, c = tokens.shape
+    x, ids_keep = random_masking(tokens, mask_ratio, generator)  # (B, N_keep, width), (B, N_keep)
+    if encoder.cls_token is not None:
+        cls = (encoder.cls_token + encoder.pos_embed_cls).expand(b, -1, -1)  # (B, 1, width)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
+    for blk in encoder.blocks:
+        x = blk(x)
+    x = encoder.norm(x)
+    if encoder.cls_token is not None:
+        x = x[:, 1:]
+    index = ids_keep.unsqueeze(-1).expand(-1, -1, c)  # (B, N_keep, width)
+    flat = x.new_zeros(b, n, c).scatter(1, index, x)  # (B, T'*H'*W', width)
+    visible = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter(1, ids_keep, True)  # (B, T'*H'*W')
+    steps = n // (gh * gw)
+    # (B, T'*H'*W', width) -> (B, T', H'*W', width); tokens are time-major (see VideoEncoder.embed_video)
+    return flat.view(b, steps, gh * gw, c), visible.view(b, steps, gh * gw)
+
+
+def valid_steps(num_valid_frames: Tensor, tubelet_t: int, steps: int) -> Tensor:
+    """(B,) real frame counts -> (B, T') bool: steps whose first frame is a real one (not padding).
+
+    A step that starts on a real frame is kept even when later frames in it are padding: every clip then
+    keeps at least its first step.
+    """
+    starts = torch.arange(steps, device=num_valid_frames.device) * tubelet_t  # (T',)
+    return starts.unsqueeze(0) < num_valid_frames.clamp(min=1).unsqueeze(1)  # (B, T')
+
+
+def temporal_mean_pool(
+    grid: Tensor, visible: Tensor, step_valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean over tubelet steps of each spatial position, counting only visible (and valid) steps.
+
+    Args:
+        grid: (B, T', S, C) features, S = H'*W'.
+        visible: (B, T', S) bool, ``True`` where a token was encoded.
+        step_valid: Optional (B, T') bool, ``False`` for steps made of padding frames.
+
+    Returns:
+        ``(pooled, keep)``: (B, S, C) features (zeros where nothing was visible) and (B, S) bool.
+        The token count S is fixed whatever the video length.
+    """
+    weight = visible
+    if step_valid is not None:
+        weight = weight & step_valid.unsqueeze(-1)  # (B, T', S)
+    w = weight.to(grid.dtype).unsqueeze(-1)  # (B, T', S, 1)
+    count = w.sum(dim=1)  # (B, S, 1)
+    pooled = (grid * w).sum(dim=1) / count.clamp(min=1)  # (B, S, C)
+    return pooled, count.squeeze(-1) > 0

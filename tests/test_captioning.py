@@ -1,0 +1,244 @@
+"""Video-to-text pieces on tiny real components: masked temporal pooling, the resampler, gated cross-attention
+inside a frozen HF LM (exactness at gate 0, KV-cache generation), the caption loss, saving, and QA scoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captioning_helpers import build_tiny_encoder, build_tiny_lm, open_gates, tiny_model_kwargs
+
+from longvivit.captioning.model import CaptionerConfig, VideoToText, load_captioner, load_encoder
+from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_steps
+from longvivit.captioning.qa import evaluate_qa, option_scores, qa_accuracy, read_qa_jsonl
+from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
+from longvivit.captioning.xattn import XAttnDecoderLayer, find_decoder_layers
+from longvivit.config import PreprocessConfig, TextEncoderConfig
+from longvivit.models.video_encoder import VideoEncoder, num_kept_tokens
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captioning")
+    return {
+        "encoder": build_tiny_encoder(root / "encoder"),
+        "llama": build_tiny_lm(root / "llama", "llama"),
+        "gpt2": build_tiny_lm(root / "gpt2", "gpt2"),
+    }
+
+
+def make_model(parts, family: str = "llama", **changes) -> VideoToText:
+    kwargs = {**tiny_model_kwargs(parts["encoder"], parts[family]), **changes}
+    torch.manual_seed(0)
+    return VideoToText.build(CaptionerConfig(**kwargs)).eval()
+
+
+def videos(b: int = 2, t: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, t, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------ encoder sources
+def test_encoder_loads_frozen_from_an_export_folder_or_a_contrastive_checkpoint(parts, tmp_path):
+    import dataclasses
+
+    saved = VideoEncoder.from_pretrained(parts["encoder"])
+    # A checkpoint shaped like `longvivit fit` writes it: hyperparameters of both towers, prefixed weights.
+    ckpt = tmp_path / "contrastive.ckpt"
+    hparams = {"video": saved.cfg.to_dict(), "text": dataclasses.asdict(TextEncoderConfig())}
+    state = {f"model.video_encoder.{k}": v for k, v in saved.state_dict().items()}
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, ckpt)
+    for source in (parts["encoder"], ckpt):
+        enc = load_encoder(source, num_frames=4, image_size=32)
+        assert not enc.training and not any(p.requires_grad for p in enc.parameters())
+        for k, v in saved.state_dict().items():
+            assert torch.equal(enc.state_dict()[k], v), (source, k)
+    longer = load_encoder(ckpt, num_frames=8, image_size=32)  # temporal table extended for more frames
+    assert longer.pos_embed_temporal.shape[1] == 4
+
+
+# ------------------------------------------------------------------------------------------ pooling
+def test_temporal_mean_pool_averages_only_visible_real_steps():
+    grid = torch.arange(1, 3 * 2 + 1, dtype=torch.float32).view(1, 3, 2, 1)  # (B=1, T'=3, S=2, C=1)
+    visible = torch.tensor([[[True, False], [False, False], [True, False]]])  # position 1 never seen
+    pooled, keep = temporal_mean_pool(grid, visible)
+    assert pooled[0, 0, 0] == (1 + 5) / 2 and pooled[0, 1, 0] == 0
+    assert keep.tolist() == [[True, False]]
+    # 3 real frames with tubelets of 2: steps 0 and 1 start on real frames, step 2 is padding only.
+    steps = valid_steps(torch.tensor([3]), tubelet_t=2, steps=3)
+    assert steps.tolist() == [[True, True, False]]
+    pooled, keep = temporal_mean_pool(grid, torch.ones_like(visible), steps)
+    assert pooled[0, :, 0].tolist() == [(1 + 3) / 2, (2 + 4) / 2]
+
+
+def test_masked_grid_holds_exactly_the_encoders_masked_tokens(parts):
+    enc = VideoEncoder.from_pretrained(parts["encoder"]).eval()
+    video = videos()
+    with torch.no_grad():
+        grid0, vis0 = encode_grid(enc, video, 0.0)
+        assert vis0.all() and torch.equal(grid0, enc.forward_tokens_grid(video).flatten(2, 3))
+        grid, vis = encode_grid(enc, video, 0.5, torch.Generator().manual_seed(3))
+        ref = enc.forward_features(video, 0.5, torch.Generator().manual_seed(3))  # (B, N_keep, C)
+    n = enc.cfg.num_tokens
+    assert vis.flatten(1).sum(1).tolist() == [num_kept_tokens(n, 0.5)] * 2
+    for i in range(2):  # the visible grid cells, in time-major order, are the encoder's own masked outputs
+        assert torch.equal(grid[i].flatten(0, 1)[vis[i].flatten()], ref[i])
+    assert (grid.flatten(1, 2)[~vis.flatten(1)] == 0).all()
+
+
+def test_visual_token_count_is_fixed_whatever_the_video_length(parts):
+    model = make_model(parts, num_frames=8)  # temporal table extended from 4 to 8 frames
+    short, long_ = model.visual_tokens(videos(t=4)), model.visual_tokens(videos(t=8))
+    n_spatial = model.encoder.cfg.num_spatial_tokens
+    assert short.shape == long_.shape == (2, n_spatial, model.cfg.resampler.hidden)
+
+
+def test_resampler_ignores_masked_positions():
+    cfg = ResamplerConfig(depth=2, hidden=32, heads=4, ff_dim=64)
+    res = PerceiverResampler(16, cfg, num_latents=3).eval()
+    x = torch.randn(2, 5, 16)
+    keep = torch.tensor([[True, True, False, True, False]] * 2)
+    out = res(x, keep)
+    y = x.clone()
+    y[:, 2] += 10.0
+    assert torch.allclose(res(y, keep), out, atol=1e-6), "a masked position must not reach the latents"
+    y[:, 0] += 10.0
+    assert not torch.allclose(res(y, keep), out, atol=1e-3)
+    assert out.shape == (2, 3, 32)
+
+
+# ------------------------------------------------------------------------------------------ cross-attention
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_zero_gates_leave_the_lm_logits_bit_identical(parts, family):
+    model = make_model(parts, family)
+    parent, name = find_decoder_layers(model.xlm.lm)
+    assert all(isinstance(layer, XAttnDecoderLayer) for layer in getattr(parent, name))
+    text = model.build_text(["A video of"] * 2, ["the red circle moves left", "a rabbit"])
+    ids, att = text["input_ids"], text["attention_mask"]
+    with torch.no_grad():
+        media = model.visual_tokens(videos())
+        plain = model.xlm(None, input_ids=ids, attention_mask=att).logits
+        with_video = model.xlm(media, input_ids=ids, attention_mask=att).logits
+        assert torch.equal(plain, with_video)
+        open_gates(model)
+        opened = model.xlm(media, input_ids=ids, attention_mask=att).logits
+        other = model.xlm(model.visual_tokens(videos(seed=1)), input_ids=ids, attention_mask=att).logits
+    assert not torch.allclose(opened, plain, atol=1e-4), "open gates let the video change the LM"
+    assert not torch.allclose(opened, other, atol=1e-4), "different videos give different logits"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generate_with_kv_cache_equals_full_recomputation(parts, family):
+    model = make_model(parts, family)
+    open_gates(model)
+    media = model.visual_tokens(videos())
+    ids = model.build_text(["A video of"] * 2, [""] * 2, add_eos=False)["input_ids"][:, :3]  # prompt only
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 6, "do_sample": False,
+          "min_new_tokens": 6, "output_scores": True, "return_dict_in_generate": True,
+          "pad_token_id": model.pad_id}
+    with torch.no_grad():
+        cached = model.xlm.generate(media, use_cache=True, **kw)
+        full = model.xlm.generate(media, use_cache=False, **kw)
+        plain = model.xlm.lm.generate(use_cache=True, **kw)  # no visual context: the plain LM
+    assert torch.equal(cached.sequences, full.sequences)
+    for a, b in zip(cached.scores, full.scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert not all(torch.allclose(a, b) for a, b in zip(cached.scores, plain.scores, strict=True))
+    captions = model.generate(videos(), max_new_tokens=5, num_beams=3)  # beams repeat the visual tokens
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    for w in model.xlm._wrappers:
+        assert w.media is None, "the visual context is cleared after generate"
+
+
+def test_caption_loss_covers_caption_tokens_and_eos_only(parts):
+    model = make_model(parts)
+    open_gates(model)
+    caps = ["the red circle moves left", "a rabbit"]
+    text = model.build_text(["A video of"] * 2, caps)
+    prompt_len = len(model.tokenizer("A video of").input_ids)
+    for i, cap in enumerate(caps):
+        n = int(text["attention_mask"][i].sum())
+        cap_ids = model.tokenizer(" " + cap, add_special_tokens=False).input_ids
+        assert text["labels"][i, :prompt_len].eq(-100).all() and text["labels"][i, n:].eq(-100).all()
+        assert text["labels"][i, prompt_len:n].tolist() == [*cap_ids, model.eos_id]
+    video = videos()
+    gen = torch.Generator().manual_seed(0)
+    loss = model.caption_loss(video, caps, mask_ratio=0.0, generator=gen)
+    # Reference: each sequence alone, unpadded, mean over all labelled tokens of the batch.
+    media = model.visual_tokens(video, mask_ratio=0.0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(2):
+            n = int(text["attention_mask"][i].sum())
+            logits = model.xlm(media[i : i + 1], input_ids=text["input_ids"][i : i + 1, :n]).logits[0]
+            lab = text["labels"][i, 1:n]
+            keep = lab != -100
+            total += F.cross_entropy(logits[:-1][keep], lab[keep], reduction="sum").item()
+            count += int(keep.sum())
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    short = model.build_text(["A video of"], [caps[0]], max_length=prompt_len + 2)
+    assert short["input_ids"].shape[1] == prompt_len + 2
+
+
+def test_save_and_load_round_trip(parts, tmp_path):
+    model = make_model(parts)
+    open_gates(model)
+    out = model.save_pretrained(tmp_path / "captioner")
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {"captioner_config.json", "captioner.safetensors", "preprocessor_config.json",
+                     "encoder/config.json", "encoder/model.safetensors"}
+    loaded = load_captioner(out)
+    for k, v in model.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[k], v), k
+    video = videos()
+    assert loaded.generate(video, max_new_tokens=4, mask_ratio=0.0) == model.generate(
+        video, max_new_tokens=4, mask_ratio=0.0)
+    assert json.loads((out / "captioner_config.json").read_text())["encoder"] == "encoder"
+
+
+# ------------------------------------------------------------------------------------------ QA
+def test_qa_accuracy_counts_matches():
+    assert qa_accuracy([0, 2, 1, 1], [0, 1, 1, 3]) == 50.0
+    with pytest.raises(ValueError):
+        qa_accuracy([0], [0, 1])
+
+
+def test_option_scores_are_the_option_log_likelihoods(parts, make_video, tmp_path):
+    model = make_model(parts)
+    open_gates(model)
+    pre = PreprocessConfig(num_frames=4, fps=2.0, image_size=32)
+    from longvivit.data.decode import decode_video
+
+    clip = make_video("a.mp4", num_frames=16, fps=8.0)
+    video, nvf = decode_video(clip.read_bytes(), pre)
+    options = ["he opens the door", "a rabbit", "the yellow square turns cyan"]
+    scores = option_scores(model, video, "what does the person do?", options, nvf, mask_ratio=0.0)
+    # Reference: log-softmax of each option's tokens after "Question: ... Answer:", one sequence at a time.
+    media = model.visual_tokens(video[None], torch.tensor([nvf]), mask_ratio=0.0)
+    ctx = model.tokenizer("Question: what does the person do? Answer:").input_ids
+    expected = []
+    with torch.no_grad():
+        for opt in options:
+            tgt = model.tokenizer(" " + opt, add_special_tokens=False).input_ids
+            logp = model.xlm(media, input_ids=torch.tensor([ctx + tgt])).logits[0].log_softmax(-1)
+            expected.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(tgt)))
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-4, rtol=1e-5)
+    question = "what does the person do?"
+    mean = option_scores(model, video, question, options, nvf, normalize=True, mask_ratio=0.0)
+    lengths = torch.tensor([len(model.tokenizer(" " + o, add_special_tokens=False).input_ids)
+                            for o in options])
+    torch.testing.assert_close(mean, scores / lengths)
+
+    # Through the JSONL reader: answers chosen so that exactly one of the two questions is right.
+    best = int(torch.tensor(expected).argmax())
+    qa = tmp_path / "qa.jsonl"
+    rows = [{"video": "a.mp4", "question": "what does the person do?", "options": options, "answer": best},
+            {"video": str(clip), "question": "what does the person do?", "options": options,
+             "answer": (best + 1) % 3, "id": "q2"}]
+    qa.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = read_qa_jsonl(qa)
+    assert items[0].video == str(clip) and items[1].key == "q2"
+    result = evaluate_qa(model, items, pre, mask_ratio=0.0)
+    assert [r["prediction"] for r in result["items"]] == [best, best]
+    assert result["accuracy"] == 50.0 and result["chance"] == pytest.approx(100 / 3)

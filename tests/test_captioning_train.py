@@ -1,0 +1,181 @@
+"""CaptioningModule trained by Lightning on real shards of synthetic clips, then `longvivit caption`.
+
+The LM is a tiny random Llama (the real SmolLM2 run is the demo's and test_captioning_smollm2.py's); the
+data path is the real one: synthetic mp4 clips -> webdataset shards -> decord -> VideoTextDataModule.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from captioning_helpers import build_tiny_encoder, build_tiny_lm, tiny_model_kwargs
+from conftest import ASSETS
+
+from longvivit.captioning import cli
+from longvivit.captioning.model import load_captioner
+from longvivit.captioning.module import CaptioningModule
+from longvivit.data import make_shards, synthetic
+from longvivit.data.datamodule import VideoTextDataModule
+from longvivit.training.optim import OptimConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.frozen_modes: list[bool] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+        m = module.model
+        self.frozen_modes.append(m.xlm.lm.training or m.encoder.training)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captrain")
+    synthetic.generate(root / "data", seed=0, size=32, num_images=(0, 0, 0), num_clips=(32, 8, 0),
+                       num_long=(0, 0, 0))
+    shards = {}
+    for split in ("train", "val"):
+        dst = root / "shards" / split
+        manifest = root / "data" / "clips" / f"{split}.jsonl"
+        assert make_shards.main(["--manifest", str(manifest), "--out", str(dst), "--maxcount", "16"]) == 0
+        shards[split] = dst
+    return {"root": root, "shards": shards, "encoder": build_tiny_encoder(root / "encoder"),
+            "lm": build_tiny_lm(root / "lm")}
+
+
+def _datamodule(setup, batch_size: int = 8, steps: int = 30) -> VideoTextDataModule:
+    # 4 frames over the 16 s clips (0.25 FPS) at 32 px, decoded in the main process.
+    shards = setup["shards"]
+    return VideoTextDataModule(train_shards=str(shards["train"]), val_shards=str(shards["val"]),
+                               batch_size=batch_size, val_batch_size=8, num_workers=0, num_frames=4, fps=0.25,
+                               image_size=32, shuffle_buffer=32, steps_per_epoch=steps)
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    """30 steps of the tiny model; returns the module, the recorded losses and the states before training."""
+    torch.manual_seed(0)
+    module = CaptioningModule(**tiny_model_kwargs(setup["encoder"], setup["lm"]), mask_ratio=0.3,
+                              optim=OptimConfig(lr=1e-2, weight_decay=1e-4, warmup_steps=5),
+                              max_new_tokens=8, save_dir=str(setup["root"] / "captioner"))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rec = LossRecorder()
+    run_dir = setup["root"] / "run"
+    trainer = L.Trainer(max_steps=30, accelerator="cpu", devices=1, callbacks=[rec], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir,
+                        limit_val_batches=1, gradient_clip_val=1.0, enable_checkpointing=False)
+    trainer.fit(module, datamodule=_datamodule(setup, steps=30))
+    ckpt = run_dir / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    folder = setup["root"] / "captioner"
+    return {"module": module, "rec": rec, "before": before, "ckpt": ckpt, "folder": folder}
+
+
+def test_training_lowers_the_caption_loss(trained):
+    losses = trained["rec"].losses
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    # ~5.75 (ln of the 320-token vocabulary) -> ~4.95 with this seed; random-init LM, only xattn learns.
+    assert last < first - 0.4, f"caption loss did not fall enough: {first:.3f} -> {last:.3f}"
+    assert not any(trained["rec"].frozen_modes), "encoder and LM stay in eval mode during training"
+    scores = trained["module"].last_scores
+    assert scores is not None and {"CIDEr", "BLEU-4", "ROUGE-L"} <= set(scores), "validation scored captions"
+
+
+def test_only_resampler_and_xattn_change(trained):
+    module, before = trained["module"], trained["before"]
+    after = module.state_dict()
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained_keys = {k for k in before if k.startswith(("model.resampler.", "model.xlm.xattn."))}
+    lm_keys = {k for k in before if k.startswith("model.xlm.lm.")}
+    enc_keys = {k for k in before if k.startswith("model.encoder.")}
+    assert lm_keys and enc_keys and trained_keys == set(before) - lm_keys - enc_keys
+    assert not changed & (lm_keys | enc_keys), "frozen LM and encoder are bit-identical after training"
+    assert changed == trained_keys, f"unchanged trained tensors: {sorted(trained_keys - changed)[:5]}"
+    assert all(not p.requires_grad for p in module.model.xlm.lm.parameters())
+    gates = module.model.xlm.gates()
+    assert all(g != 0 for g in gates["attn"] + gates["ff"]), "the gates opened"
+
+
+def test_checkpoint_holds_only_trained_tensors_and_reloads(trained):
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert all(k.startswith(("model.resampler.", "model.xlm.xattn.")) for k in ckpt["state_dict"])
+    module = trained["module"]
+    loaded = load_captioner(trained["ckpt"])
+    for k, v in module.model.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[k], v), k
+    # Lightning's own loader (resume path) accepts the stripped checkpoint and restores the trained tensors.
+    again = CaptioningModule.load_from_checkpoint(trained["ckpt"], weights_only=True)
+    for k, v in module.model.trainable_state_dict().items():
+        assert torch.equal(again.model.trainable_state_dict()[k], v), k
+
+
+def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_path):
+    folder = trained["folder"]
+    assert (folder / "captioner.safetensors").is_file(), "save_dir was written at the end of fit"
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    assert pre["fps"] == 0.25 and pre["num_frames"] == 4, "the training preprocessing is saved"
+
+    assert cli.main(["--model", str(folder), "--video", str(ASSETS / "bigbuckbunny.mp4"), "--max-new-tokens",
+                     "6"]) == 0
+    caption = capsys.readouterr().out.strip()
+    assert caption and "\n" not in caption
+
+    out = tmp_path / "captions.json"
+    assert cli.main(["--model", str(trained["ckpt"]), "--shards", str(setup["shards"]["val"]),
+                     "--out", str(out), "--max-new-tokens", "8", "--batch-size", "4"]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["captions"]) == 8 and set(result["captions"]) == set(result["references"])
+    assert {"CIDEr", "BLEU-4", "ROUGE-L"} <= set(result["scores"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["CIDEr"] == result["scores"]["CIDEr"]
+
+    clips = setup["root"] / "data" / "clips"
+    manifest = [json.loads(x) for x in (clips / "val.jsonl").read_text().splitlines()]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(
+        json.dumps({"video": str(clips / m["video"]), "question": "what happens?",
+                    "options": [m["caption"], manifest[(i + 1) % 8]["caption"]], "answer": 0}) + "\n"
+        for i, m in enumerate(manifest)
+    ))
+    qa_out = tmp_path / "qa.json"
+    assert cli.main(["--model", str(folder), "--qa", str(qa), "--out", str(qa_out)]) == 0
+    res = json.loads(qa_out.read_text())
+    assert res["num_questions"] == 8 and res["chance"] == 50.0
+    preds = [r["prediction"] for r in res["items"]]
+    assert res["accuracy"] == 100.0 * sum(p == 0 for p in preds) / 8
+
+
+def test_tiny_recipe_parses_and_links_sizes(setup, tmp_path):
+    """The tiny recipe through LightningCLI (typed: a typo fails), the model's sizes linked into the data."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    class CaptionCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--task", default="captioning")
+            parser.link_arguments("model.num_frames", "data.num_frames")
+            parser.link_arguments("model.image_size", "data.image_size")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+
+    recipe = yaml.safe_load((RECIPES / "tiny" / "video_to_text.yaml").read_text())
+    assert recipe["task"] == "captioning"
+    cli_obj = CaptionCLI(CaptioningModule, VideoTextDataModule, run=False, args=[
+        "--config", str(RECIPES / "tiny" / "video_to_text.yaml"), "--model.encoder", str(setup["encoder"]),
+        "--model.lm", str(setup["lm"]), "--model.num_frames", "4", "--model.image_size", "32",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    assert cli_obj.datamodule.preprocess.num_frames == 4 and cli_obj.datamodule.preprocess.image_size == 32
+    assert cli_obj.model.model_cfg.mask_ratio == 0.3
+    full = yaml.safe_load((RECIPES / "video_to_text.yaml").read_text())
+    assert full["task"] == "captioning" and full["model"]["resampler"] == {
+        "depth": 3, "hidden": 1024, "heads": 8, "ff_dim": 4096, "num_latents": None, "dim_head": None}
