@@ -74,7 +74,8 @@ class Grid:
         prepare: ``{"data": dir, "shards": dir, "preset": name}``: generate the synthetic set and its shards
             when ``eval.shards`` is missing.
         eval: ``{"shards": path, "batch_size": n}``: the test split.
-        measure: ``{"batch": n, "steps": n}``: the memory measurement.
+        measure: ``{"batch": n, "steps": n, "device": "cpu" | "cuda"}``: the memory measurement (on CUDA the
+            peak allocated GPU memory is recorded too).
         findings: Which cells answer which of the paper's findings (see :func:`findings`).
         title: Report title.
     """
@@ -244,7 +245,8 @@ def measure_cell(cfg: dict[str, Any], grid: Grid) -> dict[str, Any]:
     """Memory of one training step of the cell's video encoder, measured in a child process."""
     model = cfg.get("model", {})
     job = {"video": model.get("video", {}), "peft": model.get("peft"), "trainable_last": model.get("trainable_last"),
-           "batch": int(grid.measure.get("batch", 16)), "steps": int(grid.measure.get("steps", 2))}
+           "batch": int(grid.measure.get("batch", 16)), "steps": int(grid.measure.get("steps", 2)),
+           "device": grid.measure.get("device", "cpu")}
     proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(job)], capture_output=True, text=True,
                           cwd=ROOT, timeout=float(grid.measure.get("timeout", 900)))
     if proc.returncode != 0:
@@ -260,8 +262,9 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     from longvivit import VideoEncoder, VideoEncoderConfig
 
     torch.manual_seed(0)
+    device = torch.device(job.get("device", "cpu"))
     cfg = VideoEncoderConfig.from_dict(job["video"])
-    model = VideoEncoder(cfg)
+    model = VideoEncoder(cfg).to(device)
     if job["peft"]:
         model.set_peft(job["peft"], trainable_last=job["trainable_last"] or 4)
     elif job["trainable_last"] is not None:
@@ -270,9 +273,9 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     n_train, n_all = sum(p.numel() for p in params), model.num_params()
     opt = torch.optim.AdamW(params, lr=1e-4)
     b = job["batch"]
-    video = torch.randn(b, cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size)
-    text = F.normalize(torch.randn(b, cfg.embed_dim), dim=-1)
-    labels = torch.arange(b)
+    video = torch.randn(b, cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size, device=device)
+    text = F.normalize(torch.randn(b, cfg.embed_dim, device=device), dim=-1)
+    labels = torch.arange(b, device=device)
     base_rss = _rss_bytes()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -295,7 +298,9 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         times.append(time.perf_counter() - t0)
     act = sum(saved.values())
+    gpu = {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / MIB} if device.type == "cuda" else {}
     return {
+        **gpu,
         "batch": b,
         "trainable_params": n_train,
         "params": n_all,
