@@ -42,8 +42,8 @@ class Scale:
 
 
 SCALES = {
-    "demo": Scale(size=64, synth={"preset": "demo"}, steps=(150, 300, 100), steps_per_epoch=(50, 100, 50),
-                  batch=(64, 32, 16), long_frames=128, caption_steps=150),
+    "demo": Scale(size=64, synth={"preset": "demo"}, steps=(80, 150, 40), steps_per_epoch=(40, 75, 20),
+                  batch=(48, 24, 8), long_frames=128, caption_steps=100),
     "mini": Scale(size=32, synth={"num_images": (16, 4, 4), "num_clips": (16, 8, 8), "num_long": (4, 4, 4),
                                   "long_seconds": 32.0, "long_fps": 1.0},
                   steps=(3, 3, 2), steps_per_epoch=(3, 3, 2), batch=(4, 4, 2), long_frames=32, caption_steps=2),

@@ -103,6 +103,21 @@ def test_lock_keeps_only_last_layers_and_proj_trainable():
         enc.lock(4)
 
 
+def test_locked_layers_stay_in_eval_mode_so_frozen_features_are_deterministic():
+    cfg = TextEncoderConfig(embed_dim=8, lock=True, unlocked_layers=1)
+    enc = TextEncoder.from_config(BertConfig(**tiny_bert(3).to_dict() | {"hidden_dropout_prob": 0.5}), cfg=cfg)
+    enc.train()
+    layers = enc.model.encoder.layer
+    assert [m.training for m in layers] == [False, False, True] and not enc.model.embeddings.training
+    enc.lock(0)
+    assert not any(m.training for m in layers)
+    tok = enc.tokenize(["a red circle moves left", "the blue square grows"])
+    torch.testing.assert_close(enc.pooled(**tok), enc.pooled(**tok))  # dropout off in the frozen tower
+    enc.unlock()
+    assert all(m.training for m in layers)
+    assert not torch.equal(enc.pooled(**tok), enc.pooled(**tok))  # an unlocked tower trains with dropout
+
+
 def test_unlocked_tower_trains_everything():
     enc = TextEncoder.from_config(tiny_bert(2), cfg=TextEncoderConfig(embed_dim=8))
     enc(**enc.tokenize(["a caption", "another one"])).sum().backward()

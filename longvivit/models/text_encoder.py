@@ -146,10 +146,27 @@ class TextEncoder(nn.Module):
         self.proj.requires_grad_(True)
         self.cfg.lock, self.cfg.unlocked_layers = True, unlocked_layers
 
+        self.train(self.training)
+
     def unlock(self) -> None:
         """Make every parameter trainable again."""
         self.requires_grad_(True)
         self.cfg.lock, self.cfg.unlocked_layers = False, 0
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """Like ``nn.Module.train``, but the frozen part of a locked tower always stays in eval mode.
+
+        A locked layer is a fixed feature extractor: dropout there only adds noise (and on CPU it forces
+        the slow non-fused attention path, which made the frozen layers cost as much as training them).
+        """
+        super().train(mode)
+        if mode and self.cfg.lock:
+            layers = _transformer_layers(self.model)
+            frozen = list(layers[: len(layers) - self.cfg.unlocked_layers])
+            for module in [self.model.embeddings, *frozen] if hasattr(self.model, "embeddings") else frozen:
+                module.eval()
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the transformer's activations in backward (long captions, big batches)."""
