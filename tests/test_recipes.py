@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from longvivit.data.datamodule import VideoTextDataModule
-from longvivit.training.cli import LongViViTCLI, run_lightning_cli
+from longvivit.training.cli import CaptioningCLI, LongViViTCLI, recipe_task, run_lightning_cli
 from longvivit.training.module import ContrastiveModule
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
-STAGES = sorted(p for p in ROOT.rglob("*.yaml") if "cluster" not in p.parts and "ablations" not in p.parts)
+ALL = sorted(p for p in ROOT.rglob("*.yaml") if "cluster" not in p.parts and "ablations" not in p.parts)
+STAGES = [p for p in ALL if recipe_task(["--config", str(p)]) == "contrastive"]
+CAPTIONING = [p for p in ALL if recipe_task(["--config", str(p)]) == "captioning"]
 CLUSTER = sorted((ROOT / "cluster").glob("*.yaml"))
 CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
        "--trainer.num_nodes", "1", "--model.init_from", "null"]
@@ -36,6 +38,23 @@ class _ParseOnly(LongViViTCLI):
 
     def instantiate_classes(self) -> None:
         pass
+
+
+class _ParseOnlyCaptioning(CaptioningCLI):
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("recipe", CAPTIONING, ids=lambda p: str(p.relative_to(ROOT)))
+def test_captioning_recipe_parses_and_links_the_encoder_sizes(recipe):
+    """Parsed with the captioning module's typed signature; building it loads the LM (tests/test_captioning*)."""
+    from longvivit.captioning.module import CaptioningModule
+
+    assert CAPTIONING, "video_to_text recipes exist"
+    cli = _ParseOnlyCaptioning(CaptioningModule, VideoTextDataModule, run=False, args=["--config", str(recipe)])
+    assert cli.config.task == "captioning"
+    assert cli.config.data.num_frames == cli.config.model.num_frames
+    assert cli.config.data.image_size == cli.config.model.image_size
 
 
 @pytest.mark.parametrize("overlay", CLUSTER, ids=lambda p: p.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -19,11 +20,18 @@ class LongViViTCLI(LightningCLI):
     16-frame encoder on 256-frame clips by accident: the data module receives the model's sizes.
     """
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+    task = "contrastive"
+
+    def link_model_to_data(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.video.num_frames", "data.num_frames")
         parser.link_arguments("model.video.image_size", "data.image_size")
         parser.link_arguments("model.text.name_or_path", "data.tokenizer")
         parser.link_arguments("model.text.max_length", "data.max_text_length")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--task", choices=tuple(TASKS), default=self.task,
+                            help="what the recipe trains; picked before parsing (see run_lightning_cli)")
+        self.link_model_to_data(parser)
         # Always-on callbacks (a recipe's trainer.callbacks list adds to these, it cannot drop them):
         # checkpoints with a stable `last.ckpt` for stage chaining and resume, RNG state for exact resume,
         # and clips/s + tokens/s on the progress bar.
@@ -38,6 +46,40 @@ class LongViViTCLI(LightningCLI):
         })
 
 
+class CaptioningCLI(LongViViTCLI):
+    """The same CLI for video-to-text recipes (``task: captioning``): the frozen encoder's sizes feed the data."""
+
+    task = "captioning"
+
+    def link_model_to_data(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.num_frames", "data.num_frames")
+        parser.link_arguments("model.image_size", "data.image_size")
+
+
+TASKS = {"contrastive": LongViViTCLI, "captioning": CaptioningCLI}
+
+
+def recipe_task(args: Sequence[str]) -> str:
+    """The ``task`` a command line asks for: ``--task X`` or a top-level ``task:`` in a ``--config`` file.
+
+    The module class must be known before LightningCLI builds its parser, so the task is read first;
+    the parser then also accepts (and checks) the same key.
+    """
+    import yaml
+
+    task = "contrastive"
+    args = list(args)
+    for i, a in enumerate(args):
+        value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+        if a.split("=", 1)[0] == "--config" and Path(value).is_file():
+            task = (yaml.safe_load(Path(value).read_text()) or {}).get("task", task)
+        elif a.split("=", 1)[0] == "--task":
+            task = value
+    if task not in TASKS:
+        raise SystemExit(f"longvivit: unknown task {task!r}; choose one of {sorted(TASKS)}")
+    return task
+
+
 def run_lightning_cli(args: Sequence[str], run: bool = True) -> LongViViTCLI:
     """Run ``fit | validate | test`` with ``args`` and return the CLI object.
 
@@ -45,8 +87,13 @@ def run_lightning_cli(args: Sequence[str], run: bool = True) -> LongViViTCLI:
         args: Subcommand first (``["fit", "--config", ...]``); without ``run``, no subcommand.
         run: ``False`` only instantiates model, data and trainer (recipe checks).
     """
-    return LongViViTCLI(
-        ContrastiveModule,
+    task = recipe_task(args)
+    if task == "captioning":
+        from longvivit.captioning.module import CaptioningModule as module_class
+    else:
+        module_class = ContrastiveModule
+    return TASKS[task](
+        module_class,
         VideoTextDataModule,
         args=list(args),
         run=run,
