@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,14 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines += [f"![{p}]({p})", ""]
     if results.get("export"):
         lines += ["## Exported model", "", f"`{results['export']}`", ""]
-    if results.get("caption"):
-        lines += ["## Video-to-text", "", "```", str(results["caption"]), "```", ""]
+    cap = results.get("caption")
+    if cap:
+        lines += ["## Video-to-text (frozen encoder -> resampler -> gated cross-attention -> frozen SmolLM2-135M)", ""]
+        if cap.get("train_loss_first_last"):
+            first, last = cap["train_loss_first_last"]
+            lines.append(f"Caption loss over the tiny recipe: {first:.3f} -> {last:.3f}.")
+        lines += ["", f"- video: `{cap['video']}`", f"- reference: {cap.get('reference')}",
+                  f"- generated: {json.dumps(cap.get('generated'))[:400]}", f"- model: `{cap['model']}`", ""]
     if results.get("timings"):
         lines += ["## Timings", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in results["timings"].items()]
