@@ -73,7 +73,7 @@ def tiny_model_kwargs(encoder_dir: Path, lm_dir: Path, num_frames: int = 4, imag
         "encoder": str(encoder_dir), "num_frames": num_frames, "image_size": image_size, "lm": str(lm_dir),
         "resampler": ResamplerConfig(depth=1, hidden=32, heads=2, ff_dim=64),
         "xattn": XAttnConfig(every=1, heads=2, dim_head=16, ff_mult=1.0),
-        "prompt": "A video of", "max_text_length": 48,
+        "prompt": "A video of", "max_length": 48,
     }
 
 

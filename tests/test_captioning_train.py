@@ -15,6 +15,7 @@ import torch
 import yaml
 from captioning_helpers import build_tiny_encoder, build_tiny_lm, tiny_model_kwargs
 from conftest import ASSETS
+from lightning.pytorch.loggers import CSVLogger
 
 from longvivit.captioning import cli
 from longvivit.captioning.model import load_captioner
@@ -70,7 +71,9 @@ def trained(setup):
     before = {k: v.clone() for k, v in module.state_dict().items()}
     rec = LossRecorder()
     run_dir = setup["root"] / "run"
-    trainer = L.Trainer(max_steps=30, accelerator="cpu", devices=1, callbacks=[rec], logger=False,
+    # A real logger: Lightning merges module and data hyperparameters for it, and fails on a clash.
+    logger = CSVLogger(run_dir, name="logs")
+    trainer = L.Trainer(max_steps=30, accelerator="cpu", devices=1, callbacks=[rec], logger=logger,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir,
                         limit_val_batches=1, gradient_clip_val=1.0, enable_checkpointing=False)
     trainer.fit(module, datamodule=_datamodule(setup, steps=30))

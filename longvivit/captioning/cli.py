@@ -77,7 +77,8 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
         caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
                                  args.beams, args.mask_ratio, gen, args.prompt)[0]
         out[path] = caption
-        print(caption if len(args.video) == 1 else f"{path}\t{caption}", flush=True)
+        line = " ".join(caption.split())  # one line per video, whatever the LM emitted
+        print(line if len(args.video) == 1 else f"{path}\t{line}", flush=True)
     return out
 
 

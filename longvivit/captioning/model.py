@@ -57,7 +57,7 @@ class CaptionerConfig:
         resampler: Perceiver resampler size.
         xattn: Gated cross-attention placement and size.
         prompt: Text before the caption; the loss covers only the caption and the EOS after it.
-        max_text_length: Token budget of prompt + caption + EOS in training.
+        max_length: Token budget of prompt + caption + EOS in training.
         mask_ratio: Fraction of tubelets dropped in training and, by default, at inference (paper: 0.3).
     """
 
@@ -70,7 +70,7 @@ class CaptionerConfig:
     resampler: ResamplerConfig = field(default_factory=ResamplerConfig)
     xattn: XAttnConfig = field(default_factory=XAttnConfig)
     prompt: str = "A video of"
-    max_text_length: int = 64
+    max_length: int = 64
     mask_ratio: float = 0.3
 
     def __post_init__(self) -> None:
@@ -80,8 +80,8 @@ class CaptionerConfig:
             self.xattn = XAttnConfig(**self.xattn)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.max_text_length < 2:
-            raise ValueError("max_text_length must be >= 2")
+        if self.max_length < 2:
+            raise ValueError("max_length must be >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -281,7 +281,7 @@ class VideoToText(nn.Module):
         """Mean ``-log p(w_t | w_<t, V)`` over the caption tokens (and EOS) of the batch."""
         media = self.visual_tokens(video, num_valid_frames, mask_ratio, generator)
         prompts = [self.cfg.prompt] * len(captions)
-        text = self.build_text(prompts, captions, max_length=self.cfg.max_text_length)
+        text = self.build_text(prompts, captions, max_length=self.cfg.max_length)
         nll, count = self.token_nll(media, text)
         return nll.sum() / count.sum().clamp(min=1)
 

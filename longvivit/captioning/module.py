@@ -49,7 +49,8 @@ class CaptioningModule(L.LightningModule):
         resampler: Perceiver resampler size (paper: 3 layers, hidden 1024, 8 heads, FF 4096).
         xattn: Gated cross-attention placement/size (paper: before every LM layer).
         prompt: Text before each caption; the loss covers the caption and its EOS only.
-        max_text_length: Token budget per training sequence.
+        max_length: Token budget per training sequence (prompt + caption + EOS). Named apart from the
+            data module's ``max_text_length``, which sizes the contrastive text tower's (unused) tokens.
         mask_ratio: Tubelet mask ratio in training (paper: 0.3).
         eval_mask_ratio: Mask ratio in validation/test; ``None`` uses ``mask_ratio`` (paper: masked at
             inference too). Eval masks come from a fixed seed, so validation is reproducible.
@@ -58,7 +59,7 @@ class CaptioningModule(L.LightningModule):
         max_new_tokens: Generation budget in validation.
         num_beams: Beams in validation generation (1: greedy).
         save_dir: Where to write the trained model folder at the end of ``fit`` (``None``: not written).
-        seed: Seed of the evaluation masks.
+        eval_seed: Seed of the evaluation masks.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class CaptioningModule(L.LightningModule):
         resampler: ResamplerConfig = _DEFAULT_RESAMPLER,
         xattn: XAttnConfig = _DEFAULT_XATTN,
         prompt: str = "A video of",
-        max_text_length: int = 64,
+        max_length: int = 64,
         mask_ratio: float = 0.3,
         eval_mask_ratio: float | None = None,
         optim: OptimConfig = _DEFAULT_OPTIM,
@@ -80,7 +81,7 @@ class CaptioningModule(L.LightningModule):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         save_dir: str | None = None,
-        seed: int = 0,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         # Copies: the defaults are shared instances. Dicts come from checkpoints' hyperparameters.
@@ -90,7 +91,7 @@ class CaptioningModule(L.LightningModule):
         self.model_cfg = CaptionerConfig(
             encoder=encoder, encoder_preset=encoder_preset, num_frames=num_frames, image_size=image_size,
             lm=lm, lm_gguf_file=lm_gguf_file, resampler=resampler, xattn=xattn, prompt=prompt,
-            max_text_length=max_text_length, mask_ratio=mask_ratio,
+            max_length=max_length, mask_ratio=mask_ratio,
         )
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters({
@@ -101,12 +102,12 @@ class CaptioningModule(L.LightningModule):
             "max_new_tokens": max_new_tokens,
             "num_beams": num_beams,
             "save_dir": save_dir,
-            "seed": seed,
+            "eval_seed": eval_seed,
         })
         self.optim_cfg = optim
         self.eval_mask_ratio = mask_ratio if eval_mask_ratio is None else eval_mask_ratio
         self.val_generate, self.max_new_tokens, self.num_beams = val_generate, max_new_tokens, num_beams
-        self.save_dir, self.seed = save_dir, seed
+        self.save_dir, self.eval_seed = save_dir, eval_seed
         self.model = VideoToText.build(self.model_cfg)
         self.last_batch_stats: dict[str, float] = {}
         self._predictions: dict[str, str] = {}
@@ -145,7 +146,7 @@ class CaptioningModule(L.LightningModule):
     # ----------------------------------------------------------------- evaluation
     def _eval_generator(self, batch_idx: int) -> torch.Generator:
         # Masks on the model's device would need a device generator; CPU noise is moved by random_masking.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        return torch.Generator().manual_seed(self.eval_seed * 1_000_003 + batch_idx)
 
     def on_validation_epoch_start(self) -> None:
         self._predictions, self._references = {}, {}
