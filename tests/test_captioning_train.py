@@ -6,13 +6,13 @@ data path is the real one: synthetic mp4 clips -> webdataset shards -> decord ->
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import yaml
 from captioning_helpers import build_tiny_encoder, build_tiny_lm, tiny_model_kwargs
 from conftest import ASSETS
 from lightning.pytorch.loggers import CSVLogger
@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from longvivit.captioning import cli
 from longvivit.captioning.model import load_captioner
 from longvivit.captioning.module import CaptioningModule
+from longvivit.cli import main as cli_main
 from longvivit.data import make_shards, synthetic
 from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.training.optim import OptimConfig
@@ -159,26 +160,30 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     assert res["accuracy"] == 100.0 * sum(p == 0 for p in preds) / 8
 
 
-def test_tiny_recipe_parses_and_links_sizes(setup, tmp_path):
-    """The tiny recipe through LightningCLI (typed: a typo fails), the model's sizes linked into the data."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    class CaptionCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--task", default="captioning")
-            parser.link_arguments("model.num_frames", "data.num_frames")
-            parser.link_arguments("model.image_size", "data.image_size")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-
-    recipe = yaml.safe_load((RECIPES / "tiny" / "video_to_text.yaml").read_text())
-    assert recipe["task"] == "captioning"
-    cli_obj = CaptionCLI(CaptioningModule, VideoTextDataModule, run=False, args=[
-        "--config", str(RECIPES / "tiny" / "video_to_text.yaml"), "--model.encoder", str(setup["encoder"]),
-        "--model.lm", str(setup["lm"]), "--model.num_frames", "4", "--model.image_size", "32",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
-    assert cli_obj.datamodule.preprocess.num_frames == 4 and cli_obj.datamodule.preprocess.image_size == 32
-    assert cli_obj.model.model_cfg.mask_ratio == 0.3
-    full = yaml.safe_load((RECIPES / "video_to_text.yaml").read_text())
-    assert full["task"] == "captioning" and full["model"]["resampler"] == {
-        "depth": 3, "hidden": 1024, "heads": 8, "ff_dim": 4096, "num_latents": None, "dim_head": None}
+def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(setup, tmp_path, capsys):
+    """The tiny recipe through ``longvivit fit`` (task: captioning), sized down to the tiny LM and 32 px."""
+    run = tmp_path / "run"
+    args = [
+        "fit", "--config", str(RECIPES / "tiny" / "video_to_text.yaml"),
+        "--model.encoder", str(setup["encoder"]), "--model.lm", str(setup["lm"]),
+        "--model.num_frames", "4", "--model.image_size", "32", "--model.resampler.hidden", "32",
+        "--model.resampler.heads", "2", "--model.resampler.ff_dim", "64", "--model.xattn.every", "1",
+        "--model.xattn.heads", "2", "--model.xattn.dim_head", "16", "--model.max_new_tokens", "4",
+        "--model.save_dir", str(tmp_path / "captioner"),
+        "--data.train_shards", str(setup["shards"]["train"]),
+        "--data.val_shards", str(setup["shards"]["val"]), "--data.fps", "0.25", "--data.batch_size", "4",
+        "--data.val_batch_size", "4", "--data.num_workers", "0",
+        "--data.shuffle_buffer", "8", "--data.steps_per_epoch", "4", "--trainer.max_steps", "4",
+        "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run),
+        "--trainer.logger.init_args.save_dir", str(run), "--checkpoint.dirpath", str(run / "checkpoints"),
+    ]
+    assert cli_main(args) == 0
+    rows = [r for f in sorted(run.glob("logs/version_*/metrics.csv")) for r in csv.DictReader(f.open())]
+    assert [r for r in rows if r.get("train/loss")] and [r for r in rows if r.get("val/CIDEr")]
+    assert (tmp_path / "captioner" / "captioner.safetensors").is_file()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert cli_main(["caption", "--model", str(ckpt), "--video", str(ASSETS / "bigbuckbunny.mp4"),
+                     "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].strip()
