@@ -243,14 +243,17 @@ def decode_sample(
     rng: random.Random | None,
     num_threads: int = 1,
 ) -> dict[str, Any]:
-    """Raw webdataset sample -> ``{"key", "video" | "image", "num_valid_frames", "captions"}``.
+    """Raw webdataset sample -> ``{"key", "video" | "image", "num_valid_frames", "captions", "meta"}``.
+
+    ``meta`` is the manifest's extra fields kept by the shard writer (e.g. ``split``, ``pair_id``), ``{}`` if none.
 
     Raises:
         DecodeError: Media bytes that do not decode.
         SampleError: Missing caption or media.
     """
-    data, captions, _ = parse_sample(raw, modality)
-    out: dict[str, Any] = {"key": raw["__key__"], "captions": captions}
+    data, captions, info = parse_sample(raw, modality)
+    meta = info.get("meta")
+    out: dict[str, Any] = {"key": raw["__key__"], "captions": captions, "meta": meta if isinstance(meta, dict) else {}}
     if modality == "video":
         out["video"], out["num_valid_frames"] = decode_video(
             data, preprocess, rng=rng, num_threads=num_threads

@@ -507,6 +507,7 @@ class ClipIterator:
                 "video": item["video"],
                 "captions": item["captions"],
                 "num_valid_frames": int(item["num_valid_frames"]),
+                "meta": item.get("meta", {}),
             }
 
 
@@ -542,7 +543,7 @@ def load_clips(
         world_size: Number of ranks sharing the read.
 
     Returns:
-        An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str],
+        An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
         "num_valid_frames": int}``; its ``skipped`` attribute lists the skipped samples and why.
     """
     preprocess = preprocess or PreprocessConfig(

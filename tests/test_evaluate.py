@@ -1,0 +1,79 @@
+"""``longvivit eval`` end to end: metrics JSON format (DESIGN.md §2), embedding dump, probes, order-only pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from longvivit.cli import main as cli_main
+from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
+from longvivit.data import make_shards, synthetic
+from longvivit.evaluation.retrieval import retrieval_metrics
+from longvivit.models.model import VideoTextModel
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    synthetic.generate(root / "data", seed=1, size=32, num_images=(0, 0, 0), num_clips=(0, 0, 8),
+                       num_long=(0, 0, 0))
+    shards = root / "shards"
+    assert make_shards.main(["--manifest", str(root / "data" / "clips" / "test.jsonl"), "--out", str(shards)]) == 0
+    torch.manual_seed(0)
+    cfg = VideoTextConfig(video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=8, embed_dim=32),
+                          text=TextEncoderConfig(max_length=32))
+    model_dir = VideoTextModel(cfg).save_pretrained(root / "model")
+    return root, shards, model_dir
+
+
+def test_eval_writes_metrics_json_and_embeddings(setup, capsys):
+    root, shards, model_dir = setup
+    out, emb = root / "m.json", root / "emb"
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--num-frames", "16",
+                     "--out", str(out), "--embeddings", str(emb)]) == 0
+    m = json.loads(out.read_text())
+    for d in ("t2v", "v2t"):
+        assert set(m[d]) == {"R@1", "R@5", "R@10", "MdR", "MnR", "MRR"}
+    assert m["num_videos"] == 8 and m["num_texts"] == 8
+    assert m["chance"]["R@1"] == pytest.approx(100 / 8) and m["chance"]["MRR"] == pytest.approx(
+        sum(1 / k for k in range(1, 9)) / 8)
+    # the 16-frame request extended the 8-frame temporal table, and says so
+    assert m["settings"]["num_frames"] == 16 and any("temporal" in a for a in m["settings"]["adaptations"])
+    # the synthetic test split's order-only pairs are found through the shard metadata
+    oo = m["order_only"]
+    assert oo["num_pairs"] >= 1 and oo["pair_accuracy"]["chance"] == 50.0
+    assert oo["pair_accuracy"]["num_queries"] == 2 * oo["num_pairs"]
+    # any tool can recompute the metrics from the dump
+    video, text = np.load(emb / "video_emb.npy"), np.load(emb / "text_emb.npy")
+    ids = json.loads((emb / "video_ids.json").read_text())
+    owners = [t["video"] for t in json.loads((emb / "text_ids.json").read_text())]
+    t2v = torch.tensor([ids.index(o) for o in owners])
+    again = retrieval_metrics(torch.from_numpy(text @ video.T), t2v)
+    assert again["t2v"]["R@1"] == pytest.approx(m["t2v"]["R@1"])
+    assert again["v2t"]["MRR"] == pytest.approx(m["v2t"]["MRR"])
+    assert "T2V R@1" in capsys.readouterr().out
+
+
+def test_frame_order_probes_change_the_video_embeddings_but_not_the_texts(setup):
+    root, shards, model_dir = setup
+    dumps = {}
+    for order in ("original", "reversed", "shuffled", "single"):
+        emb = root / f"emb_{order}"
+        assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--frame-order", order,
+                         "--embeddings", str(emb), "--out", str(root / f"{order}.json")]) == 0
+        dumps[order] = (np.load(emb / "video_emb.npy"), np.load(emb / "text_emb.npy"))
+        assert json.loads((root / f"{order}.json").read_text())["settings"]["frame_order"] == order
+    for order in ("reversed", "shuffled", "single"):
+        np.testing.assert_allclose(dumps[order][1], dumps["original"][1], atol=1e-6)
+        assert not np.allclose(dumps[order][0], dumps["original"][0], atol=1e-4), order
+
+
+def test_eval_rejects_a_bad_frame_order(setup):
+    _, shards, model_dir = setup
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--frame-order", "sideways"])
