@@ -176,7 +176,7 @@ class Demo:
         dst = self.out / "export"
         metrics = self.out / "eval_stage3_long.json"
         metrics.write_text(json.dumps(self.results["eval"].get("stage3/long/original", {})))
-        rc = export.main(["--ckpt", str(ckpt), "--out", str(dst), "--metrics", str(metrics),
+        rc = export.main(["--ckpt", str(ckpt), "--out", str(dst), "--metrics", str(metrics), "--overwrite",
                           "--data-stats", str(self.out / "data" / "stats.json")])
         if rc != 0:
             raise RuntimeError("export failed")
