@@ -42,18 +42,17 @@ import shutil
 import sys
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from longvivit.data.manifest import ManifestEntry, ManifestReadError, read_manifest
+from longvivit.data.video_io import EPS as _EPS
+from longvivit.data.video_io import output_size, transcode_video
 
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "mpg", "mpeg", "m4v")
 IMAGE_EXTS = ("jpg", "jpeg", "png")
-_EPS = 1e-6  # seconds; absorbs float noise in frame timestamps
 
 # Reason codes written to rejects.jsonl and counted in stats.json (manifest-level ones come from manifest.py).
 MISSING = "missing_file"
@@ -118,112 +117,6 @@ def sample_key(entry: ManifestEntry) -> str:
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
     safe = "_".join(p for p in safe.split("_") if p)[:48]
     return f"{entry.line:06d}_{safe}" if safe else f"{entry.line:06d}"
-
-
-# ----------------------------------------------------------------------------- streaming re-encode
-def output_size(height: int, width: int, short_side: int | None, even: bool = True) -> tuple[int, int]:
-    """(height, width) after an optional downscale to ``short_side`` (never upscales); even for H.264."""
-    if short_side is not None and min(height, width) > short_side:
-        scale = short_side / min(height, width)
-        height, width = max(1, round(height * scale)), max(1, round(width * scale))
-    if even:
-        height, width = max(2, height // 2 * 2), max(2, width // 2 * 2)
-    return height, width
-
-
-def _decoded_frames(src: Path, start: float) -> Iterator[tuple[float, Any]]:
-    """Yield ``(t, av.VideoFrame)``, ``t`` in seconds from the stream's start time (what a player shows).
-
-    Frames are decoded one at a time (a long 1080p video is never held in memory). For a late ``start`` the
-    container is seeked a few seconds ahead of it; containers whose seek overshoots are decoded from the top.
-    """
-    import av
-
-    for use_seek in (start > 10.0, False):
-        with av.open(str(src)) as inp:
-            ist = inp.streams.video[0]
-            ist.thread_type = "AUTO"
-            tb = float(ist.time_base)
-            t0 = ist.start_time * tb if ist.start_time is not None else 0.0
-            step = 1.0 / float(ist.average_rate or ist.guessed_rate or 25)
-            if use_seek:
-                inp.seek(int((start - 5.0 + t0) / tb), stream=ist, backward=True)
-            t = None
-            for i, frame in enumerate(inp.decode(ist)):
-                t = frame.time - t0 if frame.time is not None else (0.0 if t is None else t + step)
-                if i == 0 and use_seek and t > start + _EPS:
-                    break  # overshot: retry from the beginning
-                yield t, frame
-            else:
-                return
-
-
-def transcode_video(
-    src: str | Path, dst: str | Path, *, start: float | None = None, end: float | None = None,
-    fps: float | None = None, short_side: int | None = None, crf: int = 23,
-) -> int:
-    """Re-encode (a segment of) a video to H.264 mp4, streaming frame by frame.
-
-    Args:
-        src: Input video (anything FFmpeg reads).
-        dst: Output mp4 path.
-        start: Segment start in seconds from the stream's start time; ``None`` = 0.
-        end: Segment end in seconds (exclusive); ``None`` = end of the video.
-        fps: Output rate; only ever lowers the native rate (frames are picked, not interpolated).
-        short_side: Downscale so the short side is this many pixels (never upscales).
-        crf: x264 constant rate factor.
-
-    Returns:
-        Number of frames written. At the native rate these are exactly the source frames whose timestamps
-        lie in ``[start, end)``; at a lower rate, the frame showing at each ``start + j / fps``.
-    """
-    import av
-
-    start = start or 0.0
-    end = float("inf") if end is None else end
-    with av.open(str(src)) as probe:
-        ist = probe.streams.video[0]
-        native = Fraction(ist.average_rate or ist.guessed_rate or 25)
-        height, width = output_size(ist.codec_context.height, ist.codec_context.width, short_side)
-    rate = native if fps is None or fps >= native else Fraction(fps).limit_denominator(1001)
-    count = 0
-    with av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
-        ost = out.add_stream("libx264", rate=rate)
-        ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
-        ost.options = {"crf": str(crf), "preset": "veryfast"}
-        time_base = Fraction(1) / rate
-
-        def emit(frame: Any) -> None:
-            nonlocal count
-            vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
-            vf.pts, vf.time_base = count, time_base
-            # The frame keeps the source's picture type, which x264 follows. Letting x264 decide (NONE) made
-            # the same pixels encode to different bytes from run to run far more often in our tests.
-            for packet in ost.encode(vf):
-                out.mux(packet)
-            count += 1
-
-        prev, last_t = None, 0.0
-        for t, frame in _decoded_frames(Path(src), start):
-            if t >= end - _EPS:
-                break
-            if rate == native:
-                if t >= start - _EPS:
-                    emit(frame)
-                continue
-            # Resampling: `prev` is on screen during [its time, t); it fills every target time before t.
-            while prev is not None and start + count / rate < t - _EPS:
-                emit(prev)
-            prev, last_t = frame, t
-        if prev is not None:
-            stop = min(end, last_t + 1.0 / float(native))
-            while start + count / rate < stop - _EPS:
-                emit(prev)
-        for packet in ost.encode():
-            out.mux(packet)
-    if count == 0:
-        raise ValueError(f"no frame in [{start}, {end}) s")
-    return count
 
 
 # ----------------------------------------------------------------------------- probing
