@@ -562,8 +562,8 @@ def generate(
     Args:
         out_dir: Output folder; gets ``{images,clips,long}/{train,val,test}.jsonl``, the media next to them
             (``{set}/{split}/NNNNN.{png,mp4}``) and ``stats.json``.
-        seed: Seed of everything: same seed, same scenes, captions, frames and PNG bytes. (The mp4 bytes can
-            differ between runs while x264 encodes with several threads; the decoded frames agree.)
+        seed: Seed of everything: same seed, same scenes, captions, frames and PNG bytes. (x264 does not promise
+            identical mp4 bytes run to run, even single-threaded; the decoded frames agree.)
         size: Frame side in pixels (even, >= 16).
         num_images, num_clips, num_long, clip_seconds, clip_fps, long_seconds, long_fps, pair_fraction:
             See :func:`plan`.
