@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -52,12 +53,17 @@ BEGIN, END = "<!-- ablate:begin -->", "<!-- ablate:end -->"
 # --------------------------------------------------------------------------- the grid
 @dataclass
 class Cell:
-    """One configuration: a name, a label for the report, a group and dotted recipe overrides."""
+    """One configuration: a name, a label for the report, a group and dotted recipe overrides.
+
+    ``train: false`` evaluates the image-stage checkpoint itself under the cell's settings: the starting
+    point every trained cell is compared with.
+    """
 
     name: str
     label: str = ""
     group: str = ""
     args: dict[str, Any] = field(default_factory=dict)
+    train: bool = True
 
 
 @dataclass
@@ -124,7 +130,7 @@ def effective_config(grid: Grid, cell: Cell) -> dict[str, Any]:
 def spec_hash(grid: Grid, cell: Cell, stage1: str) -> str:
     """Everything a cell's result depends on; a stored result with another hash is rerun."""
     spec = {"base": (ROOT / grid.base).read_text(), "common": grid.common, "args": cell.args, "stage1": stage1,
-            "eval": grid.eval, "measure": grid.measure}
+            "eval": grid.eval, "measure": grid.measure, "train": cell.train}
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -202,26 +208,6 @@ def stage1_checkpoint(grid: Grid, run_dir: Path, dry_run: bool = False) -> str:
 _CLIPS: dict[tuple, list] = {}
 
 
-def order_pairs(shards: str) -> dict[str, str]:
-    """Sample key -> pair id of the order-only pairs, read from the shards' JSON metadata.
-
-    ``load_clips`` samples do not carry the metadata, so ``evaluate`` cannot find the pairs by itself.
-    """
-    import tarfile
-
-    from longvivit.data.shards import expand_shards
-
-    pairs = {}
-    for url in expand_shards(shards):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    meta = json.load(tar.extractfile(member)).get("meta") or {}
-                    if meta.get("order_only") and meta.get("pair_id"):
-                        pairs[member.name[: -len(".json")]] = str(meta["pair_id"])
-    return pairs
-
-
 def evaluate_cell(ckpt: Path, cfg: dict[str, Any], grid: Grid) -> dict[str, Any]:
     """Zero-shot retrieval of a trained cell on the test split, full and order-only (no masking)."""
     import torch
@@ -231,7 +217,8 @@ def evaluate_cell(ckpt: Path, cfg: dict[str, Any], grid: Grid) -> dict[str, Any]
     from longvivit.evaluation.evaluate import evaluate, order_only_metrics
     from longvivit.models.checkpoint import load_model
 
-    model, _ = load_model(ckpt)
+    frames = cfg.get("model", {}).get("video", {}).get("num_frames")
+    model, _ = load_model(ckpt, **({"num_frames": frames} if frames else {}))
     video = model.video_encoder.cfg
     data = cfg.get("data", {})
     pre = PreprocessConfig(num_frames=video.num_frames, fps=float(data.get("fps", 1.0)),
@@ -245,7 +232,7 @@ def evaluate_cell(ckpt: Path, cfg: dict[str, Any], grid: Grid) -> dict[str, Any]
     finally:
         torch.set_grad_enabled(True)
     metrics = ev.compute()
-    metrics["order_only"] = order_only_metrics(ev, pair_of or order_pairs(key[0]))
+    metrics["order_only"] = order_only_metrics(ev, pair_of)
     return metrics
 
 
@@ -325,11 +312,14 @@ def run_cell(grid: Grid, cell: Cell, run_dir: Path, stage1: str) -> dict[str, An
     """Train, evaluate and measure one cell (training skipped if it already finished)."""
     cell_dir = run_dir / "runs" / cell.name
     cfg, args = effective_config(grid, cell), fit_args(grid, cell, cell_dir, stage1)
-    if not _fit_done(cell_dir, args):  # a changed definition (or stage 1) retrains
-        print(f"[ablate] {cell.name}: training", flush=True)
-        _fit(args, cell_dir)
-    ckpt = cell_dir / "checkpoints" / "last.ckpt"
-    fit = json.loads((cell_dir / "fit.done").read_text())
+    if not cell.train:
+        ckpt, fit = ROOT / stage1, {"seconds": 0.0, "cpu_seconds": 0.0}
+    else:
+        if not _fit_done(cell_dir, args):  # a changed definition (or stage 1) retrains
+            print(f"[ablate] {cell.name}: training", flush=True)
+            _fit(args, cell_dir)
+        ckpt = cell_dir / "checkpoints" / "last.ckpt"
+        fit = json.loads((cell_dir / "fit.done").read_text())
     t0 = time.time()
     metrics = evaluate_cell(ckpt, cfg, grid)
     eval_s = time.time() - t0
@@ -344,6 +334,7 @@ def run_cell(grid: Grid, cell: Cell, run_dir: Path, stage1: str) -> dict[str, An
             "peft": model.get("peft"), "trainable_last": model.get("trainable_last"),
             "adapter_dim": video.get("adapter_dim", 0), "lora_rank": video.get("lora_rank", 0),
             "num_frames": video.get("num_frames"), "fps": cfg.get("data", {}).get("fps", 1.0),
+            "trained": cell.train,
         },
         "fit_seconds": fit["seconds"], "fit_cpu_seconds": fit.get("cpu_seconds"), "eval_seconds": eval_s,
         "metrics": metrics, "memory": memory,
@@ -364,26 +355,54 @@ def _order(res: dict[str, Any]) -> tuple[float, float]:
     return o["pair_accuracy"]["accuracy"], o["retrieval"]["t2v"]["R@1"]
 
 
+def _se(percent: float, n: int) -> float:
+    """Binomial standard error (points) of a percentage measured on ``n`` independent trials."""
+    q = min(max(percent / 100, 1 / n), 1 - 1 / n)  # never 0: a cell at 0% has sampling noise too
+    return 100 * math.sqrt(q * (1 - q) / n)
+
+
+def _r1_se(res: dict[str, Any]) -> float:
+    return _se(r1(res), res["metrics"]["num_videos"])
+
+
+def _pair_se(res: dict[str, Any]) -> float:
+    o = res["metrics"].get("order_only") or {}
+    return _se(_order(res)[0], max(1, o.get("num_pairs", 1)))  # the two queries of a pair are not independent
+
+
+def _judge(gaps: list[tuple[float, float]]) -> str:
+    """Verdict on claims ``gap >= 0`` given ``(gap, 2 * standard error)`` pairs."""
+    if all(g >= 0 for g, _ in gaps):
+        return "holds" if all(g >= n for g, n in gaps) else "not resolved at this scale (leans holds, within noise)"
+    if any(g <= -n for g, n in gaps):
+        return "does not hold"
+    return "not resolved at this scale (leans does not hold, within noise)"
+
+
 def findings(spec: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     """The paper's four findings checked on the cells ``spec`` names: ``[(claim, verdict, evidence)]``.
 
     ``spec``: ``order: {joint: cell, frame: [cells]}``, ``masking: {backbone: [mask-0 cell, masked cell]}``
-    (must include ``joint``), ``peft: {full: cell, peft: [cells]}``.
+    (must include ``joint``), ``peft: {full: cell, peft: [cells]}``. A gap counts as resolved when it exceeds
+    two binomial standard errors of the difference (test videos, or order pairs, as trials).
     """
     out = []
 
     def have(*names: str) -> bool:
         return all(n in by for n in names)
 
+    def noise(*cells: dict[str, Any], se=_r1_se) -> float:
+        return 2 * math.sqrt(sum(se(c) ** 2 for c in cells))
+
     o = spec.get("order", {})
     claim = "(a) joint space-time attention >= frame-level on order-sensitive retrieval"
     if o and have(o["joint"], *o["frame"]):
-        j = _order(by[o["joint"]])
-        rows = {f: _order(by[f]) for f in o["frame"]}
-        ok = all(j[0] >= v[0] and j[1] >= v[1] for v in rows.values())
-        ev = f"joint: pair accuracy {j[0]:.1f}%, subset T2V R@1 {j[1]:.1f}; " + "; ".join(
-            f"{f}: {v[0]:.1f}%, {v[1]:.1f}" for f, v in rows.items())
-        out.append((claim, "holds" if ok else "does not hold", ev + " (pair chance 50%)"))
+        j, jr = _order(by[o["joint"]]), by[o["joint"]]
+        gaps = [(j[0] - _order(by[f])[0], noise(jr, by[f], se=_pair_se)) for f in o["frame"]]
+        ev = f"order-pair accuracy (chance 50%): joint {j[0]:.1f}, " + ", ".join(
+            f"{f} {_order(by[f])[0]:.1f}" for f in o["frame"]) + f" (2 SE of a gap ~{gaps[0][1]:.0f}); subset " \
+            "T2V R@1: joint " + f"{j[1]:.1f}, " + ", ".join(f"{f} {_order(by[f])[1]:.1f}" for f in o["frame"])
+        out.append((claim, _judge(gaps), ev))
     m = spec.get("masking", {})
     claim = "(b) 75% masking within ~2 points R@1 of no masking, with >= 2.5x memory saving"
     if "joint" in m and have(*m["joint"]):
@@ -391,23 +410,25 @@ def findings(spec: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[tuple[
         d, ratio = r1(b) - r1(a), a["memory"]["train_mib"] / b["memory"]["train_mib"]
         act = a["memory"]["act_mib"] / b["memory"]["act_mib"]
         rss = a["memory"]["peak_rss_mib"] / b["memory"]["peak_rss_mib"]
-        verdict = {(True, True): "holds", (False, False): "does not hold"}.get(
-            (d >= -2, ratio >= 2.5), "half holds: " + ("memory" if ratio >= 2.5 else "accuracy") + " part only")
-        out.append((claim, verdict, f"mean R@1 {r1(a):.1f} -> {r1(b):.1f} ({d:+.1f}); train memory {ratio:.2f}x "
-                    f"smaller (activations {act:.2f}x, process peak RSS {rss:.2f}x)"))
+        acc = _judge([(d + 2, noise(a, b))])
+        verdict = acc if ratio >= 2.5 else f"does not hold (memory); accuracy part: {acc}"
+        out.append((claim, verdict, f"mean R@1 {r1(a):.1f} -> {r1(b):.1f} ({d:+.1f}, 2 SE {noise(a, b):.1f}); "
+                    f"train memory {ratio:.2f}x smaller (activations {act:.2f}x; process peak RSS {rss:.2f}x, "
+                    "mostly the PyTorch runtime at this size)"))
     claim = "(c) joint space-time attention is the most robust to masking"
     if "joint" in m and len(m) > 1 and all(have(*v) for v in m.values()):
         drops = {k: r1(by[v[0]]) - r1(by[v[1]]) for k, v in m.items()}
-        ok = all(drops["joint"] <= d for d in drops.values())
-        out.append((claim, "holds" if ok else "does not hold",
-                    "R@1 lost by 75% masking: " + ", ".join(f"{k} {d:+.1f}" for k, d in drops.items())))
+        gaps = [(drops[k] - drops["joint"], noise(*(by[c] for c in m["joint"] + v))) for k, v in m.items()
+                if k != "joint"]
+        out.append((claim, _judge(gaps), "R@1 lost by 75% masking: " + ", ".join(
+            f"{k} {d:+.1f}" for k, d in drops.items()) + f" (2 SE of a difference of drops ~{gaps[0][1]:.0f})"))
     pf = spec.get("peft", {})
     claim = "(d) parameter-efficient image-to-video adaptation loses to full tuning"
     if pf and have(pf["full"], *pf["peft"]):
-        full = r1(by[pf["full"]])
-        ok = all(r1(by[c]) < full for c in pf["peft"])
-        out.append((claim, "holds" if ok else "does not hold", f"full tuning mean R@1 {full:.1f}; " + ", ".join(
-            f"{c} {r1(by[c]):.1f}" for c in pf["peft"])))
+        full = by[pf["full"]]
+        gaps = [(r1(full) - r1(by[c]), noise(full, by[c])) for c in pf["peft"]]
+        out.append((claim, _judge(gaps), f"mean R@1: full tuning {r1(full):.1f}, " + ", ".join(
+            f"{c} {r1(by[c]):.1f}" for c in pf["peft"]) + f" (2 SE of a gap ~{gaps[0][1]:.0f})"))
     return out
 
 
@@ -418,7 +439,7 @@ def _tuning(s: dict[str, Any]) -> str:
         return f"LoRA r={s['lora_rank']}"
     if s["peft"] == "last_k":
         return f"last {s['trainable_last'] or 4} blocks"
-    return "full"
+    return "full" if s.get("trained", True) else "none (image stage)"
 
 
 def plot(results: list[dict[str, Any]], masking: dict[str, list[str]], path: Path) -> None:
