@@ -114,6 +114,7 @@ class Demo:
             "--data.steps_per_epoch", str(self.scale.steps_per_epoch[i]),
             "--data.batch_size", str(self.scale.batch[i]), "--data.val_batch_size", str(self.scale.batch[i]),
             "--data.num_workers", str(self.workers),
+            "--trainer.log_every_n_steps", str(max(1, min(10, self.scale.steps[i] // 5))),
             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
             "--checkpoint.dirpath", str(run / "checkpoints"),
             *extra,

@@ -341,8 +341,8 @@ def test_config_errors_say_what_to_change():
         ValueError, match=r"image_size=30 is not divisible by the patch size 16x16.*multiple of 16"
     ):
         VideoEncoderConfig.preset("tiny", image_size=30)
-    with pytest.raises(NotImplementedError, match="backbone='factorized'"):
-        VideoEncoder(small(backbone="factorized"))
+    with pytest.raises(ValueError, match="backbone='sideways' is not one of"):
+        small(backbone="sideways")
 
 
 def test_input_errors_say_what_to_change():
