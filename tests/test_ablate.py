@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +199,8 @@ def test_grid_runs_end_to_end_resumes_and_reports(tiny_shards, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.count("stored, skipped") == 3 and "joint: training" in out
     assert json.loads((cells / "joint.json").read_text())["settings"]["mask_ratio"] == 0.5
+    # ...from a clean run folder: the evaluated last.ckpt is the new training's, not the first run's
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "runs" / "joint" / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and not any(n.startswith("last-v") for n in ckpts)
+    hp = torch.load(tmp_path / "run" / "runs" / "joint" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert hp["hyper_parameters"]["video"]["mask_ratio"] == 0.5

@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -136,9 +137,15 @@ def spec_hash(grid: Grid, cell: Cell, stage1: str) -> str:
 
 # --------------------------------------------------------------------------- running
 def _fit(args: list[str], run_dir: Path) -> None:
-    """``longvivit fit`` in this process, then a marker with the arguments and the time it took."""
+    """``longvivit fit`` in this process, then a marker with the arguments and the time it took.
+
+    ``run_dir`` is emptied first: Lightning would not overwrite an older ``last.ckpt`` (it writes
+    ``last-v1.ckpt`` beside it), and old logs would mix with the new ones.
+    """
     from longvivit.cli import main as cli_main
 
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0, cpu0 = time.time(), _cpu_seconds()
     if cli_main(args) != 0:
