@@ -256,6 +256,15 @@ def measure_cell(cfg: dict[str, Any], grid: Grid) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_bytes() -> int:
+    """High-water RSS since this process's exec (``VmHWM``). ``ru_maxrss`` is not it: Linux carries it over
+    exec from the forking parent, so a child of a large harness would report the harness's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is
+
+
 def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     """Child side of :func:`measure_cell`: forward + backward + AdamW on NCE against random text features."""
     import torch
@@ -309,8 +318,8 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
         "act_mib": act / MIB,
         # weights (4 B) + gradient and AdamW moments of the trainable ones (12 B) + saved activations
         "train_mib": (4 * n_all + 12 * n_train + act) / MIB,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB,
-        "rss_above_model_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB - base_rss / MIB,
+        "peak_rss_mib": _peak_rss_bytes() / MIB,
+        "rss_above_model_mib": (_peak_rss_bytes() - base_rss) / MIB,
         "step_s": min(times),
     }
 
