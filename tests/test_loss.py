@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from longvivit.loss import NCELoss, contrastive_accuracy
+from longvivit.loss import NCELoss, contrastive_accuracy, order_negatives
 
 WORLD = 2
 PER_RANK = 3
@@ -65,6 +65,43 @@ def test_accuracy_counts_wrong_rows():
     assert contrastive_accuracy(logits, torch.arange(3)).item() == pytest.approx(2 / 3)
 
 
+def reference_nce_with_extra(a: torch.Tensor, b: torch.Tensor, extra: torch.Tensor, scale: float) -> torch.Tensor:
+    """Loops again: text row i is scored against every video and every extra one; video rows as before."""
+    n = a.shape[0]
+    total = a.new_zeros(())
+    videos = torch.cat([a, extra])
+    for i in range(n):
+        v2t = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
+        t2v = torch.stack([scale * torch.dot(b[i], v) for v in videos])
+        total = total - torch.log_softmax(v2t, dim=0)[i] - torch.log_softmax(t2v, dim=0)[i]
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_extra_video_negatives_match_reference(local_loss):
+    a, b = random_features(5, 16, seed=3)
+    extra = random_features(10, 16, seed=4)[0]
+    out = NCELoss(local_loss=local_loss)(a, b, torch.tensor(6.0), output_dict=True, extra_video_features=extra)
+    torch.testing.assert_close(out["loss"], reference_nce_with_extra(a, b, extra, 6.0))
+    # negatives identical to the positives make every caption's choice a tie: loss rises, v2t does not move
+    tied = NCELoss(local_loss=local_loss)(a, b, 6.0, output_dict=True, extra_video_features=a.clone())
+    assert tied["loss"] > NCELoss(local_loss=local_loss)(a, b, 6.0)
+
+
+def test_order_negatives_reorder_frames_only():
+    video = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1, 1, 1).expand(2, 6, 3, 4, 4)
+    out = order_negatives(video, ["reverse", "rotate"], step=2)
+    assert out.shape == (4, 6, 3, 4, 4)
+    torch.testing.assert_close(out[:2], video.flip(1))
+    # rolled by 6 // 2 rounded down to whole tubelets of 2 frames: (4, 5, 0, 1, 2, 3)
+    assert out[2, :, 0, 0, 0].tolist() == [4.0, 5.0, 0.0, 1.0, 2.0, 3.0]
+    # the same bag of frames as the clip: only the order differs
+    for copy in (out[:2], out[2:]):
+        torch.testing.assert_close(copy.sort(dim=1).values, video.sort(dim=1).values)
+    with pytest.raises(ValueError, match="unknown order negative"):
+        order_negatives(video, ["shuffle"])
+
+
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         NCELoss()(torch.randn(4, 8), torch.randn(3, 8), 1.0)
@@ -112,6 +149,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             result[f"loss_{local}"] = loss.detach()
             result[f"grad_a_{local}"] = a.grad
             result[f"grad_b_{local}"] = b.grad
+            a, b = a_all[rows].clone(), b_all[rows].clone()
+            extra = random_features(WORLD * 2 * PER_RANK, DIM, seed=8)[0].view(WORLD, 2 * PER_RANK, DIM)[rank]
+            result[f"loss_extra_{local}"] = NCELoss(local_loss=local)(a, b, 4.0, extra_video_features=extra)
 
             model = nn.parallel.DistributedDataParallel(make_towers())
             xv, xt = joint_batch()
@@ -158,6 +198,15 @@ def test_two_ranks_equal_one_process_on_joint_batch(two_rank_results, local):
     grad_b = torch.cat([r[f"grad_b_{local}"] for r in two_rank_results]) / WORLD
     torch.testing.assert_close(grad_a, a.grad)
     torch.testing.assert_close(grad_b, b.grad)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_two_ranks_gather_extra_negatives(two_rank_results, local):
+    a_all, b_all = random_features(WORLD * PER_RANK, DIM, seed=7)
+    extra = random_features(WORLD * 2 * PER_RANK, DIM, seed=8)[0]  # rank-major, as the gather stacks them
+    single = NCELoss()(a_all, b_all, 4.0, extra_video_features=extra)
+    losses = torch.stack([r[f"loss_extra_{local}"] for r in two_rank_results])
+    torch.testing.assert_close(losses.mean() if local else losses, single if local else single.expand(WORLD))
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -244,5 +244,5 @@ def test_cli_writes_manifests_and_stats(tmp_path):
 
 def test_demo_preset_counts():
     planned = S.plan(0, num_images=0, num_clips=S.PRESETS["demo"]["num_clips"], num_long=0)
-    assert len(planned["clips"]["test"]) == 64
-    assert sum(it.extra["order_only"] for it in planned["clips"]["test"]) == 32
+    assert len(planned["clips"]["test"]) == 128
+    assert sum(it.extra["order_only"] for it in planned["clips"]["test"]) == 64  # 32 order-only pairs

@@ -248,7 +248,7 @@ def measure_cell(cfg: dict[str, Any], grid: Grid) -> dict[str, Any]:
     model = cfg.get("model", {})
     job = {"video": model.get("video", {}), "peft": model.get("peft"), "trainable_last": model.get("trainable_last"),
            "batch": int(grid.measure.get("batch", 16)), "steps": int(grid.measure.get("steps", 2)),
-           "device": grid.measure.get("device", "cpu")}
+           "device": grid.measure.get("device", "cpu"), "order_negatives": model.get("order_negatives") or []}
     proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(job)], capture_output=True, text=True,
                           cwd=ROOT, timeout=float(grid.measure.get("timeout", 900)))
     if proc.returncode != 0:
@@ -266,11 +266,13 @@ def _peak_rss_bytes() -> int:
 
 
 def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """Child side of :func:`measure_cell`: forward + backward + AdamW on NCE against random text features."""
+    """Child side of :func:`measure_cell`: forward + backward + AdamW on NCE against random text features
+    (with the cell's order negatives encoded too, as the training step does)."""
     import torch
     import torch.nn.functional as F
 
     from longvivit import VideoEncoder, VideoEncoderConfig
+    from longvivit.loss import NCELoss, order_negatives
 
     torch.manual_seed(0)
     device = torch.device(job.get("device", "cpu"))
@@ -286,7 +288,7 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     b = job["batch"]
     video = torch.randn(b, cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size, device=device)
     text = F.normalize(torch.randn(b, cfg.embed_dim, device=device), dim=-1)
-    labels = torch.arange(b, device=device)
+    kinds = job.get("order_negatives") or []
     base_rss = _rss_bytes()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -303,8 +305,9 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = 100.0 * F.normalize(model(video), dim=-1) @ text.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            feats = F.normalize(model(video), dim=-1)
+            extra = F.normalize(model(order_negatives(video, kinds, cfg.tubelet_size[0])), dim=-1) if kinds else None
+        loss = NCELoss()(feats, text, 100.0, extra_video_features=extra)
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)

@@ -54,7 +54,7 @@ SPLITS = ("train", "val", "test")
 _PLAN_ORDER = ("test", "val", "train")
 PRESETS: dict[str, dict[str, tuple[int, int, int]]] = {
     "mini": {"num_images": (16, 8, 8), "num_clips": (16, 8, 8), "num_long": (4, 4, 4)},
-    "demo": {"num_images": (512, 64, 64), "num_clips": (512, 64, 64), "num_long": (64, 16, 16)},
+    "demo": {"num_images": (512, 64, 64), "num_clips": (512, 64, 128), "num_long": (96, 16, 48)},
 }
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
 from longvivit.evaluation.retrieval import RetrievalEvaluator
-from longvivit.loss import NCELoss
+from longvivit.loss import ORDER_NEGATIVES, NCELoss, order_negatives
 from longvivit.models.checkpoint import load_weights_into
 from longvivit.models.init import inflate_patch_kernel
 from longvivit.models.model import VideoTextModel
@@ -54,6 +54,11 @@ class ContrastiveModule(L.LightningModule):
         sync_inflation: Before each validation, set the tubelet kernel to the inflated image kernel. Used by
             the image stage, where the 3D path is not trained: validation on videos then measures exactly the
             model that the next stage starts from.
+        modalities: Modalities trained (``["video"]``, ``["image"]`` or both); ``None`` infers them from the
+            datamodule's shards.
+        order_negatives: Re-orderings of every training clip (``"reverse"``, ``"rotate"``; see
+            :func:`longvivit.loss.order_negatives`) scored as extra text-to-video negatives, which makes the
+            contrastive task need temporal order. Each costs one more video forward/backward per step.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class ContrastiveModule(L.LightningModule):
         local_loss: bool = True,
         sync_inflation: bool = False,
         modalities: list[str] | None = None,
+        order_negatives: list[str] | None = None,
     ) -> None:
         super().__init__()
         # Copies: the defaults are shared instances, and VideoTextConfig aligns text.embed_dim in place.
@@ -79,14 +85,28 @@ class ContrastiveModule(L.LightningModule):
         text = TextEncoderConfig(**text) if isinstance(text, dict) else dataclasses.replace(text)
         optim = OptimConfig(**optim) if isinstance(optim, dict) else dataclasses.replace(optim)
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters({
-            "video": video.to_dict(), "text": dataclasses.asdict(text), "optim": dataclasses.asdict(optim),
-            "init_from": init_from, "trainable_last": trainable_last, "peft": peft,
-            "image_mask_ratio": image_mask_ratio,
-            "eval_mask_ratio": eval_mask_ratio, "image_loss_weight": image_loss_weight,
-            "init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "local_loss": local_loss,
-            "sync_inflation": sync_inflation, "modalities": modalities,
-        })
+        self.save_hyperparameters(
+            {
+                "video": video.to_dict(),
+                "text": dataclasses.asdict(text),
+                "optim": dataclasses.asdict(optim),
+                "init_from": init_from,
+                "trainable_last": trainable_last,
+                "peft": peft,
+                "image_mask_ratio": image_mask_ratio,
+                "eval_mask_ratio": eval_mask_ratio,
+                "image_loss_weight": image_loss_weight,
+                "init_logit_scale": init_logit_scale,
+                "max_logit_scale": max_logit_scale,
+                "local_loss": local_loss,
+                "sync_inflation": sync_inflation,
+                "modalities": modalities,
+                "order_negatives": order_negatives,
+            }
+        )
+        self.order_negatives = list(order_negatives or [])
+        if bad := [k for k in self.order_negatives if k not in ORDER_NEGATIVES]:
+            raise ValueError(f"unknown order_negatives {bad}; choose from {ORDER_NEGATIVES}")
         self.modalities = modalities
         self.model_cfg = VideoTextConfig(
             video=video,
@@ -141,9 +161,14 @@ class ContrastiveModule(L.LightningModule):
 
     def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:
         enc = self.model.video_encoder
+        extra = None
         if modality == "image":
-            out = self.model(images=batch["image"], input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"], mask_ratio=self.image_mask_ratio)
+            out = self.model(
+                images=batch["image"],
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                mask_ratio=self.image_mask_ratio,
+            )
             feats, n_tok = out["image_features"], enc.cfg.num_spatial_tokens
             ratio = self.image_mask_ratio
         else:
@@ -151,8 +176,14 @@ class ContrastiveModule(L.LightningModule):
             feats = out["video_features"]
             n_tok = batch["video"].shape[1] // enc.cfg.tubelet_size[0] * enc.cfg.num_spatial_tokens
             ratio = enc.cfg.mask_ratio
-        res = self.loss_fn(feats, out["text_features"], out["logit_scale"], output_dict=True)
-        visible = feats.shape[0] * (n_tok - int(n_tok * ratio))
+            if self.order_negatives:
+                reordered = order_negatives(batch["video"], self.order_negatives, step=enc.cfg.tubelet_size[0])
+                extra = self.model.encode_video(reordered)  # (K*B, D)
+        res = self.loss_fn(
+            feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra
+        )
+        encoded = feats.shape[0] + (0 if extra is None else extra.shape[0])
+        visible = encoded * (n_tok - int(n_tok * ratio))
         return res["loss"], res, visible
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
