@@ -19,44 +19,11 @@ batch in the loader).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvivit.distributed import all_gather_with_grad, rank_and_world_size
-
-ORDER_NEGATIVES = ("reverse", "rotate")
-
-
-def order_negatives(video: Tensor, kinds: Sequence[str], step: int = 1) -> Tensor:
-    """Re-ordered copies of each clip, used as hard text-to-video negatives (the "test of time" idea).
-
-    A caption states events in order, so the clip played backwards (``reverse``: "moves left" becomes
-    "moves right", "A then B" becomes "inverse B then inverse A") or with its halves swapped (``rotate``:
-    frames rolled by half the clip, "A then B" becomes "B then A") contains the same frames but should not
-    match it. Scoring captions against these teaches both towers temporal order; a bag-of-frames model
-    cannot separate a clip from its re-orderings.
-
-    Args:
-        video: (B, T, C, H, W) frames.
-        kinds: Any of :data:`ORDER_NEGATIVES`, in the order their copies are stacked.
-        step: Roll in multiples of this many frames (the tubelet depth), so tubelets stay intact.
-
-    Returns:
-        (len(kinds) * B, T, C, H, W) re-ordered clips, kind-major.
-    """
-    copies = []
-    for kind in kinds:
-        if kind == "reverse":
-            copies.append(video.flip(1))
-        elif kind == "rotate":
-            shift = max(step, video.shape[1] // 2 // step * step)
-            copies.append(video.roll(shift, dims=1))
-        else:
-            raise ValueError(f"unknown order negative {kind!r}; choose from {ORDER_NEGATIVES}")
-    return torch.cat(copies)
 
 
 def contrastive_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -84,6 +51,8 @@ class NCELoss(nn.Module):
         logit_scale: Tensor | float,
         output_dict: bool = False,
         extra_video_features: Tensor | None = None,
+        extra_text_features: Tensor | None = None,
+        extra_text_valid: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
         """Contrastive loss of paired features; row i of both inputs is a positive pair.
 
@@ -95,6 +64,11 @@ class NCELoss(nn.Module):
             extra_video_features: (K*B, D) videos that match no caption (e.g. :func:`order_negatives`),
                 gathered from every rank like the rest and appended as text-to-video negative columns.
                 Video-to-text rows are unchanged.
+            extra_text_features: (M, D) captions that match no video (e.g. captions with their events
+                re-ordered, :func:`longvivit.negatives.reorder_caption`), appended as video-to-text negative
+                columns, gathered from every rank (M must be equal across ranks).
+            extra_text_valid: (M,) bool; False columns are left out of the softmax (a caption that could not
+                be re-ordered holds its slot so that shapes match across ranks).
 
         Returns:
             The scalar loss, or ``{"loss", "v2t_acc", "t2v_acc"}`` (accuracies over this rank's rows,
@@ -110,15 +84,24 @@ class NCELoss(nn.Module):
         columns = all_video
         if extra_video_features is not None:
             columns = torch.cat([all_video, all_gather_with_grad(extra_video_features)])  # (W*B + W*K*B, D)
+        # video-to-text columns likewise: the paired captions, then the extra ones (masked where invalid)
+        text_columns, masked = all_text, None
+        if extra_text_features is not None:
+            text_columns = torch.cat([all_text, all_gather_with_grad(extra_text_features)])  # (W*B + W*M, D)
+            if extra_text_valid is not None:
+                valid = all_gather_with_grad(extra_text_valid.to(all_text.dtype)) > 0.5  # (W*M,)
+                masked = torch.cat([valid.new_zeros(all_text.shape[0]), ~valid])  # (W*B + W*M,)
         if self.local_loss:
-            logits_v2t = logit_scale * video_features @ all_text.T  # (B, W*B)
+            logits_v2t = logit_scale * video_features @ text_columns.T  # (B, W*B [+ W*M])
             logits_t2v = logit_scale * text_features @ columns.T  # (B, W*B [+ W*K*B])
             # local row i is global row rank*B + i: its positive sits in that column
             labels = torch.arange(batch, device=video_features.device) + rank * batch
         else:
-            logits_v2t = logit_scale * all_video @ all_text.T  # (W*B, W*B)
-            logits_t2v = logit_scale * all_text @ columns.T if extra_video_features is not None else logits_v2t.T
+            logits_v2t = logit_scale * all_video @ text_columns.T  # (W*B, W*B [+ W*M])
+            logits_t2v = logit_scale * all_text @ columns.T  # (W*B, W*B [+ W*K*B])
             labels = torch.arange(all_video.shape[0], device=video_features.device)
+        if masked is not None:
+            logits_v2t = logits_v2t.masked_fill(masked, float("-inf"))
         loss = (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels)) / 2
         if not output_dict:
             return loss

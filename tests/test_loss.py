@@ -14,11 +14,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from longvivit.loss import NCELoss, contrastive_accuracy, order_negatives
+from longvivit.loss import NCELoss, contrastive_accuracy
+from longvivit.negatives import order_negatives, reorder_caption
 
 WORLD = 2
 PER_RANK = 3
 DIM = 8
+TEXT_VALID = torch.tensor([True, False, True, True, True, False])  # WORLD * PER_RANK extra caption slots
 
 
 def reference_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,6 +90,47 @@ def test_extra_video_negatives_match_reference(local_loss):
     assert tied["loss"] > NCELoss(local_loss=local_loss)(a, b, 6.0)
 
 
+def reference_v2t_with_extra_text(a, b, extra, valid, scale):
+    """Video rows scored against every caption and the valid extra ones; text rows as plain NCE."""
+    n, texts = a.shape[0], torch.cat([b, extra[valid]])
+    total = a.new_zeros(())
+    for i in range(n):
+        v2t = torch.stack([scale * torch.dot(a[i], t) for t in texts])
+        t2v = torch.stack([scale * torch.dot(b[i], a[j]) for j in range(n)])
+        total = total - torch.log_softmax(v2t, dim=0)[i] - torch.log_softmax(t2v, dim=0)[i]
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_extra_text_negatives_match_reference_and_skip_invalid(local_loss):
+    a, b = random_features(5, 16, seed=5)
+    extra = random_features(5, 16, seed=6)[0]
+    valid = torch.tensor([True, False, True, True, False])
+    got = NCELoss(local_loss=local_loss)(a, b, 6.0, extra_text_features=extra, extra_text_valid=valid)
+    torch.testing.assert_close(got, reference_v2t_with_extra_text(a, b, extra, valid, 6.0))
+    # all masked: exactly the plain loss
+    none = NCELoss(local_loss=local_loss)(a, b, 6.0, extra_text_features=extra, extra_text_valid=valid & False)
+    torch.testing.assert_close(none, NCELoss(local_loss=local_loss)(a, b, 6.0))
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("the red square turns orange; after that, the blue circle grows",
+         "the blue circle grows; after that, the red square turns orange"),
+        ("first the a grows, then the b shrinks, and finally the c appears.",
+         "first the c appears, then the b shrinks, and finally the a grows."),
+        ("first, A appears. then B moves. finally, C shrinks.", "first, C shrinks. then B moves. finally, A appears."),
+        ("a man opens the door before he sits down", "he sits down before a man opens the door"),
+        ("Someone chops onions and then fries them", "fries them and then Someone chops onions"),
+        ("a dog runs on the beach", None),
+        ("the square moves left, then the square moves left", None),  # the same events: no other order
+    ],
+)
+def test_reorder_caption(caption, expected):
+    assert reorder_caption(caption) == expected
+
+
 def test_order_negatives_reorder_frames_only():
     video = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1, 1, 1).expand(2, 6, 3, 4, 4)
     out = order_negatives(video, ["reverse", "rotate"], step=2)
@@ -152,6 +195,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             a, b = a_all[rows].clone(), b_all[rows].clone()
             extra = random_features(WORLD * 2 * PER_RANK, DIM, seed=8)[0].view(WORLD, 2 * PER_RANK, DIM)[rank]
             result[f"loss_extra_{local}"] = NCELoss(local_loss=local)(a, b, 4.0, extra_video_features=extra)
+            ext = random_features(WORLD * PER_RANK, DIM, seed=9)[0][rows]
+            result[f"loss_text_{local}"] = NCELoss(local_loss=local)(
+                a, b, 4.0, extra_text_features=ext, extra_text_valid=TEXT_VALID[rows]
+            )
 
             model = nn.parallel.DistributedDataParallel(make_towers())
             xv, xt = joint_batch()
@@ -206,6 +253,15 @@ def test_two_ranks_gather_extra_negatives(two_rank_results, local):
     extra = random_features(WORLD * 2 * PER_RANK, DIM, seed=8)[0]  # rank-major, as the gather stacks them
     single = NCELoss()(a_all, b_all, 4.0, extra_video_features=extra)
     losses = torch.stack([r[f"loss_extra_{local}"] for r in two_rank_results])
+    torch.testing.assert_close(losses.mean() if local else losses, single if local else single.expand(WORLD))
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_two_ranks_gather_extra_text_negatives(two_rank_results, local):
+    a_all, b_all = random_features(WORLD * PER_RANK, DIM, seed=7)
+    ext = random_features(WORLD * PER_RANK, DIM, seed=9)[0]
+    single = NCELoss()(a_all, b_all, 4.0, extra_text_features=ext, extra_text_valid=TEXT_VALID)
+    losses = torch.stack([r[f"loss_text_{local}"] for r in two_rank_results])
     torch.testing.assert_close(losses.mean() if local else losses, single if local else single.expand(WORLD))
 
 

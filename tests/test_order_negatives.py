@@ -11,23 +11,30 @@ from longvivit.training.module import ContrastiveModule
 B, T, SIZE = 3, 4, 32
 
 
-def _module(order_negatives: list[str] | None) -> ContrastiveModule:
+def _module(order_negatives: list[str] | None, caption_order_negatives: bool = False) -> ContrastiveModule:
     torch.manual_seed(0)
     module = ContrastiveModule(
         video=VideoEncoderConfig.preset("tiny", image_size=SIZE, num_frames=T, embed_dim=32),
         text=TextEncoderConfig(max_length=16),  # the packaged MiniLM
         modalities=["video"],
         order_negatives=order_negatives,
+        caption_order_negatives=caption_order_negatives,
     )
     module.setup("fit")  # freezes the image path, which video-only training never reaches
     return module
 
 
-def _batch(module: ContrastiveModule, video: torch.Tensor) -> dict:
-    tok = module.model.text_encoder.tokenize(
-        ["a red circle moves left, then grows", "a blue square appears", "the green triangle shrinks"]
-    )
-    return {"key": [f"k{i}" for i in range(B)], "video": video, **tok, "modality": "video"}
+CAPTIONS = [
+    "a red circle moves left, then the blue square grows",
+    "a blue square appears",
+    "the green triangle shrinks",
+]
+
+
+def _batch(module: ContrastiveModule, video: torch.Tensor, captions: list[str] = CAPTIONS) -> dict:
+    tok = module.model.text_encoder.tokenize(captions)
+    return {"key": [f"k{i}" for i in range(B)], "video": video, **tok, "captions": [[c] for c in captions],
+            "modality": "video"}
 
 
 def test_reordered_clips_are_encoded_and_scored():
@@ -65,3 +72,19 @@ def test_static_clip_ties_with_its_reorderings():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown order_negatives"):
         _module(["shuffle"])
+
+
+def test_caption_order_negatives_score_reordered_captions_only():
+    video = torch.randn(B, T, 3, SIZE, SIZE)
+    plain, negs = _module(None), _module(None, caption_order_negatives=True)
+    negs.load_state_dict(plain.state_dict())
+    plain.eval(), negs.eval()
+    texts: list[int] = []
+    negs.model.text_encoder.register_forward_hook(lambda m, args, out: texts.append(out.shape[0]))
+    with torch.no_grad():
+        assert negs.training_step(_batch(negs, video), 0) > plain.training_step(_batch(plain, video), 0)
+        assert texts == [B, B]  # the captions, then one slot per caption (only the first can be re-ordered)
+        # no caption with two clauses: every slot is masked and the loss is the plain one
+        flat = ["a blue square appears", "a dog", "the green triangle shrinks"]
+        torch.testing.assert_close(negs.training_step(_batch(negs, video, flat), 0),
+                                   plain.training_step(_batch(plain, video, flat), 0))

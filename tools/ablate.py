@@ -272,7 +272,8 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from longvivit import VideoEncoder, VideoEncoderConfig
-    from longvivit.loss import NCELoss, order_negatives
+    from longvivit.loss import NCELoss
+    from longvivit.negatives import order_negatives
 
     torch.manual_seed(0)
     device = torch.device(job.get("device", "cpu"))

@@ -13,10 +13,11 @@ from torch import Tensor
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
 from longvivit.evaluation.retrieval import RetrievalEvaluator
-from longvivit.loss import ORDER_NEGATIVES, NCELoss, order_negatives
+from longvivit.loss import NCELoss
 from longvivit.models.checkpoint import load_weights_into
 from longvivit.models.init import inflate_patch_kernel
 from longvivit.models.model import VideoTextModel
+from longvivit.negatives import ORDER_NEGATIVES, order_negatives, reorder_caption
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ class ContrastiveModule(L.LightningModule):
         order_negatives: Re-orderings of every training clip (``"reverse"``, ``"rotate"``; see
             :func:`longvivit.loss.order_negatives`) scored as extra text-to-video negatives, which makes the
             contrastive task need temporal order. Each costs one more video forward/backward per step.
+        caption_order_negatives: Score every clip also against its caption with the events re-ordered
+            (:func:`longvivit.negatives.reorder_caption`: clauses around "then", "after that", "before"...
+            reversed), as extra video-to-text negatives; captions without such clauses add none. Trains the
+            text tower to encode order, which mean-pooled captions otherwise barely do.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class ContrastiveModule(L.LightningModule):
         sync_inflation: bool = False,
         modalities: list[str] | None = None,
         order_negatives: list[str] | None = None,
+        caption_order_negatives: bool = False,
     ) -> None:
         super().__init__()
         # Copies: the defaults are shared instances, and VideoTextConfig aligns text.embed_dim in place.
@@ -102,9 +108,11 @@ class ContrastiveModule(L.LightningModule):
                 "sync_inflation": sync_inflation,
                 "modalities": modalities,
                 "order_negatives": order_negatives,
+                "caption_order_negatives": caption_order_negatives,
             }
         )
         self.order_negatives = list(order_negatives or [])
+        self.caption_order_negatives = caption_order_negatives
         if bad := [k for k in self.order_negatives if k not in ORDER_NEGATIVES]:
             raise ValueError(f"unknown order_negatives {bad}; choose from {ORDER_NEGATIVES}")
         self.modalities = modalities
@@ -179,12 +187,28 @@ class ContrastiveModule(L.LightningModule):
             if self.order_negatives:
                 reordered = order_negatives(batch["video"], self.order_negatives, step=enc.cfg.tubelet_size[0])
                 extra = self.model.encode_video(reordered)  # (K*B, D)
+        extra_text = {}
+        if modality == "video" and self.caption_order_negatives:
+            extra_text = self._reordered_captions(batch)
         res = self.loss_fn(
-            feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra
+            feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra, **extra_text
         )
         encoded = feats.shape[0] + (0 if extra is None else extra.shape[0])
         visible = encoded * (n_tok - int(n_tok * ratio))
         return res["loss"], res, visible
+
+    def _reordered_captions(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Features of each training caption with its events re-ordered, and which captions had any.
+
+        Every caption keeps a slot (its own text where it cannot be re-ordered, masked out of the loss), so
+        the shapes match across ranks for the gather.
+        """
+        captions = [caps[0] for caps in batch["captions"]]
+        reordered = [reorder_caption(c) for c in captions]
+        tok = self.model.text_encoder.tokenize([r or c for r, c in zip(reordered, captions, strict=True)])
+        feats = self.model.encode_text(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+        valid = torch.tensor([r is not None for r in reordered], device=self.device)
+        return {"extra_text_features": feats, "extra_text_valid": valid}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         parts = batch if "modality" not in batch else {batch["modality"]: batch}
