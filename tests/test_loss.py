@@ -23,13 +23,25 @@ DIM = 8
 TEXT_VALID = torch.tensor([True, False, True, True, True, False])  # WORLD * PER_RANK extra caption slots
 
 
-def reference_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """Python loops over the score matrix: mean of -log softmax of the diagonal, rows and columns."""
+def reference_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float,
+    extra_video: torch.Tensor | None = None,
+    extra_text: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Python loops over the score matrix: mean of -log softmax of the diagonal, rows and columns.
+
+    Video row i is scored against every caption and then ``extra_text``; caption i against every video and then
+    ``extra_video``.
+    """
     n = a.shape[0]
+    texts = b if extra_text is None else torch.cat([b, extra_text])
+    videos = a if extra_video is None else torch.cat([a, extra_video])
     total = a.new_zeros(())
     for i in range(n):
-        row = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
-        col = torch.stack([scale * torch.dot(a[j], b[i]) for j in range(n)])
+        row = torch.stack([scale * torch.dot(a[i], t) for t in texts])
+        col = torch.stack([scale * torch.dot(b[i], v) for v in videos])
         total = total - torch.log_softmax(row, dim=0)[i] - torch.log_softmax(col, dim=0)[i]
     return total / (2 * n)
 
@@ -67,38 +79,15 @@ def test_accuracy_counts_wrong_rows():
     assert contrastive_accuracy(logits, torch.arange(3)).item() == pytest.approx(2 / 3)
 
 
-def reference_nce_with_extra(a: torch.Tensor, b: torch.Tensor, extra: torch.Tensor, scale: float) -> torch.Tensor:
-    """Loops again: text row i is scored against every video and every extra one; video rows as before."""
-    n = a.shape[0]
-    total = a.new_zeros(())
-    videos = torch.cat([a, extra])
-    for i in range(n):
-        v2t = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
-        t2v = torch.stack([scale * torch.dot(b[i], v) for v in videos])
-        total = total - torch.log_softmax(v2t, dim=0)[i] - torch.log_softmax(t2v, dim=0)[i]
-    return total / (2 * n)
-
-
 @pytest.mark.parametrize("local_loss", [True, False])
 def test_extra_video_negatives_match_reference(local_loss):
     a, b = random_features(5, 16, seed=3)
     extra = random_features(10, 16, seed=4)[0]
     out = NCELoss(local_loss=local_loss)(a, b, torch.tensor(6.0), output_dict=True, extra_video_features=extra)
-    torch.testing.assert_close(out["loss"], reference_nce_with_extra(a, b, extra, 6.0))
+    torch.testing.assert_close(out["loss"], reference_nce(a, b, 6.0, extra_video=extra))
     # negatives identical to the positives make every caption's choice a tie: loss rises, v2t does not move
     tied = NCELoss(local_loss=local_loss)(a, b, 6.0, output_dict=True, extra_video_features=a.clone())
     assert tied["loss"] > NCELoss(local_loss=local_loss)(a, b, 6.0)
-
-
-def reference_v2t_with_extra_text(a, b, extra, valid, scale):
-    """Video rows scored against every caption and the valid extra ones; text rows as plain NCE."""
-    n, texts = a.shape[0], torch.cat([b, extra[valid]])
-    total = a.new_zeros(())
-    for i in range(n):
-        v2t = torch.stack([scale * torch.dot(a[i], t) for t in texts])
-        t2v = torch.stack([scale * torch.dot(b[i], a[j]) for j in range(n)])
-        total = total - torch.log_softmax(v2t, dim=0)[i] - torch.log_softmax(t2v, dim=0)[i]
-    return total / (2 * n)
 
 
 @pytest.mark.parametrize("local_loss", [True, False])
@@ -107,7 +96,7 @@ def test_extra_text_negatives_match_reference_and_skip_invalid(local_loss):
     extra = random_features(5, 16, seed=6)[0]
     valid = torch.tensor([True, False, True, True, False])
     got = NCELoss(local_loss=local_loss)(a, b, 6.0, extra_text_features=extra, extra_text_valid=valid)
-    torch.testing.assert_close(got, reference_v2t_with_extra_text(a, b, extra, valid, 6.0))
+    torch.testing.assert_close(got, reference_nce(a, b, 6.0, extra_text=extra[valid]))
     # all masked: exactly the plain loss
     none = NCELoss(local_loss=local_loss)(a, b, 6.0, extra_text_features=extra, extra_text_valid=valid & False)
     torch.testing.assert_close(none, NCELoss(local_loss=local_loss)(a, b, 6.0))

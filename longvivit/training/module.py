@@ -58,7 +58,7 @@ class ContrastiveModule(L.LightningModule):
         modalities: Modalities trained (``["video"]``, ``["image"]`` or both); ``None`` infers them from the
             datamodule's shards.
         order_negatives: Re-orderings of every training clip (``"reverse"``, ``"rotate"``; see
-            :func:`longvivit.loss.order_negatives`) scored as extra text-to-video negatives, which makes the
+            :func:`longvivit.negatives.order_negatives`) scored as extra text-to-video negatives, which makes the
             contrastive task need temporal order. Each costs one more video forward/backward per step.
         caption_order_negatives: Score every clip also against its caption with the events re-ordered
             (:func:`longvivit.negatives.reorder_caption`: clauses around "then", "after that", "before"...
@@ -169,7 +169,7 @@ class ContrastiveModule(L.LightningModule):
 
     def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:
         enc = self.model.video_encoder
-        extra = None
+        extra, extra_text = None, {}
         if modality == "image":
             out = self.model(
                 images=batch["image"],
@@ -187,9 +187,8 @@ class ContrastiveModule(L.LightningModule):
             if self.order_negatives:
                 reordered = order_negatives(batch["video"], self.order_negatives, step=enc.cfg.tubelet_size[0])
                 extra = self.model.encode_video(reordered)  # (K*B, D)
-        extra_text = {}
-        if modality == "video" and self.caption_order_negatives:
-            extra_text = self._reordered_captions(batch)
+            if self.caption_order_negatives:
+                extra_text = self._reordered_captions(batch)
         res = self.loss_fn(
             feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra, **extra_text
         )
