@@ -47,6 +47,8 @@ def write_shard(path: Path, samples: list[dict]) -> Path:
             ext = s.get("ext", "mp4")
             media = "image" if ext in ("jpg", "jpeg", "png") else "video"
             info = {"captions": s["captions"], "media": media, "ext": ext, "source": s["key"]}
+            if "meta" in s:
+                info["meta"] = s["meta"]
             sink.write(
                 {
                     "__key__": s["key"],
@@ -310,6 +312,36 @@ def test_training_stream_is_infinite_and_deterministic(tmp_path, clip_cache):
     assert [s["key"] for s, _ in zip(ds, range(20), strict=False)] != a
     ds_r1 = ShardDataset(urls, "video", SMALL, train=True, shuffle_buffer=4, seed=1, rank=1, world_size=2)
     assert [s["key"] for s, _ in zip(ds_r1, range(20), strict=False)] != a
+
+
+def test_group_by_keeps_adjacent_pairs_together_through_the_shuffle(tmp_path, clip_cache):
+    # 3 pairs back to back (adjacent in the shard, as the synthetic set writes them), then 9 singletons, some
+    # with an empty meta and some with none; real mp4 bytes: grouping happens on raw samples, before decoding.
+    samples = []
+    for i in range(12):
+        meta = {"pair_id": f"p{i // 2}"} if i < 6 else {}
+        samples.append({"key": f"s{i:02d}", "media": clip_cache.setdefault(i, video_bytes(i)),
+                        "captions": [f"clip {i}"], "meta": meta})
+    for i in range(12, 15):
+        samples.append({"key": f"s{i:02d}", "media": clip_cache.setdefault(i, video_bytes(i)), "captions": ["x"]})
+    url = str(write_shard(tmp_path / "pairs-000000.tar", samples))
+    partner = {f"s{i:02d}": f"s{i ^ 1:02d}" for i in range(6)}
+
+    def stream(group_by):
+        ds = ShardDataset(url, "video", SMALL, train=True, shuffle_buffer=8, seed=3, rank=0, world_size=1,
+                          group_by=group_by)
+        return [s["key"] for s, _ in zip(ds, range(120), strict=False)]
+
+    def together(keys):
+        # every pair member sits right next to its partner (the stream may start or end inside a pair)
+        return sum(k in partner and partner[k] in keys[max(0, j - 1): j + 2] for j, k in enumerate(keys))
+
+    grouped = stream("pair_id")
+    paired = [k for k in grouped[1:-1] if k in partner]
+    assert together(grouped[1:-1]) == len(paired) > 30
+    assert grouped != sorted(grouped)  # still shuffled
+    loose = stream(None)
+    assert together(loose[1:-1]) < len([k for k in loose[1:-1] if k in partner])
 
 
 def test_weighted_mixing_of_datasets(tmp_path):

@@ -16,6 +16,7 @@ from longvivit.data import synthetic as S
 SIZE = 64
 # Short "long" videos keep the suite fast; they still hold 6-10 events.
 TINY = {"num_images": (3, 2, 2), "num_clips": (4, 4, 6), "num_long": (1, 2, 2), "long_seconds": 40.0,
+        "train_pair_fraction": 0.5,
         "size": SIZE}
 
 
@@ -219,10 +220,13 @@ def test_splits_are_disjoint_and_captions_unique(synth):
         for split in S.SPLITS:
             assert all(e["split"] == split for e in entries[split])
             pair_ids = [e["pair_id"] for e in entries[split] if e.get("order_only")]
-            if name == "images" or split == "train":
+            if name == "images":
                 assert not pair_ids
             else:
-                assert pair_ids and all(pair_ids.count(p) == 2 for p in pair_ids)
+                assert (pair_ids or len(entries[split]) < 2) and all(pair_ids.count(p) == 2 for p in pair_ids)
+                # partners are adjacent: the training loader's group_by keeps them in one batch
+                ids = [e.get("pair_id") for e in entries[split]]
+                assert all(ids[ids.index(p) + 1] == p for p in pair_ids)
     long_entry = read(synth / "long/test.jsonl")[0]
     assert long_entry["summary"] == long_entry["caption"] and 6 <= len(long_entry["events"]) <= 10
 
@@ -246,3 +250,10 @@ def test_demo_preset_counts():
     planned = S.plan(0, num_images=0, num_clips=S.PRESETS["demo"]["num_clips"], num_long=0)
     assert len(planned["clips"]["test"]) == 128
     assert sum(it.extra["order_only"] for it in planned["clips"]["test"]) == 64  # 32 order-only pairs
+    assert not any(it.extra["order_only"] for it in planned["clips"]["train"])
+    paired = S.plan(0, num_images=0, num_clips=S.PRESETS["demo"]["num_clips"], num_long=0, train_pair_fraction=0.5)
+    train = paired["clips"]["train"]
+    assert sum(it.extra["order_only"] for it in train) == 256  # half the training clips: 128 hard-negative pairs
+    kinds = [it.extra["pair_kind"] for it in train if it.extra["order_only"]]
+    assert kinds.count("reverse") == kinds.count("swap") == 128
+    assert [i.caption for i in paired["clips"]["test"]] == [i.caption for i in planned["clips"]["test"]]

@@ -140,6 +140,9 @@ class VideoTextDataModule(L.LightningDataModule):
         max_fail_fraction: Fraction of undecodable samples tolerated per worker before raising.
         min_fail_count: Samples seen before that fraction is enforced.
         pin_memory: Pin batches (for GPU training).
+        group_by: Metadata field whose adjacent equal values stay together in training video batches (e.g.
+            ``"pair_id"``: order-only pairs as each other's hard negatives), see
+            :class:`~longvivit.data.shards.ShardDataset`.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class VideoTextDataModule(L.LightningDataModule):
         max_fail_fraction: float = 0.1,
         min_fail_count: int = 20,
         pin_memory: bool = False,
+        group_by: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1 or num_workers < 0:
@@ -184,6 +188,7 @@ class VideoTextDataModule(L.LightningDataModule):
         self.tokenizer_name, self.max_text_length = tokenizer, max_text_length
         self.shuffle_buffer, self.seed, self.steps_per_epoch = shuffle_buffer, seed, steps_per_epoch
         self.max_fail_fraction, self.min_fail_count = max_fail_fraction, min_fail_count
+        self.group_by = group_by
         self._tokenizer: Any = None
         self._train_sets: dict[str, ShardDataset] = {}
         self._train_loaders: dict[str, ShardLoader] = {}
@@ -226,6 +231,7 @@ class VideoTextDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             name=name,
+            group_by=self.group_by if train and modality == "video" else None,
         )
 
     def _loader(self, ds: ShardDataset) -> ShardLoader:

@@ -4,9 +4,10 @@ Two regimes share one :class:`ShardDataset`:
 
 * **train** (infinite): every (rank, worker) resamples shards with replacement from each dataset,
   mixes datasets by weight, shuffles raw samples in a buffer (bytes, before decoding, so the buffer is
-  cheap), decodes, picks one caption at random and tokenises. Every random choice comes from an RNG
-  seeded with ``(seed, rank, worker, epoch, purpose)``, so a run is reproducible given its seed and
-  world size, and each epoch draws a fresh stream.
+  cheap; with ``group_by`` adjacent samples sharing that metadata value move through it as one unit, so
+  hard-negative pairs land in the same batch), decodes, picks one caption at random and tokenises. Every
+  random choice comes from an RNG seeded with ``(seed, rank, worker, epoch, purpose)``, so a run is
+  reproducible given its seed and world size, and each epoch draws a fresh stream.
 * **eval** (finite, ordered): every sample is yielded exactly once across all ranks and workers,
   whatever the number of shards: whole shards are dealt to (rank, worker) slots when there are at
   least as many shards as slots, otherwise every slot reads every shard and keeps sample ``i`` iff
@@ -24,6 +25,7 @@ stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoade
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -263,6 +265,10 @@ class ShardDataset(IterableDataset):
         eval_split: ``"shard"``, ``"sample"`` or ``"auto"`` (shards when #shards >= slots).
         num_threads: decord threads per decode.
         name: For messages.
+        group_by: Training only: a metadata field (``meta`` of the sample's json, or the json itself), e.g.
+            ``"pair_id"``. Adjacent samples (in shard order) with the same non-null value are shuffled as one
+            unit and so reach the same batch, except where a batch boundary cuts a group; ``shuffle_buffer``
+            then counts groups. The synthetic set writes its order-only training pairs next to each other.
     """
 
     def __init__(
@@ -285,6 +291,7 @@ class ShardDataset(IterableDataset):
         eval_split: Literal["auto", "shard", "sample"] = "auto",
         num_threads: int = 1,
         name: str | None = None,
+        group_by: str | None = None,
     ) -> None:
         super().__init__()
         if modality not in ("video", "image"):
@@ -307,7 +314,7 @@ class ShardDataset(IterableDataset):
         self.shuffle_buffer, self.seed, self.batches_per_epoch = shuffle_buffer, seed, batches_per_epoch
         self.max_fail_fraction, self.min_fail_count = max_fail_fraction, min_fail_count
         self.rank, self.world_size = rank, world_size
-        self.eval_split, self.num_threads = eval_split, num_threads
+        self.eval_split, self.num_threads, self.group_by = eval_split, num_threads, group_by
         self.name = name or f"{modality}-{'train' if train else 'eval'}"
         self.epoch = 0
         self.epoch_started = False  # set by ShardLoader: the next iterator moves to epoch + 1
@@ -382,7 +389,12 @@ class ShardDataset(IterableDataset):
         base = (self.seed, rank, worker, self.epoch)
         if self.train:
             raw = self._train_raw(slot, skip_log)
-            if self.shuffle_buffer > 1:
+            if self.group_by:
+                groups = _grouped(raw, self.group_by)
+                if self.shuffle_buffer > 1:
+                    groups = _shuffled(groups, self.shuffle_buffer, _rng(*base, "shuffle"))
+                raw = (sample for group in groups for sample in group)
+            elif self.shuffle_buffer > 1:
                 raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
             skip_batches = self._resume_skip(worker, num_workers)
             if skip_batches:
@@ -468,6 +480,40 @@ def _shuffled(src: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[
             yield buf.pop()
     rng.shuffle(buf)
     yield from buf
+
+
+def _group_value(sample: dict[str, Any], key: str) -> Any:
+    """``meta[key]`` (or ``key``) of a raw sample's json member; ``None`` when absent or unreadable.
+
+    Unreadable json is not reported here: decoding the sample reports it.
+    """
+    data = sample.get("json")
+    if data is None:
+        return None
+    try:
+        info = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    meta = info.get("meta")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return info.get(key) if value is None else value
+
+
+def _grouped(src: Iterator[dict[str, Any]], key: str) -> Iterator[list[dict[str, Any]]]:
+    """Runs of adjacent raw samples with the same non-null ``key`` value as lists (singletons otherwise)."""
+    group: list[dict[str, Any]] = []
+    current: Any = None
+    for sample in src:
+        value = _group_value(sample, key)
+        if group and (value is None or value != current):
+            yield group
+            group = []
+        group.append(sample)
+        current = value
+    if group:
+        yield group
 
 
 def _take(src: Iterator[Any], n: int) -> Iterator[Any]:

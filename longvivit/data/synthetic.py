@@ -426,9 +426,9 @@ def _swap(rng: np.random.Generator, scene: Scene, tries: int = 20) -> Scene | No
 
 def _plan_split(rng: np.random.Generator, name: str, split: str, n: int, used: set[str], sample: Any,
                 pair_fraction: float) -> list[Item]:
-    """Items of one split; pairs first (val/test of the video sets), captions unique against ``used``."""
+    """Items of one split; order-only pairs first (adjacent), captions unique against ``used``."""
     items: list[Item] = []
-    num_pairs = int(n * pair_fraction / 2 + 0.5) if (split != "train" and name != "images") else 0
+    num_pairs = int(n * pair_fraction / 2 + 0.5) if name != "images" else 0
     attempts = 0
 
     def fresh(*caps: str) -> bool:
@@ -469,6 +469,7 @@ def plan(
     long_seconds: float = 128.0,
     long_fps: float = 2.0,
     pair_fraction: float = 0.5,
+    train_pair_fraction: float = 0.0,
 ) -> dict[str, dict[str, list[Item]]]:
     """Sample every scene and caption without rendering (cheap, deterministic in ``seed``).
 
@@ -478,6 +479,10 @@ def plan(
         clip_seconds, clip_fps: Length and native frame rate of the short clips.
         long_seconds, long_fps: Same for the long videos.
         pair_fraction: Share of val/test videos that belong to order-only pairs.
+        train_pair_fraction: Same for the training split (default none). Training pairs sit next to each
+            other in the manifest (and so in the shards), and ``ShardDataset(group_by="pair_id")`` keeps them in
+            one batch: each is then the other's hard negative, the only in-batch contrast that needs temporal
+            order. (At demo scale this did not make the order-only pairs separable; see the README.)
 
     Returns:
         ``{set: {split: [Item, ...]}}`` for sets ``images``, ``clips``, ``long``.
@@ -495,7 +500,8 @@ def plan(
         planned = {}
         for split in _PLAN_ORDER:
             rng = np.random.default_rng([seed, set_index, SPLITS.index(split)])
-            planned[split] = _plan_split(rng, name, split, counts[name][split], used, samplers[name], pair_fraction)
+            fraction = train_pair_fraction if split == "train" else pair_fraction
+            planned[split] = _plan_split(rng, name, split, counts[name][split], used, samplers[name], fraction)
         out[name] = {split: planned[split] for split in SPLITS}
     return out
 
@@ -554,6 +560,7 @@ def generate(
     long_seconds: float = 128.0,
     long_fps: float = 2.0,
     pair_fraction: float = 0.5,
+    train_pair_fraction: float = 0.0,
     crf: int = 23,
     workers: int = 1,
 ) -> dict[str, Any]:
@@ -565,8 +572,8 @@ def generate(
         seed: Seed of everything: same seed, same scenes, captions, frames and PNG bytes. (x264 does not promise
             identical mp4 bytes run to run, even single-threaded; the decoded frames agree.)
         size: Frame side in pixels (even, >= 16).
-        num_images, num_clips, num_long, clip_seconds, clip_fps, long_seconds, long_fps, pair_fraction:
-            See :func:`plan`.
+        num_images, num_clips, num_long, clip_seconds, clip_fps, long_seconds, long_fps, pair_fraction,
+            train_pair_fraction: See :func:`plan`.
         crf: x264 quality of the videos.
         workers: Processes for rendering and encoding.
 
@@ -577,7 +584,8 @@ def generate(
         raise ValueError(f"size must be even and >= 16 (H.264 with yuv420p), got {size}")
     t0 = time.perf_counter()
     items = plan(seed, num_images=num_images, num_clips=num_clips, num_long=num_long, clip_seconds=clip_seconds,
-                 clip_fps=clip_fps, long_seconds=long_seconds, long_fps=long_fps, pair_fraction=pair_fraction)
+                 clip_fps=clip_fps, long_seconds=long_seconds, long_fps=long_fps, pair_fraction=pair_fraction,
+                 train_pair_fraction=train_pair_fraction)
     out = Path(out_dir)
     jobs = []
     for name, splits in items.items():
@@ -648,6 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--long-fps", type=float, default=2.0)
     parser.add_argument("--pair-fraction", type=float, default=0.5,
                         help="share of val/test videos in order-only pairs")
+    parser.add_argument("--train-pair-fraction", type=float, default=0.0,
+                        help="share of training videos in order-only pairs (hard negatives of each other)")
     parser.add_argument("--crf", type=int, default=23)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
@@ -658,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_clips=args.num_clips if args.num_clips is not None else preset["num_clips"],
         num_long=args.num_long if args.num_long is not None else preset["num_long"],
         clip_seconds=args.clip_seconds, clip_fps=args.clip_fps, long_seconds=args.long_seconds,
-        long_fps=args.long_fps, pair_fraction=args.pair_fraction, crf=args.crf, workers=args.workers,
+        long_fps=args.long_fps, pair_fraction=args.pair_fraction,
+        train_pair_fraction=args.train_pair_fraction, crf=args.crf, workers=args.workers,
     )
     stats = result["stats"]
     print(f"synth: {stats['counts']} ({stats['order_only_pairs_total']} order-only pairs) in {args.out} "

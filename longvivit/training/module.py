@@ -230,7 +230,8 @@ class ContrastiveModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
         no_decay = {f"model.{n}" for n in self.model.no_weight_decay()} | set(self.model.no_weight_decay())
-        groups = param_groups(self, cfg.weight_decay, no_decay)
+        scales = {"model.text_encoder.model.": cfg.text_lr_scale} if cfg.text_lr_scale != 1.0 else None
+        groups = param_groups(self, cfg.weight_decay, no_decay, lr=cfg.lr, lr_scales=scales)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         total = cfg.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
         if total is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,9 @@ class OptimConfig:
         warmup_steps: Linear warmup from 0 to ``lr``.
         total_steps: Length of the cosine; ``None`` uses the trainer's ``max_steps``.
         min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        text_lr_scale: Learning rate of the pretrained text transformer as a fraction of ``lr`` (its projection
+            into the joint space keeps ``lr``): unlock more of a pretrained text tower without overwriting it
+            at the rate a from-scratch video tower needs.
     """
 
     lr: float = 5e-5
@@ -30,6 +34,7 @@ class OptimConfig:
     warmup_steps: int = 1000
     total_steps: int | None = None
     min_lr_ratio: float = 0.0
+    text_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -37,9 +42,17 @@ class OptimConfig:
             raise ValueError("lr must be > 0, weight_decay and warmup_steps >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("min_lr_ratio must be in [0, 1]")
+        if self.text_lr_scale <= 0:
+            raise ValueError("text_lr_scale must be > 0")
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str] = frozenset()) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay: set[str] = frozenset(),
+    lr: float | None = None,
+    lr_scales: Mapping[str, float] | None = None,
+) -> list[dict]:
     """Split trainable parameters into decayed (>= 2-D weights) and non-decayed groups.
 
     Biases, norms (1-D), position tables, class tokens and the temperature are excluded from weight
@@ -50,20 +63,34 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str] = fro
         weight_decay: Decay of the first group.
         no_decay: Extra parameter names (as in ``named_parameters``) never decayed, e.g. position tables,
             which are 3-D and would otherwise be caught by the ndim rule.
+        lr: Base learning rate; needed with ``lr_scales``.
+        lr_scales: Parameter-name prefix -> multiplier of ``lr`` (the longest matching prefix wins).
 
     Returns:
-        Two parameter groups for ``torch.optim.AdamW``.
+        Parameter groups for ``torch.optim.AdamW``: decayed and non-decayed, each split by learning-rate
+        multiplier (groups with a multiplier carry their own ``lr``; empty groups are dropped except the first
+        two, so callers can rely on ``[decayed, non-decayed]`` without ``lr_scales``).
     """
-    decay, keep = [], []
+    scales = dict(lr_scales or {})
+    if scales and lr is None:
+        raise ValueError("lr_scales needs the base lr")
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim < 2 or name in no_decay or any(name.endswith("." + n) or name == n for n in no_decay)
-        (keep if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": keep, "weight_decay": 0.0},
-    ]
+        prefix = max((k for k in scales if name.startswith(k)), key=len, default=None)
+        scale = 1.0 if prefix is None else float(scales[prefix])
+        groups.setdefault((not skip, scale), []).append(p)
+    out = []
+    for (decayed, scale), params in groups.items():
+        if not params and scale != 1.0:
+            continue
+        group: dict = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if scale != 1.0:
+            group["lr"] = lr * scale
+        out.append(group)
+    return out
 
 
 def cosine_with_warmup(

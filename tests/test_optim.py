@@ -1,0 +1,62 @@
+"""Optimizer parameter groups: weight decay on matrices only, and per-prefix learning-rate multipliers."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from longvivit.config import TextEncoderConfig, VideoEncoderConfig
+from longvivit.training.module import ContrastiveModule
+from longvivit.training.optim import OptimConfig, param_groups
+
+
+class Two(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+        self.body_head = nn.Linear(4, 2, bias=False)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_decay_on_matrices_only_and_frozen_parameters_skipped():
+    m = Two()
+    decay, keep = param_groups(m, 0.1)
+    assert ids(decay["params"]) == ids([m.body[0].weight, m.body_head.weight]) and decay["weight_decay"] == 0.1
+    assert ids(keep["params"]) == ids([m.body[0].bias, m.body[1].weight, m.body[1].bias])
+    assert keep["weight_decay"] == 0.0 and "lr" not in decay and "lr" not in keep
+
+
+def test_lr_scales_split_groups_by_longest_prefix():
+    m = Two()
+    groups = param_groups(m, 0.1, lr=1e-3, lr_scales={"body": 0.5, "body.1.": 0.1})
+    by_param = {id(p): (g.get("lr", 1e-3), g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_param[id(m.body[0].weight)] == (5e-4, 0.1)
+    assert by_param[id(m.body[1].weight)] == (1e-4, 0.0)  # "body.1." is longer than "body"
+    assert by_param[id(m.body_head.weight)] == (5e-4, 0.1)  # a plain prefix: "body" also matches "body_head"
+    assert id(m.frozen.weight) not in by_param
+    assert sum(len(g["params"]) for g in groups) == 5
+    with pytest.raises(ValueError, match="base lr"):
+        param_groups(m, 0.1, lr_scales={"body": 0.5})
+
+
+def test_text_lr_scale_slows_the_pretrained_text_transformer_only():
+    module = ContrastiveModule(
+        video=VideoEncoderConfig(image_size=32, num_frames=4, width=32, depth=1, heads=2, embed_dim=16),
+        text=TextEncoderConfig(embed_dim=16, max_length=16, lock=True, unlocked_layers=2),  # packaged MiniLM
+        optim=OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10, text_lr_scale=0.1),
+    )
+    opt = module.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    text = module.model.text_encoder
+    unlocked = [p for p in text.model.parameters() if p.requires_grad]
+    assert unlocked and all(lr_of[id(p)] == pytest.approx(1e-4) for p in unlocked)
+    assert not any(id(p) in lr_of for p in text.model.parameters() if not p.requires_grad)
+    assert lr_of[id(text.proj.weight)] == pytest.approx(1e-3)
+    assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in module.model.video_encoder.parameters())
+    with pytest.raises(ValueError, match="text_lr_scale"):
+        OptimConfig(text_lr_scale=0.0)
