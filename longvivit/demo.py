@@ -40,14 +40,16 @@ class Scale:
     batch: tuple[int, int, int]
     long_frames: int
     caption_steps: int
+    probe_pairs: int  # order probe: this many extra order-only test pairs (2 queries each)
 
 
 SCALES = {
     "demo": Scale(size=64, synth={"preset": "demo"}, steps=(80, 300, 80), steps_per_epoch=(40, 100, 40),
-                  batch=(48, 24, 8), long_frames=128, caption_steps=60),
+                  batch=(48, 24, 8), long_frames=128, caption_steps=60, probe_pairs=256),
     "mini": Scale(size=32, synth={"num_images": (16, 4, 4), "num_clips": (16, 8, 8), "num_long": (4, 4, 4),
                                   "long_seconds": 32.0, "long_fps": 1.0},
-                  steps=(3, 3, 2), steps_per_epoch=(3, 3, 2), batch=(4, 4, 2), long_frames=32, caption_steps=0),
+                  steps=(3, 3, 2), steps_per_epoch=(3, 3, 2), batch=(4, 4, 2), long_frames=32, caption_steps=0,
+                  probe_pairs=4),
 }
 
 
@@ -93,6 +95,34 @@ class Demo:
                 stats = json.loads((dst / "stats.json").read_text())
                 shard_stats[f"{name}/{split}"] = {k: stats[k] for k in ("written", "rejected", "hours", "shards")}
         self.results["shards"] = shard_stats
+        self.probe_data()
+
+    def probe_data(self) -> None:
+        """The order probe: ``probe_pairs`` order-only pairs of 16-frame clips (another seed, nothing else).
+
+        The test split's 32 pairs give 64 queries, so a 2-way accuracy there has a standard error of ~6 points;
+        the probe's 512 queries bring it to ~2. Pairs whose captions occur in the main set are dropped.
+        """
+        from longvivit.data import make_shards, synthetic
+
+        if not self.scale.probe_pairs:
+            return
+        root, n = self.out / "probe", 2 * self.scale.probe_pairs
+        manifest = root / "clips" / "test.jsonl"
+        if not manifest.is_file():
+            synthetic.generate(root, seed=1, size=self.scale.size, workers=self.workers, num_images=0,
+                               num_clips=(0, 0, n), num_long=0, pair_fraction=1.0)
+            seen = {json.loads(line)["caption"] for split in SPLITS
+                    for line in (self.out / "data" / "clips" / f"{split}.jsonl").read_text().splitlines()}
+            entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+            clash = {e["pair_id"] for e in entries if e["caption"] in seen}
+            manifest.write_text("".join(json.dumps(e) + "\n" for e in entries if e["pair_id"] not in clash))
+        dst = self.shards("probe", "test")
+        if make_shards.main(["--manifest", str(manifest), "--out", str(dst), "--maxcount", "256",
+                             "--workers", str(self.workers)]) != 0:
+            raise RuntimeError("make_shards failed for the order probe")
+        kept = len(manifest.read_text().splitlines())
+        self.results["probe"] = {"pairs": kept // 2, "dropped_pairs": self.scale.probe_pairs - kept // 2}
 
     def shards(self, name: str, split: str) -> Path:
         return self.out / "shards" / name / split
@@ -147,9 +177,14 @@ class Demo:
         from longvivit.models.checkpoint import load_model
 
         evals: dict[str, dict[str, Any]] = {}
+        sets = [("clips", 16), ("long", self.scale.long_frames)]
+        if self.scale.probe_pairs:
+            sets.append(("probe", 16))
         for stage, ckpt in ckpts.items():
-            for name, frames in (("clips", 16), ("long", self.scale.long_frames)):
-                if name == "long" and stage == "stage1":
+            for name, frames in sets:
+                # the image stage has a zero temporal table and time-symmetric tubelets: it cannot tell a clip
+                # from its reversal, so long videos and the order probe start at stage 2
+                if stage == "stage1" and name != "clips":
                     continue
                 model, _ = load_model(ckpt, num_frames=frames)
                 for order in ("original", "shuffled"):

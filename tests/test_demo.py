@@ -23,6 +23,13 @@ def test_mini_demo_writes_a_report_with_every_stage(tmp_path):
         assert m["num_videos"] == 8 and m["chance"]["R@1"] == pytest.approx(100 / 8)
         assert "order_only" in m, "the synthetic test split carries order-only pairs"
     assert "stage3/long/original" in results["eval"] and "stage2/long/original" in results["eval"]
+    # the order probe: its own order-only pairs, every clip in a pair, reported with a standard error
+    assert results["probe"]["pairs"] + results["probe"]["dropped_pairs"] == 4
+    for stage in ("stage2", "stage3"):
+        for order in ("original", "shuffled"):
+            acc = results["eval"][f"{stage}/probe/{order}"]["order_only"]["pair_accuracy"]
+            assert acc["num_queries"] == 2 * results["probe"]["pairs"]
+    assert "## Order probe" in report and "stage1/probe/original" not in results["eval"]
     assert (out / "loss_curves.png").stat().st_size > 1000 and (out / "recall_by_stage.png").stat().st_size > 1000
     # a rerun skips what is complete (resumable demo) and rewrites the report
     assert demo.main(["--out", str(out), "--scale", "mini"]) == 0
