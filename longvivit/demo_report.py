@@ -88,7 +88,7 @@ def _probe_section(results: dict[str, Any]) -> list[str]:
              "pairs the very same frames backwards). Chance is 50%; a gap of more than two standard errors (SE, "
              "binomial) is an order signal. The test split's pairs above give a few dozen queries (SE ~6 points), "
              "too few to see a small effect; these clips come from another seed and share no caption with the "
-             "training set.", "",
+             "main set.", "",
              "| stage | frames | 2-way % | SE | queries |", "|---|---|---|---|---|"]
     for stage, order, acc in rows:
         p, n = acc["accuracy"] / 100, acc["num_queries"]

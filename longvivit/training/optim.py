@@ -67,9 +67,8 @@ def param_groups(
         lr_scales: Parameter-name prefix -> multiplier of ``lr`` (the longest matching prefix wins).
 
     Returns:
-        Parameter groups for ``torch.optim.AdamW``: decayed and non-decayed, each split by learning-rate
-        multiplier (groups with a multiplier carry their own ``lr``; empty groups are dropped except the first
-        two, so callers can rely on ``[decayed, non-decayed]`` without ``lr_scales``).
+        Parameter groups for ``torch.optim.AdamW``: ``[decayed, non-decayed]`` (possibly empty), then one group
+        per (decay, multiplier) that has parameters, carrying its own ``lr``.
     """
     scales = dict(lr_scales or {})
     if scales and lr is None:
@@ -84,8 +83,6 @@ def param_groups(
         groups.setdefault((not skip, scale), []).append(p)
     out = []
     for (decayed, scale), params in groups.items():
-        if not params and scale != 1.0:
-            continue
         group: dict = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
         if scale != 1.0:
             group["lr"] = lr * scale
