@@ -172,7 +172,7 @@ class Demo:
     def evaluate(self, ckpts: dict[str, Path]) -> None:
         import torch
 
-        from longvivit.data.shards import load_clips
+        from longvivit.data.clips import load_clips
         from longvivit.evaluation.evaluate import evaluate, order_only_metrics
         from longvivit.models.checkpoint import load_model
 

@@ -220,7 +220,7 @@ def evaluate_cell(ckpt: Path, cfg: dict[str, Any], grid: Grid) -> dict[str, Any]
     import torch
 
     from longvivit.config import PreprocessConfig
-    from longvivit.data.shards import load_clips
+    from longvivit.data.clips import load_clips
     from longvivit.evaluation.evaluate import evaluate, order_only_metrics
     from longvivit.models.checkpoint import load_model
 

@@ -85,7 +85,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
 def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from longvivit.data.shards import load_clips
+    from longvivit.data.clips import load_clips
     from longvivit.evaluation.captioning_metrics import caption_scores
 
     preds: dict[str, str] = {}

@@ -12,7 +12,8 @@ from typing import Any
 from longvivit.data.sampling import frame_indices
 
 _LAZY = {
-    "load_clips": "longvivit.data.shards",
+    "load_clips": "longvivit.data.clips",
+    "ClipIterator": "longvivit.data.clips",
     "ShardDataset": "longvivit.data.shards",
     "SkipLog": "longvivit.data.shards",
     "TooManyFailuresError": "longvivit.data.shards",

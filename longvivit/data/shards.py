@@ -19,7 +19,7 @@ Corrupt samples are skipped, never silently: each is recorded with its key and r
 the samples seen (after ``min_fail_count`` samples) the iteration raises :class:`TooManyFailuresError`.
 Skip records travel to the main process inside batches (field ``"skipped"``) and, at the end of a
 stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoader` and
-:func:`load_clips` consume.
+:func:`~longvivit.data.clips.load_clips` consume.
 """
 
 from __future__ import annotations
@@ -524,88 +524,3 @@ def _take(src: Iterator[Any], n: int) -> Iterator[Any]:
         yield item
         if i >= n:
             return
-
-
-# ---------------------------------------------------------------------------------------------- load_clips
-class ClipIterator:
-    """Iterator returned by :func:`load_clips`; :attr:`skipped` lists ``(key, reason)`` of skipped samples."""
-
-    def __init__(self, dataset: ShardDataset, num_workers: int) -> None:
-        self.dataset = dataset
-        self.skipped: list[tuple[str, str]] = []
-        if num_workers > 0:
-            source: Any = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
-        else:
-            source = dataset
-        self._it = iter(source)
-
-    def __iter__(self) -> ClipIterator:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        while True:
-            item = next(self._it)
-            self.skipped.extend(item.pop("skipped", ()))
-            if item.get(REPORT_ONLY):
-                continue
-            return {
-                "key": item["key"],
-                "video": item["video"],
-                "captions": item["captions"],
-                "num_valid_frames": int(item["num_valid_frames"]),
-                "meta": item.get("meta", {}),
-            }
-
-
-def load_clips(
-    urls: ShardSpec,
-    num_frames: int = 16,
-    fps: float = 1.0,
-    image_size: int = 256,
-    sampling: Literal["fps", "uniform"] = "fps",
-    start: Literal["first", "center"] = "first",
-    num_workers: int = 0,
-    max_fail_fraction: float = 0.1,
-    min_fail_count: int = 20,
-    preprocess: PreprocessConfig | None = None,
-    rank: int | None = 0,
-    world_size: int | None = 1,
-) -> ClipIterator:
-    """Read every video clip of some shards once, in order, decoded and preprocessed.
-
-    Args:
-        urls: Shard specification (path, brace pattern, directory, or a list; see :func:`expand_shards`).
-        num_frames: Frames per clip.
-        fps: Sampling rate in ``"fps"`` mode.
-        image_size: Output side (short-side resize, centre crop).
-        sampling: ``"fps"`` or ``"uniform"``.
-        start: ``"first"`` (paper) or ``"center"``.
-        num_workers: Decoding processes. With workers the order is the workers' round-robin
-            (the shard order exactly when no sample is skipped).
-        max_fail_fraction: Raise :class:`TooManyFailuresError` above this fraction of bad samples.
-        min_fail_count: Samples seen before the fraction applies.
-        preprocess: Full settings; overrides the five preceding arguments when given.
-        rank: Read only this rank's share (default 0 of 1: everything).
-        world_size: Number of ranks sharing the read.
-
-    Returns:
-        An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
-        "num_valid_frames": int}``; its ``skipped`` attribute lists the skipped samples and why.
-    """
-    preprocess = preprocess or PreprocessConfig(
-        num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start
-    )
-    ds = ShardDataset(
-        urls,
-        "video",
-        preprocess,
-        train=False,
-        batch_size=None,
-        max_fail_fraction=max_fail_fraction,
-        min_fail_count=min_fail_count,
-        rank=rank,
-        world_size=world_size,
-        eval_split="sample",
-        name="load_clips",
-    )
-    return ClipIterator(ds, num_workers)
