@@ -17,6 +17,9 @@ stage), ``clips/`` (16 s at a few FPS, 2-3 events; 16 frames at 1 FPS) and ``lon
 set's splits, and val/test do not change when the training counts do.
 
     longvivit synth --out runs/synth --preset demo
+
+Scene logic and captions are in :mod:`longvivit.data.scenes`, rendering in :mod:`longvivit.data.render`; this
+module samples scenes, plans the splits and writes the media and manifests.
 """
 
 from __future__ import annotations
@@ -34,20 +37,28 @@ from typing import Any
 
 import numpy as np
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 215, 40),
-    "purple": (150, 60, 200), "orange": (250, 140, 30), "cyan": (40, 210, 220),
-}
-# Backgrounds never share a name or a nearby colour with objects, so captions and colour masks stay unambiguous.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "black": (25, 25, 25), "gray": (120, 120, 120), "white": (230, 230, 230), "brown": (110, 75, 45),
-    "navy": (25, 30, 80),
-}
-SHAPES = ("circle", "square", "triangle")
-SIZES: dict[str, float] = {"small": 0.075, "big": 0.13}  # radius as a fraction of the frame side
-GRID = 3  # cells per side; one cell per object keeps objects from overlapping
-DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-KINDS = ("move", "grow", "shrink", "appear", "disappear", "recolour")
+from longvivit.data.render import render_frames
+from longvivit.data.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    GRID,
+    KINDS,
+    SHAPES,
+    SIZES,
+    Background,
+    Event,
+    Obj,
+    Scene,
+    apply,
+    caption,
+    is_valid,
+    permute_scene,
+    phrase,
+    reverse_scene,
+    states,
+)
+
 SETS = ("images", "clips", "long")
 SPLITS = ("train", "val", "test")
 # Splits are planned test-first so the evaluation sets do not change when the training set grows.
@@ -56,71 +67,6 @@ PRESETS: dict[str, dict[str, tuple[int, int, int]]] = {
     "mini": {"num_images": (16, 8, 8), "num_clips": (16, 8, 8), "num_long": (4, 4, 4)},
     "demo": {"num_images": (512, 64, 64), "num_clips": (512, 64, 128), "num_long": (96, 16, 48)},
 }
-
-
-def _then(p: list[str]) -> str:
-    return ", then ".join(p)
-
-
-def _first_finally(p: list[str]) -> str:
-    if len(p) == 2:
-        return f"first {p[0]}, then {p[1]}"
-    return f"first {p[0]}, " + "".join(f"then {x}, " for x in p[1:-1]) + f"and finally {p[-1]}"
-
-
-def _sentences(p: list[str]) -> str:
-    return f"first, {p[0]}. " + "".join(f"then {x}. " for x in p[1:-1]) + f"finally, {p[-1]}."
-
-
-# Connectors vary, the order of mention is always the order of events, and each verb has one phrasing.
-_CLIP_TEMPLATES = (_then, _first_finally, lambda p: "; after that, ".join(p), lambda p: ". next, ".join(p))
-_LONG_TEMPLATES = (lambda p: _first_finally(p) + ".", _sentences)
-_IMAGE_TEMPLATES = (lambda objs, bg: f"{objs} on a {bg} background", lambda objs, bg: f"a {bg} background with {objs}")
-
-
-@dataclass(frozen=True)
-class Obj:
-    """Discrete state of one object: what it is and which grid cell it occupies."""
-
-    shape: str
-    colour: str
-    size: str
-    col: int
-    row: int
-    visible: bool = True
-
-
-@dataclass(frozen=True)
-class Event:
-    """One change of one object over frames ``[start, end)``; ``arg`` is a direction or a target colour."""
-
-    obj: int
-    kind: str
-    arg: str = ""
-    start: int = 0
-    end: int = 0
-
-
-@dataclass(frozen=True)
-class Background:
-    """``kind`` is ``solid``, ``gradient`` or ``noise``; ``axis`` orients gradients; ``seed`` drives noise."""
-
-    colour: str
-    kind: str = "solid"
-    axis: int = 0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Everything needed to render a clip (or an image: ``num_frames=1`` and no events)."""
-
-    objects: tuple[Obj, ...]
-    background: Background
-    events: tuple[Event, ...] = ()
-    num_frames: int = 1
-    fps: float = 1.0
-    template: int = 0
 
 
 @dataclass
@@ -137,106 +83,6 @@ class Item:
     @property
     def media(self) -> str:
         return f"{self.split}/{self.index:05d}." + ("png" if self.set == "images" else "mp4")
-
-
-# ------------------------------------------------------------------------------------------ scene logic
-
-
-def apply(objs: tuple[Obj, ...], ev: Event) -> tuple[Obj, ...]:
-    """State after ``ev`` (assumed valid)."""
-    o = objs[ev.obj]
-    if ev.kind == "move":
-        dc, dr = DIRECTIONS[ev.arg]
-        o = replace(o, col=o.col + dc, row=o.row + dr)
-    elif ev.kind in ("grow", "shrink"):
-        o = replace(o, size="big" if ev.kind == "grow" else "small")
-    elif ev.kind in ("appear", "disappear"):
-        o = replace(o, visible=ev.kind == "appear")
-    else:
-        o = replace(o, colour=ev.arg)
-    return objs[: ev.obj] + (o,) + objs[ev.obj + 1 :]
-
-
-def is_valid(objs: tuple[Obj, ...], ev: Event) -> bool:
-    """Whether ``ev`` can happen in state ``objs`` (and keeps every object uniquely named by colour + shape)."""
-    o = objs[ev.obj]
-    others = [p for i, p in enumerate(objs) if i != ev.obj]
-    if ev.kind == "appear":
-        return not o.visible
-    if not o.visible:
-        return False
-    if ev.kind == "move":
-        dc, dr = DIRECTIONS[ev.arg]
-        col, row = o.col + dc, o.row + dr
-        return 0 <= col < GRID and 0 <= row < GRID and all((p.col, p.row) != (col, row) for p in others)
-    if ev.kind == "grow":
-        return o.size == "small"
-    if ev.kind == "shrink":
-        return o.size == "big"
-    if ev.kind == "disappear":
-        return any(p.visible for p in others)  # keep something on screen
-    return ev.arg != o.colour and all(p.colour != ev.arg for p in others)
-
-
-def states(scene: Scene) -> list[tuple[Obj, ...]]:
-    """States before the first event and after each event (``len(events) + 1`` entries)."""
-    out = [scene.objects]
-    for ev in scene.events:
-        out.append(apply(out[-1], ev))
-    return out
-
-
-def phrase(objs: tuple[Obj, ...], ev: Event) -> str:
-    """``"the red circle moves left"`` -- the object is named by its colour at the time of the event."""
-    o = objs[ev.obj]
-    verb = {"move": f"moves {ev.arg}", "recolour": f"turns {ev.arg}"}.get(ev.kind, ev.kind + "s")
-    return f"the {o.colour} {o.shape} {verb}"
-
-
-def caption(scene: Scene) -> str:
-    """Caption of a scene: events in order for clips (long template from 6 events), objects for images."""
-    if not scene.events:
-        visible = sorted((o for o in scene.objects if o.visible), key=lambda o: (o.row, o.col))
-        names = [f"a {o.size} {o.colour} {o.shape}" for o in visible]
-        listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
-        return _IMAGE_TEMPLATES[scene.template % len(_IMAGE_TEMPLATES)](listing, scene.background.colour)
-    sts = states(scene)
-    parts = [phrase(sts[i], ev) for i, ev in enumerate(scene.events)]
-    if len(parts) == 1:
-        return parts[0]
-    templates = _LONG_TEMPLATES if len(parts) >= 6 else _CLIP_TEMPLATES
-    return templates[scene.template % len(templates)](parts)
-
-
-def reverse_scene(scene: Scene) -> Scene:
-    """The exact time-reversal: starts in the final state, plays inverse events backwards on mirrored spans."""
-    sts = states(scene)
-    inverse = {"grow": "shrink", "shrink": "grow", "appear": "disappear", "disappear": "appear"}
-    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
-    t = scene.num_frames
-    events = []
-    for i in reversed(range(len(scene.events))):
-        ev = scene.events[i]
-        if ev.kind == "move":
-            kind, arg = "move", opposite[ev.arg]
-        elif ev.kind == "recolour":
-            kind, arg = "recolour", sts[i][ev.obj].colour  # back to the colour it had before
-        else:
-            kind, arg = inverse[ev.kind], ""
-        events.append(Event(ev.obj, kind, arg, t - ev.end, t - ev.start))
-    return replace(scene, objects=sts[-1], events=tuple(events))
-
-
-def permute_scene(scene: Scene, order: Sequence[int]) -> Scene | None:
-    """The same events from the same start in ``order`` (placed on the original time slots); ``None`` if invalid."""
-    slots = scene.events
-    events = tuple(replace(slots[j], start=slot.start, end=slot.end) for j, slot in zip(order, slots, strict=True))
-    objs = scene.objects
-    for ev in events:
-        if not is_valid(objs, ev):
-            return None
-        objs = apply(objs, ev)
-    return replace(scene, events=events)
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -305,99 +151,6 @@ def sample_image(rng: np.random.Generator) -> Scene:
     """A random still scene of 2-3 visible objects."""
     return Scene(_sample_objects(rng, int(rng.integers(2, 4)), 0.0), _sample_background(rng),
                  template=int(rng.integers(8)))
-
-
-# ------------------------------------------------------------------------------------------ rendering
-
-
-def _ease(p: float) -> float:
-    return p * p * (3.0 - 2.0 * p)
-
-
-def _lerp(a: float, b: float, k: int, n: int) -> float:
-    # Evaluated from the smaller endpoint so step k of a->b and step n-k of b->a give bit-identical floats:
-    # that is what makes a reversed clip's frames exactly the original frames backwards.
-    if a == b:
-        return a
-    if a > b:
-        a, b, k = b, a, n - k
-    return a + (b - a) * _ease(k / n)
-
-
-def _params(o: Obj) -> tuple[float, ...]:
-    r, g, b = COLOURS[o.colour]
-    return ((o.col + 0.5) / GRID, (o.row + 0.5) / GRID, SIZES[o.size], float(r), float(g), float(b),
-            1.0 if o.visible else 0.0)
-
-
-def _background(bg: Background, size: int) -> np.ndarray:
-    base = np.array(BACKGROUNDS[bg.colour], dtype=np.float32)
-    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
-    if bg.kind == "gradient":
-        ramp = np.linspace(0.75, 1.2, size, dtype=np.float32)
-        ramp = {0: ramp[None, :], 1: ramp[:, None], 2: (ramp[None, :] + ramp[:, None]) / 2}[bg.axis]
-        img = img * ramp[..., None]
-    elif bg.kind == "noise":
-        img = img + np.random.default_rng(bg.seed).normal(0.0, 6.0, (size, size, 1)).astype(np.float32)
-    return np.clip(img, 0, 255)
-
-
-def _draw(frame: np.ndarray, shape: str, p: Sequence[float]) -> None:
-    """Alpha-composite one object in place (anti-aliased by a 1-pixel ramp on its signed distance)."""
-    size = frame.shape[0]
-    cx, cy, rr = p[0] * size, p[1] * size, p[2] * size
-    ext = int(np.ceil(rr * 1.2 + 2))
-    x0, x1 = max(0, int(cx) - ext), min(size, int(cx) + ext + 1)
-    y0, y1 = max(0, int(cy) - ext), min(size, int(cy) + ext + 1)
-    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-    if shape == "circle":
-        dist = np.sqrt(dx * dx + dy * dy) - rr
-    elif shape == "square":
-        dist = np.maximum(np.abs(dx), np.abs(dy)) - 0.88 * rr
-    else:  # upward equilateral triangle: circumradius 1.2 r, edges at inradius 0.6 r
-        dist = np.maximum(np.maximum(dy, -0.866 * dx - 0.5 * dy), 0.866 * dx - 0.5 * dy) - 0.6 * rr
-    cover = np.clip(0.5 - dist, 0.0, 1.0)[..., None] * np.float32(p[6])
-    colour = np.array(p[3:6], dtype=np.float32)
-    region = frame[y0:y1, x0:x1]
-    region += cover * (colour - region)
-
-
-def render_frames(scene: Scene, size: int = 64) -> np.ndarray:
-    """Render a scene without encoding.
-
-    Args:
-        scene: What to draw.
-        size: Frame side in pixels.
-
-    Returns:
-        ``(T, size, size, 3)`` uint8 RGB frames.
-    """
-    sts = states(scene)
-    bg = _background(scene.background, size)
-    frames = np.empty((scene.num_frames, size, size, 3), dtype=np.uint8)
-    prev_key: tuple | None = None
-    done = 0
-    for t in range(scene.num_frames):
-        while done < len(scene.events) and scene.events[done].end <= t:
-            done += 1
-        params = [_params(o) for o in sts[done]]
-        if done < len(scene.events) and scene.events[done].start <= t:
-            ev = scene.events[done]
-            n, k = ev.end - ev.start + 1, t - ev.start + 1  # k in 1..n-1: endpoints belong to the still frames
-            a, b = _params(sts[done][ev.obj]), _params(sts[done + 1][ev.obj])
-            params[ev.obj] = tuple(_lerp(u, v, k, n) for u, v in zip(a, b, strict=True))
-        key = tuple(params)
-        if key == prev_key:  # still frame: nothing moved
-            frames[t] = frames[t - 1]
-            continue
-        frame = bg.copy()
-        for o, p in zip(sts[done], params, strict=True):
-            if p[6] > 0:
-                _draw(frame, o.shape, p)
-        frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-        prev_key = key
-    return frames
 
 
 # ------------------------------------------------------------------------------------------ planning
