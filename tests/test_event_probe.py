@@ -23,23 +23,6 @@ def test_verb_labels_match_whole_verbs():
     assert {v for v, on in zip(P.VERBS, y.tolist(), strict=True) if on} == {"appears", "grows", "shrinks"}
 
 
-class _Given(nn.Module):
-    """An 'encoder' whose features are the logits we want the identity head to output."""
-
-    def __init__(self, feats: torch.Tensor) -> None:
-        super().__init__()
-        self.feats = feats
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.feats[video[:, 0, 0, 0, 0].long()]  # frame 0 pixel 0 holds the clip's index
-
-
-def _identity_head() -> nn.Linear:
-    head = nn.Linear(len(P.VERBS), len(P.VERBS), bias=False)
-    head.weight.data = torch.eye(len(P.VERBS))
-    return head
-
-
 def test_direction_scores_are_balanced_and_skip_pairs_without_both_sides():
     left, right = P.VERBS.index("moves left"), P.VERBS.index("moves right")
     n = 8
@@ -47,14 +30,24 @@ def test_direction_scores_are_balanced_and_skip_pairs_without_both_sides():
     labels[:6, left] = 1  # six "left" clips, two "right" clips
     labels[6:, right] = 1
     labels[0, right] = 1  # holds both: not scored
-    videos = torch.arange(n).float()[:, None, None, None, None].expand(n, 2, 3, 4, 4)
     constant = torch.zeros(n, len(P.VERBS))
     constant[:, left] = 1.0  # always says "left": right on 5 of 5 left clips, wrong on both right clips
-    scores = P.direction_scores(_Given(constant), _identity_head(), videos, labels)
-    assert scores == {"moves left/moves right": {"balanced_acc": 50.0, "n": 7}}  # not 5/7 = 71%
-    perfect = labels.clone()
-    scores = P.direction_scores(_Given(perfect), _identity_head(), videos, labels, batch_size=3)
-    assert scores["moves left/moves right"]["balanced_acc"] == 100.0
+    assert P.direction_scores(constant, labels) == {"moves left/moves right": {"balanced_acc": 50.0, "n": 7}}
+    assert P.direction_scores(labels.clone(), labels)["moves left/moves right"]["balanced_acc"] == 100.0
+
+
+def test_encode_all_batches_and_shuffles_frames_only_when_asked():
+    videos = torch.arange(5 * 6).float().reshape(5, 6, 1, 1, 1).expand(5, 6, 3, 2, 2)
+
+    class FirstFrame(nn.Module):
+        def forward(self, video: torch.Tensor) -> torch.Tensor:
+            return video[:, :, 0, 0, 0]  # (B, T): the frame ids in the order the encoder sees them
+
+    ordered = P.encode_all(FirstFrame(), videos, batch_size=2)
+    assert torch.equal(ordered, videos[:, :, 0, 0, 0])
+    shuffled = P.encode_all(FirstFrame(), videos, shuffle=True, batch_size=2)
+    assert not torch.equal(shuffled, ordered)
+    assert torch.equal(shuffled.sort(dim=1).values, ordered)  # the same frames of the same clip
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +76,7 @@ def test_runs_on_real_shards_and_writes_its_history(clip_shards, tmp_path, encod
     assert P.main(args) == 0
     out = json.loads((tmp_path / "probe.json").read_text())
     assert [h["step"] for h in out["history"]] == [1, 2]
+    assert out["prior_loss"] > 0
     for h in out["history"]:
         for scores in (h["ordered"], h["shuffled"]):
             assert scores and all(0.0 <= s["balanced_acc"] <= 100.0 and s["n"] > 0 for s in scores.values())

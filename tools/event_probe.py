@@ -103,33 +103,42 @@ def load_labelled(shards: str, num_frames: int, image_size: int) -> tuple[Tensor
 
 
 @torch.no_grad()
-def direction_scores(
-    encoder: nn.Module, head: nn.Linear, videos: Tensor, labels: Tensor, shuffle: bool = False, batch_size: int = 32
-) -> dict[str, dict[str, float]]:
-    """Balanced accuracy of each verb pair on the clips that hold exactly one of its two verbs.
+def encode_all(encoder: nn.Module, videos: Tensor, shuffle: bool = False, batch_size: int = 32) -> Tensor:
+    """Features of every clip, in eval mode.
 
     Args:
         encoder: Clip -> features.
-        head: Features -> one logit per verb.
         videos: ``(N, T, 3, H, W)``.
-        labels: ``(N, len(VERBS))`` from :func:`verb_labels`.
-        shuffle: Permute the frames of every clip (one permutation per batch) before encoding.
+        shuffle: Permute the frames of every clip (one seeded permutation per batch) before encoding.
         batch_size: Clips per forward.
 
     Returns:
-        ``{"moves left/moves right": {"balanced_acc": %, "n": clips}, ...}`` (pairs with no such clip left out).
+        ``(N, features)``.
     """
     was_training = encoder.training
     encoder.eval()
     gen = torch.Generator().manual_seed(0)
-    logits = []
+    out = []
     for i in range(0, len(videos), batch_size):
         x = videos[i : i + batch_size]
         if shuffle:
             x = x[:, torch.randperm(x.shape[1], generator=gen)]
-        logits.append(head(encoder(x)))
+        out.append(encoder(x))
     encoder.train(was_training)
-    lo = torch.cat(logits)
+    return torch.cat(out)
+
+
+def direction_scores(logits: Tensor, labels: Tensor) -> dict[str, dict[str, float]]:
+    """Balanced accuracy of each verb pair on the clips that hold exactly one of its two verbs.
+
+    Args:
+        logits: ``(N, len(VERBS))``, one per verb.
+        labels: ``(N, len(VERBS))`` from :func:`verb_labels`.
+
+    Returns:
+        ``{"moves left/moves right": {"balanced_acc": %, "n": clips}, ...}`` (pairs without clips of both
+        verbs left out).
+    """
     out = {}
     for j, (a, b) in enumerate(VERB_PAIRS):
         ia, ib = 2 * j, 2 * j + 1
@@ -137,8 +146,8 @@ def direction_scores(
         only_b = (labels[:, ib] == 1) & (labels[:, ia] == 0)
         if not only_a.any() or not only_b.any():
             continue
-        acc_a = (lo[only_a, ia] > lo[only_a, ib]).float().mean().item()
-        acc_b = (lo[only_b, ib] > lo[only_b, ia]).float().mean().item()
+        acc_a = (logits[only_a, ia] > logits[only_a, ib]).float().mean().item()
+        acc_b = (logits[only_b, ib] > logits[only_b, ia]).float().mean().item()
         out[f"{a}/{b}"] = {"balanced_acc": round(50 * (acc_a + acc_b), 1), "n": int(only_a.sum() + only_b.sum())}
     return out
 
@@ -176,6 +185,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = CNN3d() if args.encoder == "cnn3d" else ViViTFeatures(args.checkpoint, args.frames)
     encoder.requires_grad_(not args.freeze)
     head = nn.Linear(encoder.out_dim, len(VERBS))
+    prior = y_train.mean(0).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        head.bias.copy_((prior / (1 - prior)).log())  # start at the label prior, not at 0.5 for every verb
+    if args.freeze:  # a linear probe: encode once, train the head on the features
+        train_in = encode_all(encoder, x_train)
+        test_feats = {"ordered": encode_all(encoder, x_test), "shuffled": encode_all(encoder, x_test, shuffle=True)}
+
+        def forward(batch: Tensor) -> Tensor:
+            return head(batch)
+
+        def test_logits(order: str) -> Tensor:
+            return head(test_feats[order]).detach()
+    else:
+        train_in = x_train
+
+        def forward(batch: Tensor) -> Tensor:
+            return head(encoder(batch))
+
+        def test_logits(order: str) -> Tensor:
+            return head(encode_all(encoder, x_test, shuffle=order == "shuffled")).detach()
+
     params = list(head.parameters()) + ([] if args.freeze else list(encoder.parameters()))
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     warmup = max(1, args.steps // 20)
@@ -185,23 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     history, running, t0 = [], None, time.perf_counter()
     for step in range(1, args.steps + 1):
-        idx = torch.randint(len(x_train), (args.batch_size,), generator=gen)
-        loss = F.binary_cross_entropy_with_logits(head(encoder(x_train[idx])), y_train[idx])
+        idx = torch.randint(len(train_in), (args.batch_size,), generator=gen)
+        loss = F.binary_cross_entropy_with_logits(forward(train_in[idx]), y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % args.eval_every == 0 or step == args.steps:
-            ordered = direction_scores(encoder, head, x_test, y_test)
-            shuffled = direction_scores(encoder, head, x_test, y_test, shuffle=True)
+            ordered = direction_scores(test_logits("ordered"), y_test)
+            shuffled = direction_scores(test_logits("shuffled"), y_test)
             history.append({"step": step, "train_loss": round(running, 4), "ordered": ordered, "shuffled": shuffled,
                             "seconds": round(time.perf_counter() - t0, 1)})
             cells = "  ".join(f"{k} {v['balanced_acc']:.1f}" for k, v in ordered.items())
             print(f"step {step:5d}  loss {running:.3f}  balanced acc: {cells}  | mean {_mean(ordered):.1f} "
                   f"(shuffled {_mean(shuffled):.1f}; chance 50)", flush=True)
     # The label prior's entropy: a head that learned nothing from the clips ends near this loss.
-    prior = y_train.mean(0).clamp(1e-6, 1 - 1e-6)
     floor = -(prior * prior.log() + (1 - prior) * (1 - prior).log()).mean().item()
     print(f"event_probe: train loss {running:.3f} vs {floor:.3f} for the label prior alone", flush=True)
     if args.json:
