@@ -10,13 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from longvivit import VideoEncoder, VideoEncoderConfig
+from longvivit.models.hf_vit import _hf_vit_to_ours, config_from_hf_vit, load_hf_vit
 from longvivit.models.init import (
-    _hf_vit_to_ours,
     adapt_state_dict,
-    config_from_hf_vit,
     extend_temporal_pos,
     inflate_patch_kernel,
-    load_hf_vit,
     load_pretrained,
     resize_spatial_pos,
     select_encoder_weights,
