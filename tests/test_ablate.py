@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import ablate  # noqa: E402
+import ablate_report  # noqa: E402
 
 GRIDS = sorted((ROOT / "recipes" / "ablations").glob("*.yaml"))
 
@@ -89,25 +90,25 @@ def _cells(*results: dict) -> dict[str, dict]:
 def test_findings_hold_when_the_numbers_say_so():
     by = _cells(_result("j", 40, pair=80, train_mib=300), _result("j75", 42, train_mib=100),
                 _result("f", 30, pair=50), _result("f75", 20), _result("lora", 35))
-    assert [v for _, v, _ in ablate.findings(SPEC, by)] == ["holds"] * 4
+    assert [v for _, v, _ in ablate_report.findings(SPEC, by)] == ["holds"] * 4
 
 
 def test_findings_that_fail_are_reported_as_such():
     by = _cells(_result("j", 40, pair=50, train_mib=200), _result("j75", 30, train_mib=100),
                 _result("f", 30, pair=60), _result("f75", 29), _result("lora", 45))
-    claims = ablate.findings(SPEC, by)
+    claims = ablate_report.findings(SPEC, by)
     assert [v for _, v, _ in claims] == ["does not hold", "does not hold (memory); accuracy part: does not hold",
                                          "does not hold", "does not hold"]
     assert "-10.0" in claims[1][2] and "2.00x" in claims[1][2]
     del by["f75"]
-    assert len(ablate.findings(SPEC, by)) == 3  # (c) needs every masked pair: skipped, not guessed
+    assert len(ablate_report.findings(SPEC, by)) == 3  # (c) needs every masked pair: skipped, not guessed
 
 
 def test_gaps_within_sampling_noise_are_not_resolved():
     # The same gaps as a clear "holds", measured on 64 videos and 16 pairs: too few to tell.
     by = _cells(_result("j", 40, pair=60, train_mib=300, n=64), _result("j75", 36, train_mib=100, n=64),
                 _result("f", 35, pair=50, n=16), _result("f75", 30, n=64), _result("lora", 35, n=64))
-    verdicts = [v for _, v, _ in ablate.findings(SPEC, by)]
+    verdicts = [v for _, v, _ in ablate_report.findings(SPEC, by)]
     assert verdicts == ["not resolved at this scale (leans holds, within noise)",
                         "not resolved at this scale (leans does not hold, within noise)",
                         "not resolved at this scale (leans holds, within noise)",
