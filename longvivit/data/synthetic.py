@@ -322,9 +322,8 @@ def generate(
     Args:
         out_dir: Output folder; gets ``{images,clips,long}/{train,val,test}.jsonl``, the media next to them
             (``{set}/{split}/NNNNN.{png,mp4}``) and ``stats.json``.
-        seed: Seed of everything: same seed, same scenes, captions, rendered frames and PNG bytes. (x264 through
-            PyAV does not give identical mp4 bytes run to run, even single-threaded, and for about 1% of clips
-            the decoded pixels differ slightly too: 4 of the demo's 512 training clips between two runs.)
+        seed: Seed of everything: same seed, same scenes, captions, rendered frames, PNG and mp4 bytes (x264
+            without macroblock-tree rate control, see :func:`longvivit.data.video_io.x264_options`).
         size: Frame side in pixels (even, >= 16).
         num_images, num_clips, num_long, clip_seconds, clip_fps, long_seconds, long_fps, pair_fraction,
             train_pair_fraction: See :func:`plan`.
