@@ -44,7 +44,7 @@ class Scale:
 
 
 SCALES = {
-    "demo": Scale(size=64, synth={"preset": "demo"}, steps=(80, 300, 80), steps_per_epoch=(40, 100, 40),
+    "demo": Scale(size=64, synth={"preset": "demo"}, steps=(80, 450, 80), steps_per_epoch=(40, 100, 40),
                   batch=(48, 24, 8), long_frames=128, caption_steps=60, probe_pairs=256),
     "mini": Scale(size=32, synth={"num_images": (16, 4, 4), "num_clips": (16, 8, 8), "num_long": (4, 4, 4),
                                   "long_seconds": 32.0, "long_fps": 1.0},
