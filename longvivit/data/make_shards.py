@@ -21,8 +21,8 @@ How a run goes, and why it can be interrupted and rerun safely:
 3. Accepted samples, in manifest order, are cut into shards: a new shard starts when ``--maxcount`` samples or
    ``--maxsize`` bytes would be exceeded. The assignment only depends on the inputs and options.
 4. Each shard is written to ``NAME.tar.tmp`` and renamed when complete, then ``NAME.index.json`` records its
-   keys and a fingerprint of each sample's inputs (source file, entry, options: x264 does not promise the
-   same bytes twice). A rerun keeps a complete shard that holds exactly the next samples of the plan
+   keys and a fingerprint of each sample's inputs (source file, entry, options: comparing them needs no
+   decoding or re-encoding). A rerun keeps a complete shard that holds exactly the next samples of the plan
    (unless ``--overwrite``), rewrites the others and deletes numbered shards beyond the plan, so every good
    input ends up in exactly one shard, exactly once.
 5. ``OUT/rejects.jsonl`` (``{"line", "source", "reason", "detail"}``) and ``OUT/stats.json`` are written.
@@ -267,8 +267,8 @@ def _meta(entry: ManifestEntry) -> dict[str, Any]:
 
 def _sample(entry: ManifestEntry, src: Path, opts: ShardOptions, media: Path, ext: str,
             info: dict[str, Any]) -> Sample:
-    # x264 does not always give the same bytes for the same frames, so what identifies a stored sample is
-    # what it was made from: the source file, the manifest entry (in info) and the encoding options.
+    # A stored sample is identified by what it was made from (the source file, the manifest entry in info, the
+    # encoding options), so a rerun can tell a complete shard without decoding or re-encoding anything.
     st = src.stat()
     tag = [sample_key(entry), ext, info, str(src.resolve()), st.st_size, st.st_mtime_ns, opts.fps,
            opts.short_side, opts.crf, opts.reencode]
