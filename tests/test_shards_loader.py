@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -276,8 +277,10 @@ def test_failure_fraction_raises_with_the_count(tmp_path):
 
 def test_truncated_tar_and_missing_shard_are_recorded(tmp_path, clip_cache):
     urls = video_shards(tmp_path, 2, 4, cache=clip_cache)
+    with tarfile.open(urls[0]) as tf:
+        third = [m for m in tf.getmembers() if not m.name.endswith((".json", ".txt"))][2]
     raw = Path(urls[0]).read_bytes()
-    Path(urls[0]).write_bytes(raw[: len(raw) * 2 // 3])  # cut inside the third sample's member
+    Path(urls[0]).write_bytes(raw[: third.offset_data + third.size // 2])  # cut inside the third sample's video
     it = load_clips(
         [urls[0], str(tmp_path / "missing.tar"), urls[1]], num_frames=2, image_size=16, max_fail_fraction=0.9
     )
