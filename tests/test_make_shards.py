@@ -17,7 +17,7 @@ from PIL import Image
 
 from longvivit.data import make_shards
 from longvivit.data.make_shards import main
-from longvivit.data.video_io import encode_video
+from longvivit.data.video_io import encode_video, transcode_video
 
 MEDIA_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "mpg", "mpeg", "m4v", "jpg", "jpeg", "png")
 
@@ -391,11 +391,11 @@ def test_reencode_normalises_every_video_to_mp4(make_video, tmp_path):
 def test_late_segments_seek_and_still_cut_the_right_frames(tmp_path):
     # 25 s long, so the cut seeks instead of decoding from the top; a wide frame makes each step visible.
     src = _clip(tmp_path / "long.mp4", 100, 4.0, height=32, width=640)
-    n = make_shards.transcode_video(src, tmp_path / "cut.mp4", start=15.0, end=16.5)
+    n = transcode_video(src, tmp_path / "cut.mp4", start=15.0, end=16.5)
     cut = _frames(tmp_path / "cut.mp4")
     assert n == len(cut) == 6
     assert _source_indices(cut, _frames(src)) == list(range(60, 66))
-    n = make_shards.transcode_video(src, tmp_path / "slow.mp4", start=20.1, end=23.0, fps=1.0)
+    n = transcode_video(src, tmp_path / "slow.mp4", start=20.1, end=23.0, fps=1.0)
     assert _source_indices(_frames(tmp_path / "slow.mp4"), _frames(src)) == [80, 84, 88] and n == 3
 
 
