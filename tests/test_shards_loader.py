@@ -20,9 +20,10 @@ from PIL import Image
 
 from longvivit.config import PreprocessConfig
 from longvivit.data import load_clips
+from longvivit.data.collate import load_tokenizer
 from longvivit.data.datamodule import ShardLoader
 from longvivit.data.decode import decode_video
-from longvivit.data.shards import ShardDataset, TooManyFailuresError, expand_shards, load_tokenizer
+from longvivit.data.shards import ShardDataset, TooManyFailuresError, expand_shards
 from longvivit.data.video_io import encode_video
 
 SMALL = PreprocessConfig(num_frames=4, fps=4.0, image_size=16)

@@ -26,7 +26,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from longvivit.config import PreprocessConfig
-from longvivit.data.shards import REPORT_ONLY, ShardDataset, load_tokenizer
+from longvivit.data.collate import load_tokenizer
+from longvivit.data.shards import REPORT_ONLY, ShardDataset
 
 
 class ShardLoader(DataLoader):

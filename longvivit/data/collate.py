@@ -1,0 +1,74 @@
+"""Decoded samples to a batch: the text tower's tokenizer and the collate function of
+:class:`~longvivit.data.shards.ShardDataset`."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from longvivit.data.decode import Modality
+
+
+def load_tokenizer(name_or_path: str | None = None):
+    """The HF tokenizer of the text tower (``None``: the packaged all-MiniLM-L6-v2), loaded offline-safe."""
+    from transformers import AutoTokenizer
+
+    from longvivit.paths import resolve_text_model
+
+    return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path))
+
+
+def collate(
+    samples: list[dict[str, Any]],
+    modality: Modality,
+    tokenizer: Any = None,
+    max_text_length: int = 64,
+    train: bool = True,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """Stack decoded samples into a batch.
+
+    Train batches carry one caption per sample, drawn at random (``captions[i] == [chosen]``) and
+    tokenised as ``input_ids``/``attention_mask`` (B, L). Eval batches keep every caption; with a
+    tokenizer they also carry the first caption as ``input_ids`` (for a validation loss) and all
+    captions flattened as ``all_input_ids``/``all_attention_mask`` (N_captions, L) with
+    ``caption_sample`` (N_captions,) giving each caption's row in the batch.
+
+    Returns:
+        ``{"key": [str], "video": (B, T, 3, H, W) | "image": (B, 3, H, W), "num_valid_frames": (B,) long,
+        "captions": [[str]], "modality": str, ...}``; text tensors are padded to ``max_text_length``.
+    """
+    batch: dict[str, Any] = {
+        "key": [s["key"] for s in samples],
+        modality: torch.stack([s[modality] for s in samples]),
+        "num_valid_frames": torch.tensor([s["num_valid_frames"] for s in samples], dtype=torch.long),
+        "modality": modality,
+    }
+    if train:
+        rng = rng or random.Random()
+        captions = [[rng.choice(s["captions"])] for s in samples]
+    else:
+        captions = [list(s["captions"]) for s in samples]
+    batch["captions"] = captions
+    if tokenizer is not None:
+
+        def tok(texts: list[str]) -> dict[str, torch.Tensor]:
+            # Pad to the longest caption of the batch, not to max_length: captions are usually far shorter
+            # than the budget and the text tower's cost grows with the padded length. Only features are
+            # gathered across ranks, so token shapes need not match between them.
+            return tokenizer(
+                texts, padding="longest", truncation=True, max_length=max_text_length, return_tensors="pt"
+            )
+
+        first = tok([c[0] for c in captions])
+        batch["input_ids"], batch["attention_mask"] = first["input_ids"], first["attention_mask"]
+        if not train:
+            flat = [c for caps in captions for c in caps]
+            every = tok(flat)
+            batch["all_input_ids"], batch["all_attention_mask"] = every["input_ids"], every["attention_mask"]
+            batch["caption_sample"] = torch.tensor(
+                [i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long
+            )
+    return batch
