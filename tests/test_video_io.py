@@ -28,7 +28,7 @@ def test_transcode_is_deterministic(tmp_path):
     src = tmp_path / "src.mp4"
     encode_video(render_frames(scene, 64), fps=scene.fps, out=src)
     outs = []
-    for k in range(4):
+    for k in range(8):  # with mbtree on, these 8 gave 2+ bitstreams in 10 of 12 test runs here
         n = transcode_video(src, tmp_path / f"t{k}.mp4", start=1.0, end=12.0, fps=2.0)
         assert n == 22
         outs.append(_digest((tmp_path / f"t{k}.mp4").read_bytes()))
