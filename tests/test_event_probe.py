@@ -81,3 +81,36 @@ def test_runs_on_real_shards_and_writes_its_history(clip_shards, tmp_path, encod
         for scores in (h["ordered"], h["shuffled"]):
             assert scores and all(0.0 <= s["balanced_acc"] <= 100.0 and s["n"] > 0 for s in scores.values())
     assert "train loss" in capsys.readouterr().out
+
+
+def test_probe_head_starts_at_the_prior_and_ignores_feature_scale():
+    torch.manual_seed(0)
+    prior = torch.tensor([0.1, 0.5, 0.8])
+    head = P.ProbeHead(4, 3, prior)
+    x = torch.randn(32, 4)
+    # Batch-normalised input: a common offset and a per-dimension scale (a pooled ViViT's background and colour
+    # content dominating its features) change nothing, so small differences reach the linear layer at full size.
+    assert torch.allclose(head(x), head(0.05 * x + 7.0), atol=1e-2)  # float32 rounding of the offset
+    head.linear.weight.data.zero_()
+    head.eval()
+    assert torch.allclose(torch.sigmoid(head(x)), prior.expand(32, 3), atol=1e-6)
+
+
+def test_scene_difficulty_renders_single_event_clips_and_trains(capsys):
+    import scene_difficulty as D
+
+    from longvivit.data import render, scenes, synthetic
+
+    with D.scene_geometry(2, (0.12, 0.2)):
+        assert (scenes.GRID, render.GRID, synthetic.GRID) == (2, 2, 2) and scenes.SIZES["big"] == 0.2
+        x, y = D.single_event_clips(12, 0, objects=1, background="black", event_frames=(6, 10))
+    assert (scenes.GRID, scenes.SIZES["big"]) == (3, 0.13)  # restored
+    assert x.shape == (12, 16, 3, 64, 64) and y.shape == (12,)
+    assert set(y.tolist()) <= set(range(len(D.VERBS))) and D.VERBS.index("disappear") not in y.tolist()
+    black = (torch.tensor([25.0, 25.0, 25.0]).view(1, 3, 1, 1) / 255.0 - D._MEAN) / D._STD
+    assert torch.allclose(x[:, :, :, 0, 0], black.view(1, 1, 3).expand(12, 16, 3), atol=1e-5)  # corner: background
+    changed = (x[:, 0] - x[:, -1]).abs().amax((1, 2, 3))
+    assert (changed > 0.5).all()  # every clip holds its event
+    assert D.main(["--encoder", "cnn3d", "--train", "8", "--test", "8", "--steps", "2", "--batch-size", "4",
+                   "--eval-every", "1"]) == 0
+    assert capsys.readouterr().out.count("test acc") == 2
