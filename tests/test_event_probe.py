@@ -94,6 +94,10 @@ def test_probe_head_starts_at_the_prior_and_ignores_feature_scale():
     head.linear.weight.data.zero_()
     head.eval()
     assert torch.allclose(torch.sigmoid(head(x)), prior.expand(32, 3), atol=1e-6)
+    classes = torch.tensor([0.2, 0.3, 0.5])
+    head = P.ProbeHead(4, 3, classes, multi_label=False).eval()
+    head.linear.weight.data.zero_()
+    assert torch.allclose(torch.softmax(head(x), -1), classes.expand(32, 3), atol=1e-6)
 
 
 def test_scene_difficulty_renders_single_event_clips_and_trains(capsys):

@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"train verbs {dict(zip(VERBS, counts, strict=True))}", flush=True)
     encoder = CNN3d() if args.encoder == "cnn3d" else ViViTFeatures(args.checkpoint, 16)
     prior = (torch.bincount(y_train, minlength=len(VERBS)).float() / len(y_train)).clamp(1e-4, 1 - 1e-4)
-    head = ProbeHead(encoder.out_dim, len(VERBS), prior)
+    head = ProbeHead(encoder.out_dim, len(VERBS), prior, multi_label=False)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     warmup = max(1, args.steps // 20)
