@@ -16,7 +16,6 @@ apart (~50% if balanced); accuracy above that, and a fall when the frames are sh
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,16 +30,17 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from event_probe import CNN3d, ProbeHead, ViViTFeatures  # noqa: E402
+from event_probe import CNN3d, ProbeHead, ViViTFeatures, warmup_cosine  # noqa: E402
 
+from longvivit.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from longvivit.data import render, scenes, synthetic  # noqa: E402
 from longvivit.data.scenes import DIRECTIONS, Background, Event, Scene, is_valid  # noqa: E402
 
 VERBS: tuple[str, ...] = ("left", "right", "up", "down", "grow", "shrink", "appear", "disappear")
-# The normalisation of the demo's data pipeline (CLIP's mean and std; longvivit.data.decode).
-_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 _DARK = ("black", "navy")  # the backgrounds darker than every object colour (brown is as dark as blue)
-_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+# The data pipeline's default normalisation (longvivit.data.decode), as (1, 3, 1, 1) for (T, 3, H, W) frames.
+_MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
 @contextmanager
@@ -155,18 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with scene_geometry(args.grid, (small, big)):
         x_train, y_train = single_event_clips(args.train, args.seed + 1, **kw)
         x_test, y_test = single_event_clips(args.test, args.seed + 2, **kw)
-    counts = torch.bincount(y_train, minlength=len(VERBS)).tolist()
+    counts = torch.bincount(y_train, minlength=len(VERBS))
     print(f"scene_difficulty: {len(x_train)} train / {len(x_test)} test clips in {time.perf_counter() - t0:.0f} s; "
-          f"train verbs {dict(zip(VERBS, counts, strict=True))}", flush=True)
+          f"train verbs {dict(zip(VERBS, counts.tolist(), strict=True))}", flush=True)
     encoder = CNN3d() if args.encoder == "cnn3d" else ViViTFeatures(args.checkpoint, 16)
-    prior = (torch.bincount(y_train, minlength=len(VERBS)).float() / len(y_train)).clamp(1e-4, 1 - 1e-4)
+    prior = (counts.float() / len(y_train)).clamp(1e-4, 1 - 1e-4)
     head = ProbeHead(encoder.out_dim, len(VERBS), prior, multi_label=False)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-    warmup = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
-    )
+    sched = warmup_cosine(opt, args.steps)
     gen = torch.Generator().manual_seed(args.seed)
     running, t0 = None, time.perf_counter()
     for step in range(1, args.steps + 1):
