@@ -107,8 +107,11 @@ def test_scene_difficulty_renders_single_event_clips_and_trains(capsys):
 
     with D.scene_geometry(2, (0.12, 0.2)):
         assert (scenes.GRID, render.GRID, synthetic.GRID) == (2, 2, 2) and scenes.SIZES["big"] == 0.2
-        x, y = D.single_event_clips(12, 0, objects=1, background="black", event_frames=(6, 10))
+        x, y, captions, candidates = D.single_event_clips(12, 0, objects=1, background="black", event_frames=(6, 10))
     assert (scenes.GRID, scenes.SIZES["big"]) == (3, 0.13)  # restored
+    for label, caption, options in zip(y.tolist(), captions, candidates, strict=True):
+        assert len(set(options)) == len(D.VERBS) and options[label] == caption  # the object with each verb
+        assert caption.startswith(options[0].rsplit(" ", 2)[0])  # "the red circle ..."
     assert x.shape == (12, 16, 3, 64, 64) and y.shape == (12,)
     assert set(y.tolist()) <= set(range(len(D.VERBS))) and D.VERBS.index("disappear") not in y.tolist()
     black = (torch.tensor([25.0, 25.0, 25.0]).view(1, 3, 1, 1) / 255.0 - D._MEAN) / D._STD
@@ -118,3 +121,26 @@ def test_scene_difficulty_renders_single_event_clips_and_trains(capsys):
     assert D.main(["--encoder", "cnn3d", "--train", "8", "--test", "8", "--steps", "2", "--batch-size", "4",
                    "--eval-every", "1"]) == 0
     assert capsys.readouterr().out.count("test acc") == 2
+
+
+@pytest.mark.parametrize("objective", ["nce", "label-then-text"])
+def test_scene_difficulty_trains_on_captions(tmp_path, objective, capsys):
+    import dataclasses
+
+    import scene_difficulty as D
+
+    from longvivit.models.model import VideoTextModel
+    from tests.test_model import tiny_cfg, tiny_text
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg.video = dataclasses.replace(cfg.video, image_size=64)  # the tool renders 64 px clips
+    folder = VideoTextModel(cfg, text_encoder=tiny_text(cfg)).save_pretrained(tmp_path / "model")
+    args = ["--checkpoint", str(folder), "--objective", objective, "--objects", "2", "--train", "8", "--test", "8",
+            "--steps", "2", "--text-steps", "2", "--batch-size", "4", "--eval-every", "1", "--text-unlocked", "0"]
+    assert D.main(args + (["--reverse-negatives"] if objective == "nce" else [])) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "test acc" in line]
+    assert len(lines) == (2 if objective == "nce" else 4)
+    assert objective == "nce" or lines[-1].startswith("text step")
+    with pytest.raises(SystemExit):
+        D.main(["--encoder", "cnn3d", "--objective", objective])  # captions need a text tower

@@ -8,9 +8,16 @@ on the event's verb (moves left/right/up/down, grows, shrinks, appears, disappea
 time-reversal among the eight, so a model that ignores frame order can at best tell the four *kinds* of change
 apart (~50% if balanced); accuracy above that, and a fall when the frames are shuffled, is order learned.
 
+``--objective`` sets what teaches the verb: ``label`` (the 8-way head above), ``nce`` (the checkpoint's whole
+video-text model trained on the clips' captions with the NCE loss, as stage 2 does; scored zero-shot by ranking
+the object's 8 verb captions) or ``label-then-text`` (``label`` first, then the video encoder frozen and only
+the text side trained by NCE: does the text tower follow once the video features carry direction?).
+
     python tools/scene_difficulty.py --checkpoint runs/demo/stage1/checkpoints/last.ckpt              # demo scenes
     python tools/scene_difficulty.py --checkpoint ... --objects 1 --background black --sizes 0.12,0.2 \\
         --grid 2 --event-frames 6,10                                                                  # easiest
+    python tools/scene_difficulty.py --checkpoint ... --objects 2 --background black --sizes 0.12,0.2 \\
+        --grid 2 --event-frames 6,10 --objective nce                                                  # captions
 """
 
 from __future__ import annotations
@@ -18,15 +25,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,7 +42,8 @@ from event_probe import CNN3d, ProbeHead, ViViTFeatures, warmup_cosine  # noqa: 
 
 from longvivit.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from longvivit.data import render, scenes, synthetic  # noqa: E402
-from longvivit.data.scenes import DIRECTIONS, Background, Event, Scene, is_valid  # noqa: E402
+from longvivit.data.scenes import DIRECTIONS, Background, Event, Scene, is_valid, phrase  # noqa: E402
+from longvivit.loss import NCELoss  # noqa: E402
 
 VERBS: tuple[str, ...] = ("left", "right", "up", "down", "grow", "shrink", "appear", "disappear")
 _DARK = ("black", "navy")  # the backgrounds darker than every object colour (brown is as dark as blue)
@@ -64,8 +73,29 @@ def scene_geometry(grid: int, sizes: tuple[float, float]) -> Iterator[None]:
         scenes.SIZES.update(old_sizes)
 
 
-def single_event_clips(n: int, seed: int, *, objects: int, background: str, event_frames: tuple[int, int],
-                       num_frames: int = 16, size: int = 64) -> tuple[Tensor, Tensor]:
+class EventClips(NamedTuple):
+    """Single-event clips with their verb and caption, and the 8 captions a zero-shot classifier ranks."""
+
+    videos: Tensor  # (N, T, 3, H, W), normalised like the data pipeline
+    labels: Tensor  # (N,) verb indices into VERBS
+    captions: list[str]  # "the red circle moves left"
+    candidates: list[list[str]]  # per clip, the same object with each of the 8 verbs, in VERBS order
+
+
+def _event(obj: int, verb: str) -> Event:
+    return Event(obj, "move", verb) if verb in DIRECTIONS else Event(obj, verb, "")
+
+
+def single_event_clips(
+    n: int,
+    seed: int,
+    *,
+    objects: int,
+    background: str,
+    event_frames: tuple[int, int],
+    num_frames: int = 16,
+    size: int = 64,
+) -> EventClips:
     """``n`` clips with one event each, rendered at 1 FPS and normalised like the data pipeline.
 
     Args:
@@ -80,18 +110,17 @@ def single_event_clips(n: int, seed: int, *, objects: int, background: str, even
         size: Frame side.
 
     Returns:
-        ``(n, T, 3, size, size)`` frames and ``(n,)`` verb indices into :data:`VERBS`.
+        :class:`EventClips`: ``(n, T, 3, size, size)`` frames, ``(n,)`` verb indices, captions, candidates.
     """
     rng = np.random.default_rng(seed)
-    videos, labels = [], []
+    videos, labels, captions, candidates = [], [], [], []
     while len(videos) < n:
         verb = int(rng.integers(len(VERBS)))
         count = objects or int(rng.integers(2, 4))
         objs = synthetic._sample_objects(rng, count, hidden_prob=0.0)
         if VERBS[verb] == "appear":  # something must be hidden to appear
             objs = (replace(objs[0], visible=False),) + objs[1:]
-        kind, arg = ("move", VERBS[verb]) if VERBS[verb] in DIRECTIONS else (VERBS[verb], "")
-        options = [Event(i, kind, arg) for i in range(len(objs)) if is_valid(objs, Event(i, kind, arg))]
+        options = [_event(i, VERBS[verb]) for i in range(len(objs)) if is_valid(objs, _event(i, VERBS[verb]))]
         if not options:
             continue  # e.g. "disappear" with one object, "grow" when every object is big: draw again
         length = int(rng.integers(*event_frames))
@@ -108,30 +137,148 @@ def single_event_clips(n: int, seed: int, *, objects: int, background: str, even
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # (T, H, W, 3) -> (T, 3, H, W)
         videos.append((x - _MEAN) / _STD)
         labels.append(verb)
-    return torch.stack(videos), torch.tensor(labels)
+        captions.append(phrase(objs, ev))
+        candidates.append([phrase(objs, _event(ev.obj, v)) for v in VERBS])
+    return EventClips(torch.stack(videos), torch.tensor(labels), captions, candidates)
+
+
+def shuffle_frames(videos: Tensor) -> Tensor:
+    """The frames of every clip in one fixed random order (the same permutation for all clips)."""
+    return videos[:, torch.randperm(videos.shape[1], generator=torch.Generator().manual_seed(0))]
 
 
 @torch.no_grad()
-def accuracy(encoder: torch.nn.Module, head: ProbeHead, videos: Tensor, labels: Tensor, shuffle: bool) -> float:
-    """Test accuracy in %, in eval mode; ``shuffle`` permutes the frames (one fixed permutation)."""
-    encoder.eval()
-    head.eval()
-    if shuffle:
-        videos = videos[:, torch.randperm(videos.shape[1], generator=torch.Generator().manual_seed(0))]
-    pred = torch.cat([head(encoder(videos[i : i + 64])).argmax(1) for i in range(0, len(videos), 64)])
-    encoder.train()
-    head.train()
+def accuracy(
+    logits: Callable[[Tensor], Tensor], modules: Sequence[nn.Module], videos: Tensor, labels: Tensor, shuffle: bool
+) -> float:
+    """Test accuracy in %, with ``modules`` in eval mode; ``shuffle`` permutes the frames (:func:`shuffle_frames`).
+
+    Args:
+        logits: ``(N, T, 3, H, W)`` videos -> ``(N, len(VERBS))`` scores.
+        modules: Put in eval mode for the evaluation, back in training mode after.
+        videos: Test clips.
+        labels: ``(N,)`` verb indices.
+        shuffle: Shuffle the frames first.
+    """
+    for m in modules:
+        m.eval()
+    pred = logits(shuffle_frames(videos) if shuffle else videos).argmax(1)
+    for m in modules:
+        m.train()
     return 100.0 * (pred == labels).float().mean().item()
+
+
+def batched(fn: Callable[[Any], Tensor], x: Tensor | Sequence[str], size: int = 64) -> Tensor:
+    """``fn`` over ``x`` (a tensor or a list of captions) in chunks of ``size`` rows, concatenated."""
+    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def fit(
+    params: list[Tensor],
+    loss_fn: Callable[[Tensor], Tensor],
+    evaluate: Callable[[], tuple[float, float]],
+    num_train: int,
+    args: argparse.Namespace,
+    steps: int,
+    tag: str = "",
+) -> None:
+    """AdamW + warmup-cosine over random batches of clip indices; prints test accuracy every ``eval_every``.
+
+    Args:
+        params: Trained parameters (clipped to norm 2).
+        loss_fn: ``(batch,)`` clip indices -> scalar loss.
+        evaluate: -> ``(accuracy in order, accuracy with the frames shuffled)``.
+        num_train: Training clips to draw from.
+        args: The parsed flags (``lr``, ``batch_size``, ``eval_every``, ``seed``).
+        steps: Optimiser steps.
+        tag: Printed before each line (which phase).
+    """
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(args.seed)
+    running, t0 = None, time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = loss_fn(torch.randint(num_train, (args.batch_size,), generator=gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if step % args.eval_every == 0 or step == steps:
+            ordered, shuffled = evaluate()
+            print(
+                f"{tag}step {step:5d}  loss {running:.3f}  test acc {ordered:.1f}%  shuffled {shuffled:.1f}%  "
+                f"(chance {100 / len(VERBS):.1f}%; {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+
+
+class CaptionScorer:
+    """The text side of a checkpoint scoring clips against captions: ``video_map`` then cosine with the tower.
+
+    Args:
+        model: A :class:`~longvivit.models.model.VideoTextModel`; its text tower is locked to ``unlocked``
+            trainable layers (plus its projection).
+        unlocked: Text layers left trainable.
+        video_map: Applied to the video encoder's output before the L2 normalisation (identity by default).
+    """
+
+    def __init__(self, model: nn.Module, unlocked: int, video_map: nn.Module | None = None) -> None:
+        self.model, self.text = model, model.text_encoder
+        self.text.lock(unlocked)
+        self.video_map = video_map or nn.Identity()
+        self.loss = NCELoss()
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        tok = self.text.tokenize(captions)
+        return F.normalize(self.text(tok["input_ids"], tok["attention_mask"]), dim=-1)
+
+    def normalise(self, video_features: Tensor) -> Tensor:
+        return F.normalize(self.video_map(video_features), dim=-1)
+
+    def nce(self, video_features: Tensor, captions: list[str], extra_videos: Tensor | None = None) -> Tensor:
+        """NCE of video features (before ``video_map``) against their captions; ``extra_videos`` match none."""
+        extra = None if extra_videos is None else self.normalise(extra_videos)
+        return self.loss(
+            self.normalise(video_features),
+            self.encode_text(captions),
+            self.model.get_logit_scale(),
+            extra_video_features=extra,
+        )
+
+    def zero_shot(self, video_features: Tensor, candidates: list[list[str]]) -> Tensor:
+        """``(N, D)`` video features, ``N`` lists of the 8 verb captions -> ``(N, 8)`` cosines."""
+        flat = [c for cs in candidates for c in cs]
+        text = batched(self.encode_text, flat, 256)  # (N * 8, D)
+        return torch.einsum("nd,nkd->nk", self.normalise(video_features), text.view(len(candidates), len(VERBS), -1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--encoder", choices=("vivit", "cnn3d"), default="vivit")
     p.add_argument("--checkpoint", help="LongViViT checkpoint or folder (required for --encoder vivit)")
+    p.add_argument(
+        "--objective",
+        choices=("label", "nce", "label-then-text"),
+        default="label",
+        help="label: 8-way head; nce: the checkpoint's video-text model on the captions;\n"
+        "label-then-text: label, then the text side alone by NCE on the frozen video features",
+    )
+    p.add_argument("--text-unlocked", type=int, default=1, help="text layers trained with nce (the demo: 1)")
+    p.add_argument("--text-steps", type=int, default=300, help="steps of the text phase of label-then-text")
+    p.add_argument(
+        "--reverse-negatives",
+        action="store_true",
+        help="nce: each clip played backwards is an extra negative for its caption",
+    )
     p.add_argument("--objects", type=int, default=0, help="objects per scene; 0 = 2-3 like the demo")
     p.add_argument("--background", choices=("demo", "solid", "dark", "dark-solid", "black"), default="demo")
-    p.add_argument("--sizes", default=",".join(str(v) for v in scenes.SIZES.values()),
-                   help="small,big object radius as a fraction of the frame side")
+    p.add_argument(
+        "--sizes",
+        default=",".join(str(v) for v in scenes.SIZES.values()),
+        help="small,big object radius as a fraction of the frame side",
+    )
     p.add_argument("--grid", type=int, default=scenes.GRID, help="grid cells per side")
     p.add_argument("--event-frames", default="3,6", help="low,high: event length in frames (1 FPS), high excluded")
     p.add_argument("--train", type=int, default=2048, help="training clips")
@@ -144,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.encoder == "vivit" and not args.checkpoint:
         p.error("--encoder vivit needs --checkpoint")
+    if args.objective != "label" and args.encoder != "vivit":
+        p.error(f"--objective {args.objective} needs --encoder vivit (a text tower from --checkpoint)")
     small, big = (float(v) for v in args.sizes.split(","))
     low, high = (int(v) for v in args.event_frames.split(","))
     if not 1 <= low < high <= 16:
@@ -153,33 +302,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     kw = {"objects": args.objects, "background": args.background, "event_frames": (low, high)}
     with scene_geometry(args.grid, (small, big)):
-        x_train, y_train = single_event_clips(args.train, args.seed + 1, **kw)
-        x_test, y_test = single_event_clips(args.test, args.seed + 2, **kw)
-    counts = torch.bincount(y_train, minlength=len(VERBS))
-    print(f"scene_difficulty: {len(x_train)} train / {len(x_test)} test clips in {time.perf_counter() - t0:.0f} s; "
-          f"train verbs {dict(zip(VERBS, counts.tolist(), strict=True))}", flush=True)
+        train = single_event_clips(args.train, args.seed + 1, **kw)
+        test = single_event_clips(args.test, args.seed + 2, **kw)
+    counts = torch.bincount(train.labels, minlength=len(VERBS))
+    print(
+        f"scene_difficulty: {len(train.videos)} train / {len(test.videos)} test clips in "
+        f"{time.perf_counter() - t0:.0f} s; train verbs {dict(zip(VERBS, counts.tolist(), strict=True))}",
+        flush=True,
+    )
+    x, y = train.videos, train.labels
+
+    def both_orders(logits: Callable[[Tensor], Tensor], modules: Sequence[nn.Module]) -> tuple[float, float]:
+        return tuple(accuracy(logits, modules, test.videos, test.labels, shuffle) for shuffle in (False, True))
+
+    if args.objective == "nce":
+        from longvivit.models.checkpoint import load_model
+
+        model, _ = load_model(args.checkpoint, num_frames=16)
+        scorer = CaptionScorer(model, args.text_unlocked)
+        video = model.video_encoder
+
+        def nce_loss(idx: Tensor) -> Tensor:
+            extra = video(x[idx].flip(1), mask_ratio=0.0) if args.reverse_negatives else None  # (B, D) reversed
+            return scorer.nce(video(x[idx], mask_ratio=0.0), [train.captions[i] for i in idx], extra)
+
+        def zero_shot(videos: Tensor) -> Tensor:
+            return scorer.zero_shot(batched(lambda v: video(v, mask_ratio=0.0), videos), test.candidates)
+
+        params = [q for q in model.parameters() if q.requires_grad]
+        fit(params, nce_loss, lambda: both_orders(zero_shot, [model]), len(x), args, args.steps)
+        return 0
+
     encoder = CNN3d() if args.encoder == "cnn3d" else ViViTFeatures(args.checkpoint, 16)
-    prior = (counts.float() / len(y_train)).clamp(1e-4, 1 - 1e-4)
+    prior = (counts.float() / len(y)).clamp(1e-4, 1 - 1e-4)
     head = ProbeHead(encoder.out_dim, len(VERBS), prior, multi_label=False)
-    params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-    sched = warmup_cosine(opt, args.steps)
-    gen = torch.Generator().manual_seed(args.seed)
-    running, t0 = None, time.perf_counter()
-    for step in range(1, args.steps + 1):
-        idx = torch.randint(len(x_train), (args.batch_size,), generator=gen)
-        loss = F.cross_entropy(head(encoder(x_train[idx])), y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 2.0)
-        opt.step()
-        sched.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if step % args.eval_every == 0 or step == args.steps:
-            ordered = accuracy(encoder, head, x_test, y_test, shuffle=False)
-            shuffled = accuracy(encoder, head, x_test, y_test, shuffle=True)
-            print(f"step {step:5d}  loss {running:.3f}  test acc {ordered:.1f}%  shuffled {shuffled:.1f}%  "
-                  f"(chance {100 / len(VERBS):.1f}%; {time.perf_counter() - t0:.0f} s)", flush=True)
+    fit(
+        list(encoder.parameters()) + list(head.parameters()),
+        lambda idx: F.cross_entropy(head(encoder(x[idx])), y[idx]),
+        lambda: both_orders(lambda v: batched(lambda b: head(encoder(b)), v), [encoder, head]),
+        len(x),
+        args,
+        args.steps,
+    )
+    if args.objective == "label-then-text":
+        from longvivit.models.checkpoint import load_model
+
+        # The video encoder is frozen and its features computed once; the text tower, a linear map on the video
+        # features (identity at the start) and the temperature train.
+        encoder.eval()
+        head.eval()
+        with torch.no_grad():
+            feats_train, feats_test = batched(encoder, x), batched(encoder, test.videos)
+            feats_shuffled = batched(encoder, shuffle_frames(test.videos))
+        video_map = nn.Linear(encoder.out_dim, encoder.out_dim, bias=False)
+        nn.init.eye_(video_map.weight)
+        model, _ = load_model(args.checkpoint, num_frames=16)
+        scorer = CaptionScorer(model, args.text_unlocked, video_map)
+
+        def text_eval() -> tuple[float, float]:
+            model.eval()
+            with torch.no_grad():
+                out = tuple(
+                    100.0 * (scorer.zero_shot(f, test.candidates).argmax(1) == test.labels).float().mean().item()
+                    for f in (feats_test, feats_shuffled)
+                )
+            model.train()
+            return out
+
+        params = [q for q in model.text_encoder.parameters() if q.requires_grad]
+        params += [video_map.weight, model.logit_scale]
+        fit(
+            params,
+            lambda idx: scorer.nce(feats_train[idx], [train.captions[i] for i in idx]),
+            text_eval,
+            len(x),
+            args,
+            args.text_steps,
+            tag="text ",
+        )
     return 0
 
 
