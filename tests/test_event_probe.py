@@ -144,3 +144,22 @@ def test_scene_difficulty_trains_on_captions(tmp_path, objective, capsys):
     assert objective == "nce" or lines[-1].startswith("text step")
     with pytest.raises(SystemExit):
         D.main(["--encoder", "cnn3d", "--objective", objective])  # captions need a text tower
+
+
+def test_caption_scorer_ranks_each_clip_against_its_own_objects_verbs():
+    import scene_difficulty as D
+
+    from tests.test_model import tiny_model
+
+    model = tiny_model().eval()
+    _, labels, captions, candidates = D.single_event_clips(6, 3, objects=2, background="black", event_frames=(6, 10))
+    scorer = D.CaptionScorer(model, unlocked=0)
+    with torch.no_grad():
+        own = scorer.encode_text(captions)  # (6, D): a "video" that is exactly its caption's embedding
+        scores = scorer.zero_shot(own, candidates)
+        assert scores.shape == (6, len(D.VERBS))
+        assert torch.equal(scores.argmax(1), labels)
+        assert torch.allclose(scores.max(1).values, torch.ones(6), atol=1e-5)
+        plain = scorer.nce(own, captions)
+        harder = scorer.nce(own, captions, extra_videos=scorer.encode_text(captions[::-1]))
+    assert harder > plain  # the extra clips are scored as negatives for every caption
