@@ -44,6 +44,7 @@ from longvivit.config import CLIP_MEAN, CLIP_STD  # noqa: E402
 from longvivit.data import render, scenes, synthetic  # noqa: E402
 from longvivit.data.scenes import DIRECTIONS, Background, Event, Scene, is_valid, phrase  # noqa: E402
 from longvivit.loss import NCELoss  # noqa: E402
+from longvivit.models.checkpoint import load_model  # noqa: E402
 
 VERBS: tuple[str, ...] = ("left", "right", "up", "down", "grow", "shrink", "appear", "disappear")
 _DARK = ("black", "navy")  # the backgrounds darker than every object colour (brown is as dark as blue)
@@ -231,8 +232,7 @@ class CaptionScorer:
         self.loss = NCELoss()
 
     def encode_text(self, captions: list[str]) -> Tensor:
-        tok = self.text.tokenize(captions)
-        return F.normalize(self.text(tok["input_ids"], tok["attention_mask"]), dim=-1)
+        return F.normalize(self.text.encode(captions), dim=-1)
 
     def normalise(self, video_features: Tensor) -> Tensor:
         return F.normalize(self.video_map(video_features), dim=-1)
@@ -316,18 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tuple(accuracy(logits, modules, test.videos, test.labels, shuffle) for shuffle in (False, True))
 
     if args.objective == "nce":
-        from longvivit.models.checkpoint import load_model
-
         model, _ = load_model(args.checkpoint, num_frames=16)
         scorer = CaptionScorer(model, args.text_unlocked)
-        video = model.video_encoder
+
+        def video(v: Tensor) -> Tensor:
+            return model.video_encoder(v, mask_ratio=0.0)
 
         def nce_loss(idx: Tensor) -> Tensor:
-            extra = video(x[idx].flip(1), mask_ratio=0.0) if args.reverse_negatives else None  # (B, D) reversed
-            return scorer.nce(video(x[idx], mask_ratio=0.0), [train.captions[i] for i in idx], extra)
+            extra = video(x[idx].flip(1)) if args.reverse_negatives else None  # (B, D): the clips reversed
+            return scorer.nce(video(x[idx]), [train.captions[i] for i in idx], extra)
 
         def zero_shot(videos: Tensor) -> Tensor:
-            return scorer.zero_shot(batched(lambda v: video(v, mask_ratio=0.0), videos), test.candidates)
+            return scorer.zero_shot(batched(video, videos), test.candidates)
 
         params = [q for q in model.parameters() if q.requires_grad]
         fit(params, nce_loss, lambda: both_orders(zero_shot, [model]), len(x), args, args.steps)
@@ -345,8 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.steps,
     )
     if args.objective == "label-then-text":
-        from longvivit.models.checkpoint import load_model
-
         # The video encoder is frozen and its features computed once; the text tower, a linear map on the video
         # features (identity at the start) and the temperature train.
         encoder.eval()
@@ -359,15 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, _ = load_model(args.checkpoint, num_frames=16)
         scorer = CaptionScorer(model, args.text_unlocked, video_map)
 
-        def text_eval() -> tuple[float, float]:
-            model.eval()
-            with torch.no_grad():
-                out = tuple(
-                    100.0 * (scorer.zero_shot(f, test.candidates).argmax(1) == test.labels).float().mean().item()
-                    for f in (feats_test, feats_shuffled)
-                )
-            model.train()
-            return out
+        def text_eval() -> tuple[float, float]:  # the features are fixed: shuffled ones were computed above
+            def zero_shot(f: Tensor) -> Tensor:
+                return scorer.zero_shot(f, test.candidates)
+
+            return tuple(accuracy(zero_shot, [model], f, test.labels, False) for f in (feats_test, feats_shuffled))
 
         params = [q for q in model.text_encoder.parameters() if q.requires_grad]
         params += [video_map.weight, model.logit_scale]
