@@ -23,6 +23,7 @@ the text side trained by NCE: does the text tower follow once the video features
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -272,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="nce: each clip played backwards is an extra negative for its caption",
     )
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        default=None,
+        help="nce: start the learned 1/temperature here instead of the checkpoint's value",
+    )
     p.add_argument("--objects", type=int, default=0, help="objects per scene; 0 = 2-3 like the demo")
     p.add_argument("--background", choices=("demo", "solid", "dark", "dark-solid", "black"), default="demo")
     p.add_argument(
@@ -317,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.objective == "nce":
         model, _ = load_model(args.checkpoint, num_frames=16)
+        if args.logit_scale is not None:
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(args.logit_scale))
         scorer = CaptionScorer(model, args.text_unlocked)
 
         def video(v: Tensor) -> Tensor:
