@@ -135,6 +135,23 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     caption = capsys.readouterr().out.strip()
     assert caption and "\n" not in caption
 
+    # A corrupt and a missing file among good ones: skipped with their reasons, the good one still captioned.
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes((ASSETS / "bigbuckbunny.mp4").read_bytes()[:2000])
+    missing = tmp_path / "missing.mp4"
+    files = tmp_path / "files.json"
+    assert cli.main(["--model", str(folder), "--video", str(corrupt), str(ASSETS / "bigbuckbunny.mp4"),
+                     str(missing), "--max-new-tokens", "6", "--out", str(files)]) == 0
+    listed = json.loads(files.read_text())
+    assert list(listed["captions"]) == [str(ASSETS / "bigbuckbunny.mp4")]
+    assert listed["captions"][str(ASSETS / "bigbuckbunny.mp4")] == caption
+    reasons = dict(listed["skipped"])
+    assert set(reasons) == {str(corrupt), str(missing)}
+    assert "DecodeError" in reasons[str(corrupt)] and "FileNotFoundError" in reasons[str(missing)]
+    assert capsys.readouterr().out.strip() == f"{ASSETS / 'bigbuckbunny.mp4'}\t{caption}"
+    with pytest.raises(SystemExit, match="no video could be decoded"):
+        cli.main(["--model", str(folder), "--video", str(corrupt), "--max-new-tokens", "6"])
+
     out = tmp_path / "captions.json"
     assert cli.main(["--model", str(trained["ckpt"]), "--shards", str(setup["shards"]["val"]),
                      "--out", str(out), "--max-new-tokens", "8", "--batch-size", "4"]) == 0

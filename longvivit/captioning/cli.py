@@ -64,22 +64,33 @@ def _preprocess(model: Any, source: str, args: argparse.Namespace) -> Any:
     return dataclasses.replace(pre, **changes)
 
 
-def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, str]:
+def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
 
-    from longvivit.data.decode import decode_video
+    from longvivit.data.decode import DecodeError, decode_video
 
-    out = {}
+    captions: dict[str, str] = {}
+    skipped: list[tuple[str, str]] = []
     for i, path in enumerate(args.video):
-        video, nvf = decode_video(Path(path).read_bytes(), pre)  # (T, 3, H, W)
+        try:
+            video, nvf = decode_video(Path(path).read_bytes(), pre)  # (T, 3, H, W)
+        except (DecodeError, OSError) as e:
+            skipped.append((path, f"{type(e).__name__}: {e}"))
+            log.warning("skipped %s: %s", path, skipped[-1][1])
+            continue
         dev = next(model.resampler.parameters()).device
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
         caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
                                  args.beams, args.mask_ratio, gen, args.prompt)[0]
-        out[path] = caption
+        captions[path] = caption
         line = " ".join(caption.split())  # one line per video, whatever the LM emitted
         print(line if len(args.video) == 1 else f"{path}\t{line}", flush=True)
-    return out
+    if skipped:
+        log.warning("skipped %d of %d videos: %s", len(skipped), len(args.video), skipped)
+    if not captions:
+        raise SystemExit(f"no video could be decoded: {skipped}")
+    return {"captions": captions, "skipped": skipped}
 
 
 def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
