@@ -362,6 +362,23 @@ def test_input_errors_say_what_to_change():
         model.encode_image(video(cfg))
     with pytest.raises(ValueError, match="mask_ratio"):
         model(video(cfg), mask_ratio=1.0)
+    with pytest.raises(ValueError, match=r"image_size=48\) \(square inputs, a multiple of the patch size 16"):
+        model(torch.randn(1, 4, 3, 50, 50))
+    with pytest.raises(TypeError, match="torch.uint8; the encoder takes float frames normalised"):
+        model(video(cfg).mul(60).clamp(0, 255).to(torch.uint8))
+    with pytest.raises(TypeError, match="images are torch.int64"):
+        model.encode_image(torch.zeros(1, 3, 32, 32, dtype=torch.long))
+
+
+def test_float_input_follows_the_weights_dtype():
+    model = VideoEncoder(small()).eval()
+    x = video(model.cfg)
+    ref = model(x, mask_ratio=0.0)
+    # bf16 frames into an fp32 model (no autocast): cast to fp32, so only the rounding of the input differs.
+    assert torch.allclose(model(x.bfloat16(), mask_ratio=0.0), model(x.bfloat16().float(), mask_ratio=0.0))
+    assert model(x.double(), mask_ratio=0.0).dtype == torch.float32
+    assert torch.allclose(model(x.double(), mask_ratio=0.0), ref, atol=1e-6)
+    assert model.bfloat16()(x, mask_ratio=0.0).dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------- layers

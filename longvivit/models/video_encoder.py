@@ -157,7 +157,7 @@ class VideoEncoder(nn.Module):
         if video.ndim != 5:
             raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
         b, t, c, h, w = video.shape
-        self._check_frame(c, h, w, "video")
+        video = self._check_frame(video, "video")
         tt = cfg.tubelet_size[0]
         if t % tt:
             raise ValueError(
@@ -190,22 +190,33 @@ class VideoEncoder(nn.Module):
         """
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        self._check_frame(*images.shape[1:], "images")
+        images = self._check_frame(images, "images")
         x = self.patch_embed_2d(images)  # (B, width, H', W')
         x = rearrange(x, "b c h w -> b (h w) c")  # (B, H'*W', width)
         return x + self.pos_embed_spatial
 
-    def _check_frame(self, c: int, h: int, w: int, what: str) -> None:
+    def _check_frame(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """Validates channels, size and dtype of ``(..., C, H, W)`` frames; returns them in the weights' dtype."""
         cfg = self.cfg
+        c, h, w = x.shape[-3:]
         if c != cfg.in_chans:
             hint = " (videos are (B, T, C, H, W), time before channels)" if what == "video" else ""
             raise ValueError(f"{what} have {c} channels, the encoder expects {cfg.in_chans}{hint}")
         if (h, w) != (cfg.image_size, cfg.image_size):
+            patch = cfg.patch_size[0]
+            size = max(patch, round(max(h, w) / patch) * patch)
             raise ValueError(
                 f"{what} are {h}x{w} but the encoder is built for {cfg.image_size}x{cfg.image_size}; "
-                f"resize/crop the input or load with VideoEncoder.from_pretrained(path, image_size={h}) "
-                "(square inputs only)"
+                f"resize/crop the input or load with VideoEncoder.from_pretrained(path, image_size={size}) "
+                f"(square inputs, a multiple of the patch size {patch})"
             )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{what} are {x.dtype}; the encoder takes float frames normalised with the mean/std of "
+                "preprocessor_config.json (longvivit.data.decode_video and load_clips produce them)"
+            )
+        # Like Hugging Face vision towers: float input follows the weights (bf16 frames into an fp32 model).
+        return x.to(self.patch_embed_2d.weight.dtype)
 
     # ----------------------------------------------------------------- transformer
     @property
