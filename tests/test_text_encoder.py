@@ -137,6 +137,19 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.tokenize(["a caption"])["input_ids"].tolist() == enc.tokenize(["a caption"])["input_ids"].tolist()
 
 
+def test_a_saved_tower_reloads_by_name_without_a_missing_pooler_report(tmp_path, capsys, caplog):
+    enc = TextEncoder.from_config(tiny_bert(2), cfg=TextEncoderConfig(embed_dim=8))
+    enc.save_pretrained(tmp_path / "text")
+    capsys.readouterr()
+    caplog.clear()
+    # The path eval takes: a config naming the folder (not from_pretrained), as exported models record it.
+    again = TextEncoder(TextEncoderConfig(name_or_path=str(tmp_path / "text"), embed_dim=8))
+    assert again.model.pooler is None
+    report = capsys.readouterr()
+    logged = report.out + report.err + caplog.text
+    assert "MISSING" not in logged and "pooler" not in logged, logged
+
+
 def test_from_config_rejects_too_small_vocab():
     with pytest.raises(ValueError, match="vocab_size"):
         TextEncoder.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +47,34 @@ def _transformer_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"could not find a ModuleList of {num_layers} layers in {type(model).__name__}")
 
 
+def _load_hf_model(source: str | Path) -> PreTrainedModel:
+    """The Hugging Face model at ``source`` in fp32, with BERT's [CLS] pooler only where its weights are saved.
+
+    Mean pooling never uses the pooler (the tower drops it), and exported towers are saved without it: building
+    it for them would only make transformers report its weights as missing on every load, and leaving it out
+    of a checkpoint that has it would report them as unexpected. No ``trust_remote_code``: only architectures
+    that transformers itself implements are accepted.
+    """
+    if _saved_without_pooler(Path(source)):
+        try:
+            return AutoModel.from_pretrained(source, dtype=torch.float32, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler (DistilBERT) do not take the argument
+            pass
+    return AutoModel.from_pretrained(source, dtype=torch.float32)
+
+
+def _saved_without_pooler(folder: Path) -> bool:
+    """True for a local folder whose safetensors weights hold no ``pooler.`` tensor."""
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return False  # a hub name, or .bin weights: load as the checkpoint declares
+    keys = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            keys.extend(st.keys())
+    return not any(k.startswith("pooler.") or ".pooler." in k for k in keys)
+
+
 class TextEncoder(nn.Module):
     """BERT-family encoder + masked mean pooling + linear projection into the joint space.
 
@@ -73,8 +102,7 @@ class TextEncoder(nn.Module):
             raise ValueError("pass both model and tokenizer, or neither")
         if model is None:
             source = resolve_text_model(self.cfg.name_or_path)
-            # no trust_remote_code: only architectures that transformers itself implements are accepted
-            model = AutoModel.from_pretrained(source, dtype=torch.float32)
+            model = _load_hf_model(source)
             tokenizer = AutoTokenizer.from_pretrained(source)
         # mean pooling never uses BERT's [CLS] pooler; an unused parameter would get no gradient (breaks
         # DDP without find_unused_parameters and is dead weight in the optimizer)
@@ -258,12 +286,7 @@ class TextEncoder(nn.Module):
         if set(cfg_dict) - known:
             raise ValueError(f"unknown TextEncoderConfig keys in {path / CONFIG_NAME}: {set(cfg_dict) - known}")
         cfg = TextEncoderConfig(**{**cfg_dict, "name_or_path": str(path)})
-        # the folder was saved without the unused pooler: build without it so loading reports nothing missing
-        try:
-            model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
-        except TypeError:  # architectures with no pooler (DistilBERT) do not take the argument
-            model = AutoModel.from_pretrained(path, dtype=torch.float32)
-        enc = cls(cfg, model=model, tokenizer=AutoTokenizer.from_pretrained(path))
+        enc = cls(cfg, model=_load_hf_model(path), tokenizer=AutoTokenizer.from_pretrained(path))
         proj = load_file(str(path / PROJ_NAME))
         enc.proj.load_state_dict({"weight": proj["proj.weight"]})
         return enc
