@@ -77,3 +77,10 @@ def test_eval_rejects_a_bad_frame_order(setup):
     _, shards, model_dir = setup
     with pytest.raises(SystemExit):
         cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--frame-order", "sideways"])
+
+
+def test_eval_with_no_readable_clip_says_which_shards_and_why(setup, tmp_path):
+    _, _, model_dir = setup
+    missing = tmp_path / "missing.tar"
+    with pytest.raises(SystemExit, match=r"no video clip read from .*missing\.tar.*1 skipped.*FileNotFoundError"):
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(missing)])

@@ -139,6 +139,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clips = load_clips(args.shards, preprocess=pre, num_workers=args.workers)
     ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                            frame_order=args.frame_order, seed=args.seed, device=args.device)
+    if ev.num_videos == 0:
+        skipped = getattr(clips, "skipped", [])
+        raise SystemExit(
+            f"longvivit eval: no video clip read from {args.shards!r}"
+            + (f"; {len(skipped)} skipped, e.g. {skipped[:3]}" if skipped else " (only images, or empty shards?)")
+        )
     metrics: dict[str, Any] = ev.compute()
     order = order_only_metrics(ev, pair_of)
     if order is not None:
