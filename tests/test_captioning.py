@@ -16,7 +16,8 @@ from longvivit.captioning.qa import evaluate_qa, option_scores, qa_accuracy, rea
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnDecoderLayer, find_decoder_layers
 from longvivit.config import PreprocessConfig, TextEncoderConfig
-from longvivit.models.video_encoder import VideoEncoder, num_kept_tokens
+from longvivit.models.masking import num_kept_tokens
+from longvivit.models.video_encoder import VideoEncoder
 
 
 @pytest.fixture(scope="module")

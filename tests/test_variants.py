@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from longvivit import VideoEncoder, VideoEncoderConfig
 from longvivit.models.init import load_adapted, load_pretrained, resize_patch_kernel
 from longvivit.models.layers import Block
+from longvivit.models.masking import num_kept_tokens
 from longvivit.models.variants import (
     Adapter,
     AttentionPool,
@@ -24,7 +25,6 @@ from longvivit.models.variants import (
     LoRALinear,
     mask_spatial_positions,
 )
-from longvivit.models.video_encoder import num_kept_tokens
 
 
 def cfg_for(**overrides) -> VideoEncoderConfig:

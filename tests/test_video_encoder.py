@@ -9,7 +9,7 @@ import torch
 
 from longvivit import VideoEncoder, VideoEncoderConfig
 from longvivit.models.layers import Attention, DropPath
-from longvivit.models.video_encoder import num_kept_tokens, random_masking
+from longvivit.models.masking import num_kept_tokens, random_masking
 
 PRESETS = ["tiny", "vit-s16", "vit-b16", "vit-l16"]
 

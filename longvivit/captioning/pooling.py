@@ -15,7 +15,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from longvivit.models.video_encoder import VideoEncoder, random_masking
+from longvivit.models.masking import random_masking
+from longvivit.models.video_encoder import VideoEncoder
 
 
 def encode_grid(

@@ -32,7 +32,8 @@ from torch import nn
 
 from longvivit.config import VideoEncoderConfig
 from longvivit.models.layers import Block
-from longvivit.models.video_encoder import VideoEncoder, num_kept_tokens
+from longvivit.models.masking import num_kept_tokens
+from longvivit.models.video_encoder import VideoEncoder
 
 PEFT_KINDS = ("adapter", "lora", "last_k")
 

@@ -7,7 +7,6 @@ spatial position table and the transformer, so one model embeds clips and pictur
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,40 +17,10 @@ from torch.utils.checkpoint import checkpoint
 
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.layers import Block
+from longvivit.models.masking import random_masking
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
-    """Tokens left after masking: ``ceil((1 - r) * N)``, at least one.
-
-    The small tolerance stops float error from adding a token, e.g. ``(1 - 0.7) * 10 = 3.0000000000000004``.
-    """
-    return max(1, math.ceil((1.0 - mask_ratio) * num_tokens - 1e-9))
-
-
-def random_masking(
-    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep a uniformly random subset of tokens per sample, in their original order.
-
-    Args:
-        x: (B, N, C) tokens, position embeddings already added.
-        mask_ratio: Fraction of tokens to drop, in [0, 1).
-        generator: Optional RNG for reproducible masks (may live on another device than ``x``).
-
-    Returns:
-        ``(kept, ids_keep)``: (B, N_keep, C) tokens and their (B, N_keep) sorted indices into ``N``.
-    """
-    b, n, c = x.shape
-    keep = num_kept_tokens(n, mask_ratio)
-    noise_device = generator.device if generator is not None else x.device
-    noise = torch.rand(b, n, generator=generator, device=noise_device).to(x.device)  # (B, N)
-    # Sorting the kept indices keeps the time-major order, so tokens stay grouped by frame.
-    ids_keep = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, N_keep)
-    kept = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, c))  # (B, N_keep, C)
-    return kept, ids_keep
 
 
 class VideoEncoder(nn.Module):
