@@ -16,6 +16,7 @@ from longvivit.data.decode import (
     DecodeError,
     decode_image,
     decode_video,
+    parse_sample,
     preprocess_frames,
     read_frames,
 )
@@ -111,7 +112,7 @@ def test_normalisation_uses_config_mean_and_std():
         assert torch.allclose(out[:, c], torch.full((2, 8, 8), expect[c]), atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
 def test_decode_image(fmt):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, size=(24, 40, 3), dtype=np.uint8)
@@ -128,6 +129,23 @@ def test_decode_image_converts_grey_and_rgba():
         buf = io.BytesIO()
         Image.fromarray(np.full(shape, 200, np.uint8), mode=mode).save(buf, format="PNG")
         assert decode_image(buf.getvalue(), PreprocessConfig(image_size=8)).shape == (3, 8, 8)
+
+
+def test_caption_sources_in_order_json_captions_then_txt_then_json_caption():
+    def captions(**members):
+        raw = {"__key__": "k", "mp4": b"video bytes", **{k: v.encode() for k, v in members.items()}}
+        return parse_sample(raw, "video")[1]
+
+    assert captions(json='{"captions": ["a", "b"]}', txt="c") == ["a", "b"]
+    assert captions(json='{"caption": "from json"}', txt="from txt") == ["from txt"]
+    # img2dataset / video2dataset shards without a .txt keep the caption in the json
+    assert captions(json='{"caption": "from json", "url": "x"}') == ["from json"]
+    assert captions(json='{"caption": ["one", " ", "two"]}') == ["one", "two"]
+
+
+def test_webp_members_are_images():
+    raw = {"__key__": "k", "webp": b"...", "txt": b"a cat"}
+    assert parse_sample(raw, "image")[0] == b"..."
 
 
 def test_corrupt_videos_raise_decode_error(make_video):

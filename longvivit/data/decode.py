@@ -22,10 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from longvivit.config import PreprocessConfig
+from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 from longvivit.data.sampling import frame_indices
-
-VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "mpg", "mpeg", "m4v")
-IMAGE_EXTS = ("jpg", "jpeg", "png")
 
 Modality = Literal["video", "image"]
 
@@ -221,6 +219,8 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
     captions = meta.get("captions")
     if captions is None and "txt" in raw:
         captions = [raw["txt"].decode("utf-8", errors="replace")]
+    if captions is None:  # img2dataset / video2dataset also keep the caption in the json
+        captions = meta.get("caption")
     if isinstance(captions, str):
         captions = [captions]
     captions = [c.strip() for c in (captions or []) if isinstance(c, str) and c.strip()]

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
 from longvivit.data.video_io import EPS as _EPS
 from longvivit.data.video_io import output_size, transcode_video
-
-VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "mpg", "mpeg", "m4v")
-IMAGE_EXTS = ("jpg", "jpeg", "png")
 
 # Reason codes written to rejects.jsonl and counted in stats.json (manifest-level ones come from manifest.py).
 MISSING = "missing_file"
