@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+
+import decord
+import numpy as np
 
 from longvivit.data.render import render_frames
 from longvivit.data.synthetic import plan
@@ -33,3 +37,35 @@ def test_transcode_is_deterministic(tmp_path):
         assert n == 22
         outs.append(_digest((tmp_path / f"t{k}.mp4").read_bytes()))
     assert len(set(outs)) == 1
+
+
+def _with_display_rotation(mp4: bytes) -> bytes:
+    """The same mp4 with its track's display matrix set to a 90-degree clockwise turn (how phones store portrait)."""
+    data = bytearray(mp4)
+    i = data.find(b"tkhd")
+    assert data[i + 4] == 0, "version-0 tkhd expected from our encoder"
+    # size/type are before i; then version+flags, creation, modification, track id, reserved, duration (4 each),
+    # reserved (8), layer, alternate group, volume, reserved (2 each), then the 3x3 matrix.
+    off = i + 4 + 4 * 6 + 8 + 2 * 4
+    assert struct.unpack(">9i", data[off : off + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    data[off : off + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return bytes(data)
+
+
+def test_transcode_applies_the_display_rotation(tmp_path):
+    # A landscape clip whose top-left quarter is white, stored with a 90-degree display rotation: decord (the
+    # loader) shows it portrait, white quarter top-right. A re-encode (segments, --fps, --short-side) must
+    # write those upright pixels, since the new file has no display matrix.
+    # (not smaller: decord returns 4-channel frames for some narrow portrait sizes, e.g. 48 wide)
+    frames = np.zeros((4, 64, 96, 3), np.uint8)
+    frames[:, :32, :48] = 255
+    src = tmp_path / "rotated.mp4"
+    src.write_bytes(_with_display_rotation(encode_video(frames, fps=4.0)))
+    shown = decord.VideoReader(str(src))[0].asnumpy()
+    assert shown.shape == (96, 64, 3) and shown[:48, 32:].mean() > 200 and shown[:48, :32].mean() < 50
+
+    dst = tmp_path / "out.mp4"
+    assert transcode_video(src, dst, short_side=32) == 4
+    out = decord.VideoReader(str(dst))[0].asnumpy()
+    assert out.shape == (48, 32, 3)  # short side 64 -> 32, portrait like the display
+    assert out[:24, 16:].mean() > 200 and out[:24, :16].mean() < 50 and out[24:].mean() < 50

@@ -119,6 +119,15 @@ def _decoded_frames(src: Path, start: float) -> Iterator[tuple[float, Any]]:
                 return
 
 
+def _quarter_turns(frame: Any) -> int:
+    """Counter-clockwise quarter turns that put a decoded frame upright (its display matrix; 0 if none).
+
+    Phone videos are often stored landscape with a rotation in the container; FFmpeg reports it as
+    ``frame.rotation`` (degrees, counter-clockwise; -90 for the usual portrait clip).
+    """
+    return round(getattr(frame, "rotation", 0) or 0) // 90 % 4 if frame is not None else 0
+
+
 def transcode_video(
     src: str | Path, dst: str | Path, *, start: float | None = None, end: float | None = None,
     fps: float | None = None, short_side: int | None = None, crf: int = 23,
@@ -145,7 +154,11 @@ def transcode_video(
     with av.open(str(src)) as probe:
         ist = probe.streams.video[0]
         native = Fraction(ist.average_rate or ist.guessed_rate or 25)
-        height, width = output_size(ist.codec_context.height, ist.codec_context.width, short_side)
+        turns = _quarter_turns(next(probe.decode(ist), None))
+        coded = (ist.codec_context.height, ist.codec_context.width)
+        # Output in display orientation (what decord, the loader's decoder, shows): the rotation is applied
+        # to the pixels, since the display matrix is not carried over to the new file.
+        height, width = output_size(*(coded[::-1] if turns % 2 else coded), short_side)
     rate = native if fps is None or fps >= native else Fraction(fps).limit_denominator(1001)
     count = 0
     with av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
@@ -156,6 +169,9 @@ def transcode_video(
 
         def emit(frame: Any) -> None:
             nonlocal count
+            if turns:
+                upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
+                frame = av.VideoFrame.from_ndarray(upright, format="rgb24")
             vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
             vf.pts, vf.time_base = count, time_base
             # The frame keeps the source's picture type, which x264 follows. Letting x264 decide (NONE) made
