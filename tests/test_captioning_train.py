@@ -147,7 +147,7 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     assert listed["captions"][str(ASSETS / "bigbuckbunny.mp4")] == caption
     reasons = dict(listed["skipped"])
     assert set(reasons) == {str(corrupt), str(missing)}
-    assert "DecodeError" in reasons[str(corrupt)] and "FileNotFoundError" in reasons[str(missing)]
+    assert "cannot open video" in reasons[str(corrupt)] and "No such file" in reasons[str(missing)]
     assert capsys.readouterr().out.strip() == f"{ASSETS / 'bigbuckbunny.mp4'}\t{caption}"
     with pytest.raises(SystemExit, match="no video could be decoded"):
         cli.main(["--model", str(folder), "--video", str(corrupt), "--max-new-tokens", "6"])
@@ -168,13 +168,19 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
         json.dumps({"video": str(clips / m["video"]), "question": "what happens?",
                     "options": [m["caption"], manifest[(i + 1) % 8]["caption"]], "answer": 0}) + "\n"
         for i, m in enumerate(manifest)
+    ) + "".join(  # two questions whose videos do not decode: skipped, listed, out of every count
+        json.dumps({"video": str(v), "question": "what happens?", "options": ["a", "b"], "answer": 1, "id": v.name})
+        + "\n" for v in (corrupt, missing)
     ))
     qa_out = tmp_path / "qa.json"
     assert cli.main(["--model", str(folder), "--qa", str(qa), "--out", str(qa_out)]) == 0
     res = json.loads(qa_out.read_text())
-    assert res["num_questions"] == 8 and res["chance"] == 50.0
+    assert res["num_questions"] == 8 and res["num_answered"] == 8 and res["chance"] == 50.0
     preds = [r["prediction"] for r in res["items"]]
     assert res["accuracy"] == 100.0 * sum(p == 0 for p in preds) / 8
+    assert [(s["id"], "No such file" in s["reason"]) for s in res["skipped"]] == [
+        ("corrupt.mp4", False), ("missing.mp4", True)]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_skipped"] == 2
 
 
 def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(setup, tmp_path, capsys):

@@ -68,16 +68,16 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
 
-    from longvivit.data.decode import DecodeError, decode_video
+    from longvivit.data.decode import DecodeError, decode_video_file
 
     captions: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
     for i, path in enumerate(args.video):
         try:
-            video, nvf = decode_video(Path(path).read_bytes(), pre)  # (T, 3, H, W)
-        except (DecodeError, OSError) as e:
-            skipped.append((path, f"{type(e).__name__}: {e}"))
-            log.warning("skipped %s: %s", path, skipped[-1][1])
+            video, nvf = decode_video_file(path, pre)  # (T, 3, H, W)
+        except DecodeError as e:
+            skipped.append((path, str(e)))
+            log.warning("skipped %s", e)
             continue
         dev = next(model.resampler.parameters()).device
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
@@ -137,6 +137,7 @@ def _answer_questions(model: Any, pre: Any, args: argparse.Namespace) -> dict[st
     result = evaluate_qa(model, read_qa_jsonl(args.qa), pre, args.qa_template or DEFAULT_TEMPLATE,
                          args.qa_normalize, args.mask_ratio, args.seed)
     summary = {k: result[k] for k in ("accuracy", "chance", "num_questions", "num_answered")}
+    summary["num_skipped"] = len(result["skipped"])
     print(json.dumps(summary), flush=True)
     return result
 

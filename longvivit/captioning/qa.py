@@ -13,6 +13,7 @@ answers predictions are still written) and an optional ``"id"``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from torch import Tensor
 
 from longvivit.captioning.model import VideoToText
 from longvivit.config import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "Question: {question} Answer:"
 
@@ -136,15 +139,25 @@ def evaluate_qa(
 ) -> dict[str, Any]:
     """Answer every question and report accuracy over those with an answer.
 
+    Questions whose video cannot be read or decoded are left out of every count and listed in ``skipped``.
+
     Returns:
         ``{"accuracy" (percent), "chance" (percent, mean 1/K), "num_questions", "num_answered",
-        "items": [{"id", "prediction", "answer", "scores"}]}``.
-    """
-    from longvivit.data.decode import decode_video
+        "items": [{"id", "prediction", "answer", "scores"}], "skipped": [{"id", "video", "reason"}]}``.
 
-    rows, preds, answers, chance = [], [], [], []
+    Raises:
+        ValueError: When no question's video decodes.
+    """
+    from longvivit.data.decode import DecodeError, decode_video_file
+
+    rows, preds, answers, chance, skipped = [], [], [], [], []
     for i, item in enumerate(items):
-        video, nvf = decode_video(Path(item.video).read_bytes(), preprocess)
+        try:
+            video, nvf = decode_video_file(item.video, preprocess)
+        except DecodeError as err:
+            skipped.append({"id": item.key, "video": item.video, "reason": str(err)})
+            log.warning("question %s skipped: %s", item.key, err)
+            continue
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
         scores = option_scores(
             model, video, item.question, item.options, nvf, template, normalize, mask_ratio, gen
@@ -155,10 +168,13 @@ def evaluate_qa(
             preds.append(pred)
             answers.append(item.answer)
             chance.append(100.0 / len(item.options))
+    if items and not rows:
+        raise ValueError(f"no question's video could be decoded, e.g. {skipped[0]}")
     return {
         "accuracy": qa_accuracy(preds, answers),
         "chance": sum(chance) / len(chance) if chance else float("nan"),
-        "num_questions": len(items),
+        "num_questions": len(rows),
         "num_answered": len(answers),
         "items": rows,
+        "skipped": skipped,
     }

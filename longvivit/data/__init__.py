@@ -24,6 +24,7 @@ _LAZY = {
     "SampleError": "longvivit.data.decode",
     "OtherMediaError": "longvivit.data.decode",
     "decode_video": "longvivit.data.decode",
+    "decode_video_file": "longvivit.data.decode",
     "decode_image": "longvivit.data.decode",
     "read_frames": "longvivit.data.decode",
     "preprocess_frames": "longvivit.data.decode",

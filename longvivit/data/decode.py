@@ -15,6 +15,7 @@ import io
 import json
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -166,6 +167,29 @@ def decode_video(
         data, cfg.num_frames, cfg.fps, cfg.sampling, cfg.start, rng=rng, num_threads=num_threads
     )
     return preprocess_frames(frames, cfg.image_size, cfg.mean, cfg.std), num_valid
+
+
+def decode_video_file(path: str | Path, cfg: PreprocessConfig) -> tuple[torch.Tensor, int]:
+    """:func:`decode_video` of a file; a file that cannot be read is a :class:`DecodeError` too.
+
+    Args:
+        path: Video file.
+        cfg: Frames, sampling and normalisation settings.
+
+    Returns:
+        ``(video, num_valid)`` as :func:`decode_video`.
+
+    Raises:
+        DecodeError: Missing, unreadable, corrupt or empty file; the message names the file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DecodeError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        return decode_video(data, cfg)
+    except DecodeError as err:
+        raise DecodeError(f"{path}: {err}") from err
 
 
 def decode_image(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
