@@ -14,6 +14,8 @@ from PIL import Image
 from longvivit.config import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from longvivit.data.decode import (
     DecodeError,
+    OtherMediaError,
+    SampleError,
     decode_image,
     decode_video,
     parse_sample,
@@ -141,6 +143,14 @@ def test_caption_sources_in_order_json_captions_then_txt_then_json_caption():
     # img2dataset / video2dataset shards without a .txt keep the caption in the json
     assert captions(json='{"caption": "from json", "url": "x"}') == ["from json"]
     assert captions(json='{"caption": ["one", " ", "two"]}') == ["one", "two"]
+
+
+def test_a_broken_sample_of_the_other_modality_is_passed_over_not_counted_as_a_failure():
+    # In a mixed shard, a video without caption is the video loader's failure, not also the image loader's.
+    with pytest.raises(OtherMediaError):
+        parse_sample({"__key__": "k", "mp4": b"video bytes"}, "image")
+    with pytest.raises(SampleError, match="no caption"):
+        parse_sample({"__key__": "k", "mp4": b"video bytes"}, "video")
 
 
 def test_webp_members_are_images():

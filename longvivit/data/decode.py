@@ -232,6 +232,14 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
         OtherMediaError: The sample holds the other modality.
         SampleError: No media, no caption, or unreadable JSON.
     """
+    # The media kind first: a sample of the other modality is the other loader's, whatever else is wrong with it.
+    wanted, other = (VIDEO_EXTS, IMAGE_EXTS) if modality == "video" else (IMAGE_EXTS, VIDEO_EXTS)
+    ext = next((e for e in wanted if e in raw), None)
+    if ext is None:
+        found = next((e for e in other if e in raw), None)
+        if found:
+            raise OtherMediaError(f"a {found} sample in a {modality} dataset")
+        raise SampleError(f"no {modality} member (members: {sorted(raw)})")
     meta: dict[str, Any] = {}
     if "json" in raw:
         try:
@@ -250,13 +258,6 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
     captions = [c.strip() for c in (captions or []) if isinstance(c, str) and c.strip()]
     if not captions:
         raise SampleError("no caption")
-    wanted, other = (VIDEO_EXTS, IMAGE_EXTS) if modality == "video" else (IMAGE_EXTS, VIDEO_EXTS)
-    ext = next((e for e in wanted if e in raw), None)
-    if ext is None:
-        found = next((e for e in other if e in raw), None)
-        if found:
-            raise OtherMediaError(f"a {found} sample in a {modality} dataset")
-        raise SampleError(f"no {modality} member (members: {sorted(raw)})")
     return raw[ext], captions, meta
 
 
