@@ -87,7 +87,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
         line = " ".join(caption.split())  # one line per video, whatever the LM emitted
         print(line if len(args.video) == 1 else f"{path}\t{line}", flush=True)
     if skipped:
-        log.warning("skipped %d of %d videos: %s", len(skipped), len(args.video), skipped)
+        log.warning("skipped %d of %d videos (reasons above)", len(skipped), len(args.video))
     if not captions:
         raise SystemExit(f"no video could be decoded: {skipped}")
     return {"captions": captions, "skipped": skipped}

@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clips = load_clips(args.shards, preprocess=pre, num_workers=args.workers)
     ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                            frame_order=args.frame_order, seed=args.seed, device=args.device)
+    skipped = clips.skipped
     if ev.num_videos == 0:
-        skipped = getattr(clips, "skipped", [])
         raise SystemExit(
             f"longvivit eval: no video clip read from {args.shards!r}"
             + (f"; {len(skipped)} skipped, e.g. {skipped[:3]}" if skipped else " (only images, or empty shards?)")
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     order = order_only_metrics(ev, pair_of)
     if order is not None:
         metrics["order_only"] = order
-    metrics["skipped"] = [{"key": k, "reason": r} for k, r in getattr(clips, "skipped", [])]
+    metrics["skipped"] = [{"key": k, "reason": r} for k, r in skipped]
     metrics["settings"] = {
         "model": str(args.model), "shards": args.shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
