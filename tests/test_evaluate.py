@@ -84,3 +84,19 @@ def test_eval_with_no_readable_clip_says_which_shards_and_why(setup, tmp_path):
     missing = tmp_path / "missing.tar"
     with pytest.raises(SystemExit, match=r"no video clip read from .*missing\.tar.*1 skipped.*FileNotFoundError"):
         cli_main(["eval", "--model", str(model_dir), "--shards", str(missing)])
+
+
+def test_eval_takes_several_shard_paths_as_an_unquoted_shell_glob_gives_them(setup, tmp_path):
+    root, _, model_dir = setup
+    split = tmp_path / "split"  # the same 8 clips, 3 to a shard
+    assert make_shards.main(["--manifest", str(root / "data" / "clips" / "test.jsonl"), "--out", str(split),
+                             "--maxcount", "3"]) == 0
+    tars = sorted(str(p) for p in split.glob("*.tar"))
+    assert len(tars) == 3
+    one, many = tmp_path / "one.json", tmp_path / "many.json"
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(split), "--out", str(one)]) == 0
+    # `--shards split/*.tar` unquoted: the shell passes each file as its own argument
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", *tars, "--out", str(many)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(many.read_text())
+    assert a["num_videos"] == b["num_videos"] == 8 and a["t2v"] == b["t2v"]
+    assert b["settings"]["shards"] == tars and a["settings"]["shards"] == str(split)

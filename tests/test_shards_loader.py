@@ -131,6 +131,10 @@ def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     assert expand_shards(tmp_path / "a") == urls
     assert expand_shards([urls[2], urls[0]]) == [urls[2], urls[0]]
     assert expand_shards(f"{urls[0]}::{urls[1]}") == urls[:2]
+    assert expand_shards(str(tmp_path / "a" / "*.tar")) == urls  # quoted globs reach us unexpanded
+    assert expand_shards([str(tmp_path / "a" / "shard-00000[12].tar"), urls[0]]) == [*urls[1:], urls[0]]
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        expand_shards(str(tmp_path / "b" / "*.tar"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         expand_shards(tmp_path / "empty")

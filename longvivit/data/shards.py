@@ -25,6 +25,7 @@ stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoade
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import random
@@ -57,14 +58,16 @@ def expand_shards(spec: ShardSpec) -> list[str]:
     """Turn a shard specification into a list of shard paths/URLs, in order.
 
     Args:
-        spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), several joined
-            with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those.
+        spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), a local glob
+            (``"data/*.tar"``, sorted; quoted on a command line, the shell expands it otherwise), several
+            joined with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those.
 
     Returns:
         The shard list (duplicates kept: listing a shard twice reads it twice).
 
     Raises:
-        FileNotFoundError: For a directory without ``.tar`` files or an empty specification.
+        FileNotFoundError: For a directory without ``.tar`` files, a glob that matches nothing or an empty
+            specification.
     """
     items = [spec] if isinstance(spec, str | Path) else list(spec)
     urls: list[str] = []
@@ -76,6 +79,12 @@ def expand_shards(spec: ShardSpec) -> list[str]:
                 if not tars:
                     raise FileNotFoundError(f"no .tar shards in directory {path}")
                 urls.extend(tars)
+            elif ":" not in url and not path.exists() and glob.has_magic(url):
+                # Local only: "pipe:" and URLs go to webdataset as written.
+                matches = sorted(glob.glob(str(path)))
+                if not matches:
+                    raise FileNotFoundError(f"no shards match {url!r}")
+                urls.extend(matches)
             else:
                 urls.append(url)
     if not urls:

@@ -136,13 +136,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = exported or PreprocessConfig()
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
-    clips = load_clips(args.shards, preprocess=pre, num_workers=args.workers)
+    shards = args.shards[0] if len(args.shards) == 1 else args.shards  # the shell expands unquoted globs
+    clips = load_clips(shards, preprocess=pre, num_workers=args.workers)
     ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                            frame_order=args.frame_order, seed=args.seed, device=args.device)
     skipped = clips.skipped
     if ev.num_videos == 0:
         raise SystemExit(
-            f"longvivit eval: no video clip read from {args.shards!r}"
+            f"longvivit eval: no video clip read from {shards!r}"
             + (f"; {len(skipped)} skipped, e.g. {skipped[:3]}" if skipped else " (only images, or empty shards?)")
         )
     metrics: dict[str, Any] = ev.compute()
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics["order_only"] = order
     metrics["skipped"] = [{"key": k, "reason": r} for k, r in skipped]
     metrics["settings"] = {
-        "model": str(args.model), "shards": args.shards, "num_frames": cfg.num_frames, "fps": pre.fps,
+        "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
         "image_size": pre.image_size, "adaptations": msgs,
     }
@@ -164,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longvivit eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported folder or Lightning checkpoint (.ckpt)")
-    p.add_argument("--shards", required=True, help="shard path, brace pattern or folder of .tar")
+    p.add_argument(
+        "--shards", required=True, nargs="+",
+        help="shard paths, brace patterns ('s/test-{000000..000009}.tar'), globs or folders of .tar",
+    )
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
     p.add_argument("--fps", type=float, default=None, help="default: the export's, else 1")
     p.add_argument("--sampling", choices=("fps", "uniform"), default=None, help="default: the export's, else fps")
