@@ -327,6 +327,10 @@ class PreprocessConfig:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
         if self.sampling not in ("fps", "uniform"):
             raise ValueError(f"sampling must be 'fps' or 'uniform', got {self.sampling!r}")
         if self.start not in ("first", "random", "center"):

@@ -201,3 +201,19 @@ def test_real_image_asset():
         pytest.skip("cityCC0.png not in tests/assets")
     out = decode_image(path.read_bytes(), PreprocessConfig(image_size=32))
     assert out.shape == (3, 32, 32) and out.std() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_frames": 0}, "num_frames"),
+        ({"fps": 0.0}, "fps"),
+        ({"image_size": 0}, "image_size"),
+        ({"std": (0.5, 0.0, 0.5)}, "std"),
+        ({"sampling": "random"}, "sampling"),
+    ],
+)
+def test_preprocess_config_rejects_settings_that_would_skip_every_sample(kwargs, message):
+    # image_size=0 used to pass here and then fail per sample: every clip skipped, none read.
+    with pytest.raises(ValueError, match=message):
+        PreprocessConfig(**kwargs)
