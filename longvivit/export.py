@@ -273,7 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"exported {args.ckpt} -> {folder} ({args.dtype})")
     if args.push_to_hub:
-        print(f"uploaded -> {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+        try:
+            url = push_to_hub(folder, args.push_to_hub, private=args.private)
+        except Exception as err:  # network, login, hub: the export itself is complete and stays
+            print(
+                f"longvivit export: upload to {args.push_to_hub} failed ({type(err).__name__}: {err}); the export "
+                f"is complete in {folder}: upload it later with `hf upload {args.push_to_hub} {folder}`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"uploaded -> {url}")
     return 0
 
 

@@ -245,6 +245,24 @@ def test_push_to_hub_uploads_the_exported_folder(trained, tmp_path, monkeypatch,
         export.push_to_hub(out, "me/tiny-vivit", api=FakeHfApi())
 
 
+class OfflineHfApi(FakeHfApi):
+    """The network as it is on a machine without access to the hub."""
+
+    def create_repo(self, repo_id, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+
+def test_a_failed_upload_keeps_the_export_and_says_how_to_retry(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "HfApi", OfflineHfApi)
+    out = tmp_path / "offline"
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(out),
+                     "--push-to-hub", "me/tiny-vivit", "--no-verify"]) == 1
+    err = capsys.readouterr().err
+    assert "upload to me/tiny-vivit failed (OSError: [Errno -2] Name or service not known)" in err
+    assert f"hf upload me/tiny-vivit {out}" in err
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
 def test_eval_runs_on_the_export_and_its_numbers_reach_the_card(trained, exported, make_video, tmp_path):
     clips = [make_video(f"eval{i}.mp4", num_frames=12, fps=4.0, seed=10 + i) for i in range(3)]
     shards = _shard(tmp_path, clips)
