@@ -271,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as err:
         print(f"longvivit export: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as err:  # --ckpt is missing or not a video-text model
+        print(f"longvivit export: {err}", file=sys.stderr)
+        return 1
     print(f"exported {args.ckpt} -> {folder} ({args.dtype})")
     if args.push_to_hub:
         try:

@@ -210,3 +210,20 @@ def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(s
     assert cli_main(["caption", "--model", str(ckpt), "--video", str(ASSETS / "bigbuckbunny.mp4"),
                      "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].strip()
+
+
+def test_a_wrong_model_gets_one_line_saying_what_it_is(trained, setup, tmp_path):
+    # The captioner where a video-text model is expected, and the other way round: a message, no traceback.
+    shards = str(setup["shards"]["val"])
+    for captioner in (trained["folder"], trained["ckpt"]):
+        with pytest.raises(SystemExit, match="is a captioner, not a video-text model"):
+            cli_main(["eval", "--model", str(captioner), "--shards", shards])
+    with pytest.raises(SystemExit, match="no captioner_config.json"):
+        cli.main(["--model", str(setup["encoder"]), "--video", str(ASSETS / "bigbuckbunny.mp4")])
+    with pytest.raises(SystemExit, match="no captioner at"):
+        cli.main(["--model", str(tmp_path / "missing"), "--video", str(ASSETS / "bigbuckbunny.mp4")])
+    with pytest.raises(SystemExit, match="not a checkpoint torch can read"):
+        cli.main(["--model", str(ASSETS / "bigbuckbunny.mp4"), "--video", str(ASSETS / "bigbuckbunny.mp4")])
+    with pytest.raises(SystemExit, match="no model at"):
+        cli_main(["eval", "--model", str(tmp_path / "missing"), "--shards", shards])
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "x")]) == 1

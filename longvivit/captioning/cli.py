@@ -158,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lm is not None:
         overrides.update(lm=args.lm, lm_gguf_file=None)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_captioner(args.model, **overrides).to(device)
+    try:
+        model = load_captioner(args.model, **overrides).to(device)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"longvivit caption: {err}") from err
     pre = _preprocess(model, args.model, args)
     if args.video:
         result: Any = _caption_files(model, pre, args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,10 +381,21 @@ def load_captioner(source: str | Path, **overrides: Any) -> VideoToText:
         The model in eval mode.
     """
     source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"no captioner at {source}")
     if source.is_dir():
+        if not (source / CONFIG_NAME).is_file():
+            hint = ""
+            if (source / "video_text_config.json").is_file():
+                hint = (f" (it is a video-text export: train a captioner on it with `longvivit fit --config "
+                        f"recipes/video_to_text.yaml --model.encoder {source}`)")
+            raise ValueError(f"{source} is not a captioner folder: no {CONFIG_NAME}{hint}")
         return VideoToText.from_pretrained(source, **overrides)
-    ckpt = torch.load(str(source), map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters", {})
+    try:
+        ckpt = torch.load(str(source), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{source} is not a checkpoint torch can read ({type(err).__name__})") from err
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "resampler" not in hp:
         raise ValueError(f"{source} is not a captioning checkpoint (no resampler in its hyper_parameters)")
     cfg = dataclasses.replace(CaptionerConfig.from_dict(hp), **overrides)

@@ -128,7 +128,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
-    model, msgs = load_model(args.model, **overrides)
+    try:
+        model, msgs = load_model(args.model, **overrides)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"longvivit eval: {err}") from err
     model.to(args.device)
     cfg = model.video_encoder.cfg
     # Defaults come from the export's preprocessor_config.json when there is one (fps, sampling, mean/std).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,21 @@ LOGIT_KEY = "model.logit_scale"
 
 def _read_ckpt(path: Path) -> dict[str, Any]:
     # Tensors and plain types only: never unpickle arbitrary objects from a checkpoint.
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a checkpoint torch can read ({type(err).__name__})") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def _not_a_video_text_model(source: Path, encoder: object) -> ValueError:
+    # A captioner carries only the video encoder; retrieval needs the text tower of the export it came from.
+    return ValueError(
+        f"{source} is a captioner, not a video-text model (both towers)"
+        + (f"; its video encoder came from {encoder}" if encoder else "")
+    )
 
 
 def source_config(source: str | Path) -> VideoTextConfig:
@@ -44,7 +59,15 @@ def source_config(source: str | Path) -> VideoTextConfig:
         The config (video, text, temperature settings).
     """
     source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"no model at {source}")
     if source.is_dir():
+        if not (source / VIDEO_CONFIG_NAME).is_file():
+            from longvivit.captioning.model import CONFIG_NAME as CAPTIONER_CONFIG_NAME  # captioning builds on us
+
+            if (source / CAPTIONER_CONFIG_NAME).is_file():
+                raise _not_a_video_text_model(source, None)
+            raise FileNotFoundError(f"{source} is not a saved model: no {VIDEO_CONFIG_NAME}")
         video = VideoEncoderConfig.load(source / VIDEO_CONFIG_NAME)
         meta_path = source / MODEL_CONFIG_NAME
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -59,6 +82,8 @@ def source_config(source: str | Path) -> VideoTextConfig:
             **{k: meta[k] for k in ("init_logit_scale", "max_logit_scale") if k in meta},
         )
     hp = _read_ckpt(source).get("hyper_parameters", {})
+    if "resampler" in hp:
+        raise _not_a_video_text_model(source, hp.get("encoder"))
     if "video" not in hp:
         raise ValueError(f"{source} has no model config in its hyper_parameters (not written by longvivit fit?)")
     return VideoTextConfig(
