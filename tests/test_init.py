@@ -286,6 +286,23 @@ def test_hf_vit_oracle(tmp_path, attn):
         torch.testing.assert_close(vid_tokens[:, t], img_tokens, atol=1e-5, rtol=1e-5)
 
 
+def test_hf_vit_with_a_pooler_loads_without_a_load_report(tmp_path, capsys, caplog):
+    # Hub ViTs (google/vit-base-patch16-224-in21k) carry a pooler; building the model without it made
+    # transformers print an UNEXPECTED-keys report on every load_hf_vit.
+    from transformers import ViTConfig, ViTModel
+
+    hf_cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       image_size=32, patch_size=8)
+    ViTModel(hf_cfg).save_pretrained(tmp_path / "hf")
+    capsys.readouterr()
+    caplog.clear()
+    msgs = load_hf_vit(VideoEncoder(config_from_hf_vit(tmp_path / "hf", num_frames=2)), tmp_path / "hf")
+    report = capsys.readouterr()
+    logged = report.out + report.err + caplog.text
+    assert "UNEXPECTED" not in logged and "LOAD REPORT" not in logged, logged
+    assert any("not used" in m and "pooler.dense.weight" in m for m in msgs)
+
+
 def test_hf_vit_at_another_resolution_matches_hf_interpolation(tmp_path):
     from transformers import ViTModel
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from longvivit.config import VideoEncoderConfig
-from longvivit.models.init import StateDict, _note, load_adapted
+from longvivit.models.init import StateDict, _note, load_adapted, saved_without_pooler
 
 if TYPE_CHECKING:
     from longvivit.models.video_encoder import VideoEncoder
@@ -161,7 +161,10 @@ def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = 
             raise FileNotFoundError(f"{path} is not a local Hugging Face model folder")
         from transformers import ViTModel
 
-        hf = ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
+        # The pooler is never used; building it only where the weights have it keeps transformers' load
+        # report quiet (it lists the unused tensors below).
+        hf = ViTModel.from_pretrained(str(path), add_pooling_layer=not saved_without_pooler(path),
+                                      local_files_only=True)
     else:
         hf = path_or_model
     d = _hf_config_dict(hf.config)

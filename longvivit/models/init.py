@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from longvivit.config import VideoEncoderConfig
 
@@ -34,6 +35,22 @@ StateDict = dict[str, torch.Tensor]
 # A key every VideoEncoder has and no other module of the package does: it locates the encoder inside a
 # checkpoint of a larger model (e.g. "model.video_encoder.pos_embed_spatial").
 _ANCHOR = "pos_embed_spatial"
+
+
+def saved_without_pooler(folder: str | Path) -> bool:
+    """True for a local Hugging Face folder whose safetensors weights hold no ``pooler.`` tensor.
+
+    BERT and ViT build a [CLS] pooler by default that our towers never use; loading a folder saved without it
+    with the default makes transformers report its weights as missing (and the converse as unexpected).
+    """
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if not files:
+        return False  # a hub name, or .bin weights: load as the checkpoint declares
+    keys = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            keys.extend(st.keys())
+    return not any(k.startswith("pooler.") or ".pooler." in k for k in keys)
 
 
 # --------------------------------------------------------------------------- tensor operations

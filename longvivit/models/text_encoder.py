@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from longvivit.config import TextEncoderConfig
+from longvivit.models.init import saved_without_pooler
 from longvivit.paths import resolve_text_model
 
 CONFIG_NAME = "text_encoder_config.json"
@@ -55,24 +55,12 @@ def _load_hf_model(source: str | Path) -> PreTrainedModel:
     of a checkpoint that has it would report them as unexpected. No ``trust_remote_code``: only architectures
     that transformers itself implements are accepted.
     """
-    if _saved_without_pooler(Path(source)):
+    if saved_without_pooler(source):
         try:
             return AutoModel.from_pretrained(source, dtype=torch.float32, add_pooling_layer=False)
         except TypeError:  # architectures without a pooler (DistilBERT) do not take the argument
             pass
     return AutoModel.from_pretrained(source, dtype=torch.float32)
-
-
-def _saved_without_pooler(folder: Path) -> bool:
-    """True for a local folder whose safetensors weights hold no ``pooler.`` tensor."""
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return False  # a hub name, or .bin weights: load as the checkpoint declares
-    keys = []
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            keys.extend(st.keys())
-    return not any(k.startswith("pooler.") or ".pooler." in k for k in keys)
 
 
 class TextEncoder(nn.Module):
