@@ -240,6 +240,27 @@ def test_cli_writes_manifests_and_stats(tmp_path):
     assert frames.shape[1:] == (32, 32, 3)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "17"], "size must be even"),
+        (["--num-clips", "2,-1,2"], "num_clips must be >= 0"),
+        (["--pair-fraction", "1.5"], r"pair_fraction must be in \[0, 1\]"),
+        (["--crf", "99"], "crf must be in"),
+        (["--clip-seconds", "1"], "do not fit in 4 frames"),
+    ],
+)
+def test_cli_rejects_settings_it_cannot_render_in_one_line(tmp_path, capsys, args, message):
+    # --pair-fraction 1.5 used to write twice the clips asked for, --num-clips -1 none, without a word.
+    with pytest.raises(SystemExit) as exit_info:
+        S.main(["--out", str(tmp_path / "x"), "--size", "32", "--num-images", "0", "--num-clips", "2",
+                "--num-long", "0", "--workers", "1", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "x" / "stats.json").exists()
+
+
 def test_demo_preset_counts():
     planned = S.plan(0, num_images=0, num_clips=S.PRESETS["demo"]["num_clips"], num_long=0)
     assert len(planned["clips"]["test"]) == 128

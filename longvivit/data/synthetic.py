@@ -129,7 +129,10 @@ def _layout(rng: np.random.Generator, n: int, num_frames: int, min_len: int) -> 
     lengths = np.maximum(min_len, np.floor(weights / weights.sum() * active)).astype(int)
     spare = num_frames - int(lengths.sum()) - (n - 1)
     if spare < 0:
-        raise ValueError(f"{n} events of >= {min_len} frames do not fit in {num_frames} frames")
+        raise ValueError(
+            f"{n} events of >= {min_len} frames do not fit in {num_frames} frames: give the videos more "
+            "(seconds x fps)"
+        )
     gaps = np.floor(rng.dirichlet(np.ones(n + 1)) * spare).astype(int)
     spans, t = [], int(gaps[0])
     for i in range(n):
@@ -166,6 +169,11 @@ def _counts(value: Counts) -> dict[str, int]:
     if len(value) != 3:
         raise ValueError(f"counts must be one int or (train, val, test), got {value!r}")
     return dict(zip(SPLITS, (int(v) for v in value), strict=True))
+
+
+def _check_counts(what: str, value: Counts) -> None:
+    if any(n < 0 for n in _counts(value).values()):
+        raise ValueError(f"{what} must be >= 0 per split, got {value!r}")
 
 
 def _swap(rng: np.random.Generator, scene: Scene, tries: int = 20) -> Scene | None:
@@ -335,6 +343,13 @@ def generate(
     """
     if size < 16 or size % 2:
         raise ValueError(f"size must be even and >= 16 (H.264 with yuv420p), got {size}")
+    for what, counts in (("num_images", num_images), ("num_clips", num_clips), ("num_long", num_long)):
+        _check_counts(what, counts)
+    for what, fraction in (("pair_fraction", pair_fraction), ("train_pair_fraction", train_pair_fraction)):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"{what} must be in [0, 1], got {fraction}")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in [0, 51] (x264), got {crf}")
     t0 = time.perf_counter()
     items = plan(seed, num_images=num_images, num_clips=num_clips, num_long=num_long, clip_seconds=clip_seconds,
                  clip_fps=clip_fps, long_seconds=long_seconds, long_fps=long_fps, pair_fraction=pair_fraction,
@@ -415,15 +430,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    result = generate(
-        args.out, seed=args.seed, size=args.size,
-        num_images=args.num_images if args.num_images is not None else preset["num_images"],
-        num_clips=args.num_clips if args.num_clips is not None else preset["num_clips"],
-        num_long=args.num_long if args.num_long is not None else preset["num_long"],
-        clip_seconds=args.clip_seconds, clip_fps=args.clip_fps, long_seconds=args.long_seconds,
-        long_fps=args.long_fps, pair_fraction=args.pair_fraction,
-        train_pair_fraction=args.train_pair_fraction, crf=args.crf, workers=args.workers,
-    )
+    try:
+        result = generate(
+            args.out, seed=args.seed, size=args.size,
+            num_images=args.num_images if args.num_images is not None else preset["num_images"],
+            num_clips=args.num_clips if args.num_clips is not None else preset["num_clips"],
+            num_long=args.num_long if args.num_long is not None else preset["num_long"],
+            clip_seconds=args.clip_seconds, clip_fps=args.clip_fps, long_seconds=args.long_seconds,
+            long_fps=args.long_fps, pair_fraction=args.pair_fraction,
+            train_pair_fraction=args.train_pair_fraction, crf=args.crf, workers=max(1, args.workers),
+        )
+    except ValueError as err:  # settings that cannot be rendered: say which, without a traceback
+        parser.error(str(err))
     stats = result["stats"]
     print(f"synth: {stats['counts']} ({stats['order_only_pairs_total']} order-only pairs) in {args.out} "
           f"({result['seconds']:.1f} s)")
