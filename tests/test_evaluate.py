@@ -100,3 +100,39 @@ def test_eval_takes_several_shard_paths_as_an_unquoted_shell_glob_gives_them(set
     a, b = json.loads(one.read_text()), json.loads(many.read_text())
     assert a["num_videos"] == b["num_videos"] == 8 and a["t2v"] == b["t2v"]
     assert b["settings"]["shards"] == tars and a["settings"]["shards"] == str(split)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-frames", "0"], "--num-frames: must be > 0"),  # 0 used to mean "the model's" silently
+        (["--fps", "0"], "--fps: must be > 0"),
+        (["--image-size", "0"], "--image-size: must be > 0"),
+        (["--batch-size", "0"], "--batch-size: must be > 0"),
+        (["--mask-ratio", "1"], "--mask-ratio: must be in [0, 1)"),
+        (["--workers", "-1"], "--workers: must be >= 0"),
+        (["--device", "gpu"], "not a torch device"),
+    ],
+)
+def test_eval_and_caption_reject_bad_settings_when_parsing(setup, capsys, args, message):
+    from longvivit.captioning import cli as caption_cli
+
+    _, shards, model_dir = setup
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    caption_args = [{"--image-size": "--max-new-tokens", "--workers": "--num-workers"}.get(args[0], args[0]), args[1]]
+    with pytest.raises(SystemExit) as exit_info:
+        caption_cli.main(["--model", str(model_dir), "--video", "clip.mp4", *caption_args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err and message.split(":", 1)[-1].strip() in err, err
+
+
+def test_cuda_device_without_cuda_is_a_parse_error(setup, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _, shards, model_dir = setup
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--device", "cuda"])
+    assert "CUDA is not available on this machine" in capsys.readouterr().err

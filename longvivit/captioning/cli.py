@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
+
 log = logging.getLogger("longvivit.caption")
 
 
@@ -32,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--shards", nargs="+", help="webdataset shards to caption")
     what.add_argument("--qa", help="multiple-choice questions, JSON lines (see longvivit.captioning.qa)")
     p.add_argument("--out", help="write results as JSON here")
-    p.add_argument("--num-frames", type=int, help="frames per video (default: as trained)")
-    p.add_argument("--fps", type=float, help="sampling rate in fps mode (default: as trained)")
+    p.add_argument("--num-frames", type=positive(int), help="frames per video (default: as trained)")
+    p.add_argument("--fps", type=positive(float), help="sampling rate in fps mode (default: as trained)")
     p.add_argument("--sampling", choices=("fps", "uniform"), help="frame sampling (default: as trained)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="caption length budget (summaries: more)")
-    p.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
-    p.add_argument("--mask-ratio", type=float, help="tubelet mask ratio at inference (default: as trained)")
+    p.add_argument("--max-new-tokens", type=positive(int), default=32, help="caption length budget (summaries: more)")
+    p.add_argument("--beams", type=positive(int), default=1, help="beam search width (1: greedy)")
+    p.add_argument("--mask-ratio", type=mask_ratio, help="tubelet mask ratio at inference (default: as trained)")
     p.add_argument("--prompt", help="text before the caption (default: the training prompt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inference masks")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per generation batch (shards)")
-    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (shards)")
+    p.add_argument("--batch-size", type=positive(int), default=8, help="videos per generation batch (shards)")
+    p.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (shards)")
     p.add_argument("--lm", help="use this local copy of the LM instead of the one the model names")
     p.add_argument("--qa-template", default=None, help="QA context with a {question} field")
     p.add_argument("--qa-normalize", action="store_true", help="average option log-probs per token")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default: cuda when available)")
     return p
 
 
@@ -146,8 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``longvivit caption``; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.beams < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise SystemExit("--beams, --max-new-tokens and --batch-size must be >= 1")
     import torch
 
     from longvivit.captioning.model import load_captioner

@@ -46,6 +46,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from longvivit.argtypes import positive
 from longvivit.data.manifest import ManifestEntry, ManifestReadError, read_manifest
 from longvivit.data.shard_probe import Reject, Sample, ShardOptions, probe_entry
 
@@ -164,24 +165,15 @@ def _parse_size(text: str) -> int:
     return int(value)
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_shards", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, type=Path, help="JSONL or CSV manifest")
     p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
-    p.add_argument("--maxcount", type=_positive(int), default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--maxcount", type=positive(int), default=1000, help="samples per shard (default 1000)")
     p.add_argument("--maxsize", type=_parse_size, default=None, help="bytes per shard, e.g. 1G (default: none)")
-    p.add_argument("--workers", type=_positive(int), default=1, help="parallel probe/encode processes")
-    p.add_argument("--fps", type=_positive(float), default=None, help="re-encode videos above this frame rate")
-    p.add_argument("--short-side", type=_positive(int), default=None,
+    p.add_argument("--workers", type=positive(int), default=1, help="parallel probe/encode processes")
+    p.add_argument("--fps", type=positive(float), default=None, help="re-encode videos above this frame rate")
+    p.add_argument("--short-side", type=positive(int), default=None,
                    help="re-encode videos (resize images) whose short side is larger than this")
     p.add_argument("--min-seconds", type=float, default=0.0, help="reject videos shorter than this")
     p.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")

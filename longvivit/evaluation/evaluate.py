@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import RetrievalEvaluator, pair_accuracy, retrieval_metrics
 
@@ -172,16 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards", required=True, nargs="+",
         help="shard paths, brace patterns ('s/test-{000000..000009}.tar'), globs or folders of .tar",
     )
-    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
-    p.add_argument("--fps", type=float, default=None, help="default: the export's, else 1")
+    p.add_argument("--num-frames", type=positive(int), default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--fps", type=positive(float), default=None, help="default: the export's, else 1")
     p.add_argument("--sampling", choices=("fps", "uniform"), default=None, help="default: the export's, else fps")
-    p.add_argument("--image-size", type=int, default=None, help="default: the model's")
-    p.add_argument("--mask-ratio", type=float, default=0.0)
+    p.add_argument("--image-size", type=positive(int), default=None, help="default: the model's")
+    p.add_argument("--mask-ratio", type=mask_ratio, default=0.0)
     p.add_argument("--frame-order", choices=FRAME_ORDERS, default="original")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--batch-size", type=positive(int), default=16)
+    p.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     p.add_argument("--embeddings", type=Path, default=None, help="dump embeddings (.npy) and ids here")
     return p
