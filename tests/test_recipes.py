@@ -70,3 +70,18 @@ def test_typo_in_recipe_is_an_error(tmp_path):
     bad.write_text((ROOT / "tiny" / "stage1_image.yaml").read_text().replace("mask_ratio:", "mask_ratoi:"))
     with pytest.raises(SystemExit):
         _ParseOnly(ContrastiveModule, VideoTextDataModule, run=False, args=["--config", str(bad)])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.batch_size", "0"], "batch_size and steps_per_epoch must be >= 1"),
+        (["--model.video.mask_ratio", "1.0"], r"mask_ratio must be in \[0, 1\)"),
+        (["--data.fps", "0"], "fps must be > 0"),
+    ],
+)
+def test_a_value_the_configs_reject_ends_in_one_line(tmp_path, override, message):
+    recipe = ROOT / "tiny" / "stage2_short.yaml"
+    with pytest.raises(SystemExit, match=f"longvivit: error: {message}"):
+        run_lightning_cli(["--config", str(recipe), *CPU, "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)

@@ -111,3 +111,21 @@ def test_resume_equals_uninterrupted(shards, tmp_path):
     # steps 4-6 after the resume (mid-epoch) equal the uninterrupted run: same weights, optimizer,
     # schedule, RNG (dropout) and data position
     assert resumed == pytest.approx(full, rel=1e-4, abs=1e-5)
+
+
+def test_fit_without_val_shards_trains_without_validation(shards, tmp_path):
+    # A training set with no held-out split (evaluated later with `longvivit eval`) used to fail at the first
+    # validation check; validate itself still needs the shards.
+    with pytest.warns(UserWarning, match="no val_shards"):
+        ckpt = _fit("stage2_short.yaml", tmp_path / "noval", shards, "--model.init_from", "null",
+                    "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+                    "--data.val_shards", "null")
+    assert (ckpt / "last.ckpt").is_file()
+    rows = _metrics(tmp_path / "noval")
+    assert _logged(rows, "train/loss_video") and not _logged(rows, "val/t2v_R@1")
+    with pytest.raises(ValueError, match="no validation data"):
+        cli_main(["validate", "--config", str(RECIPES / "stage2_short.yaml"), "--model.init_from", "null",
+                  "--model.video.image_size", "32", "--data.train_shards", str(shards["clips_train"]),
+                  "--data.image_shards", "null", "--data.val_shards", "null",
+                  "--trainer.default_root_dir", str(tmp_path / "v"), "--trainer.logger.init_args.save_dir",
+                  str(tmp_path / "v"), "--checkpoint.dirpath", str(tmp_path / "v" / "c")])

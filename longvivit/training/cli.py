@@ -28,6 +28,14 @@ class LongViViTCLI(LightningCLI):
         parser.link_arguments("model.text.name_or_path", "data.tokenizer")
         parser.link_arguments("model.text.max_length", "data.max_text_length")
 
+    def instantiate_classes(self) -> None:
+        # The typed configs check their values when built (batch_size 0, mask_ratio 1.0, fps 0...): a bad
+        # recipe value or override ends in one line naming it, like a misspelled key, not in a traceback.
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            raise SystemExit(f"longvivit: error: {err}") from err
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--task", choices=tuple(TASKS), default=self.task,
                             help="what the recipe trains; picked before parsing (see run_lightning_cli)")
