@@ -253,7 +253,7 @@ class Demo:
         manifest = {json.loads(line)["video"]: json.loads(line)["caption"]
                     for line in (self.out / "data" / "clips" / "test.jsonl").read_text().splitlines()}
         self.results["caption"] = {
-            "video": str(test), "generated": json.loads(out.read_text())["captions"],
+            "video": str(test), "generated": json.loads(out.read_text())["captions"].get(str(test)),
             "reference": manifest.get(f"test/{test.name}"),
             "train_loss_first_last": (losses[0], losses[-1]) if losses else None, "model": str(saved),
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -160,8 +159,9 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         if cap.get("train_loss_first_last"):
             first, last = cap["train_loss_first_last"]
             lines.append(f"Caption loss over the tiny recipe: {first:.3f} -> {last:.3f}.")
+        generated = cap.get("generated") or "(none: the video did not decode)"
         lines += ["", f"- video: `{cap['video']}`", f"- reference: {cap.get('reference')}",
-                  f"- generated: {json.dumps(cap.get('generated'))[:400]}", f"- model: `{cap['model']}`", ""]
+                  f"- generated: {generated}", f"- model: `{cap['model']}`", ""]
     if results.get("timings"):
         lines += ["## Timings", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in results["timings"].items()]

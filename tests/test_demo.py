@@ -33,3 +33,15 @@ def test_mini_demo_writes_a_report_with_every_stage(tmp_path):
     assert (out / "loss_curves.png").stat().st_size > 1000 and (out / "recall_by_stage.png").stat().st_size > 1000
     # a rerun skips what is complete (resumable demo) and rewrites the report
     assert demo.main(["--out", str(out), "--scale", "mini"]) == 0
+
+
+def test_report_shows_the_generated_caption_as_text(tmp_path):
+    from longvivit.demo_report import write_report
+
+    caption = {"video": "clips/test/00000.mp4", "reference": "the red circle grows",
+               "generated": "the red circle grows, then it shrinks", "train_loss_first_last": (5.0, 1.0),
+               "model": "runs/demo/captioner"}
+    report = write_report(tmp_path, {"caption": caption}).read_text()
+    assert "- generated: the red circle grows, then it shrinks\n" in report  # not the {path: caption} JSON
+    report = write_report(tmp_path, {"caption": {**caption, "generated": None}}).read_text()
+    assert "- generated: (none: the video did not decode)" in report
