@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint clean
 
 # VENV_FLAGS=--system-site-packages reuses a torch (e.g. a CUDA build) that the machine already has.
 $(PY):

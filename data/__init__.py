@@ -2,7 +2,7 @@
 
 Each module is a script (``python data/<name>.py --help``) with ``main(argv=None) -> int`` that turns the
 dataset's official annotation files plus a folder of downloaded videos into a JSONL manifest in the
-project's format (one object a line, ``{"video": ..., "caption": ..., ...}``; see DESIGN.md §2).
+project's format (one object a line, ``{"video": ..., "caption": ..., ...}``; see the README, "Data").
 
 This file holds the pieces every builder shares: finding a video by id under a folder, writing the
 manifest with paths relative to its own folder, and the missing-video summary on stderr.

@@ -2,7 +2,7 @@
 
 The frozen video encoder's token grid is mean-pooled over time (a fixed number of tokens whatever the video
 length), resampled by a Perceiver into ``num_latents`` tokens, and read by gated cross-attention layers
-inserted before the decoder layers of a frozen Hugging Face causal LM (DESIGN.md §1, "Video-to-text").
+inserted before the decoder layers of a frozen Hugging Face causal LM (Flamingo's recipe; docs/captioning.md).
 Submodules import torch and transformers, so they are loaded on first use.
 """
 

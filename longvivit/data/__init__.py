@@ -1,6 +1,6 @@
 """Data: frame sampling, decoding, webdataset shards, and the LightningDataModule.
 
-``load_clips`` is the public entry point for reading clips (DESIGN.md §2). Heavier pieces
+``load_clips`` is the public entry point for reading clips (README, "Data"). Heavier pieces
 (decord, webdataset, Lightning) are imported on first use, so ``import longvivit.data`` stays cheap.
 """
 

@@ -1,7 +1,8 @@
 """``longvivit eval``: zero-shot text-video retrieval of a checkpoint or exported model on shards.
 
-Writes the metrics JSON of DESIGN.md §2, optionally the embeddings (``.npy`` + ids) so that any other
-tool can recompute the metrics, and, for data sets that mark order-only pairs (the synthetic set:
+Writes the metrics JSON (``{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR", "MRR"}, "v2t": {...}, "num_videos",
+"num_texts", "chance": {"R@1", "MRR"}, ...}``, recall in percent), optionally the embeddings (``.npy`` + ids)
+so that any other tool can recompute the metrics, and, for data sets that mark order-only pairs (the synthetic set:
 ``pair_id`` in the sample metadata), the pair accuracy and the retrieval restricted to those videos.
 The frame-order probes (``--frame-order``) and ``--mask-ratio`` measure how much a model relies on
 temporal order and how robust it is to dropped tubelets.

@@ -1,7 +1,7 @@
 """Temporal-dependence probes: run the same evaluation with the frame order destroyed.
 
 If a model's retrieval barely moves when its frames are shuffled, reversed or replaced by one frame, it
-is not using time (DESIGN.md §1, "Temporal-dependence probes").
+is not using time.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Zero-shot text<->video retrieval metrics, with several captions per video.
 
-Conventions (DESIGN.md §1 "Evaluation conventions"):
+Conventions (those of the paper and of CLIP-style retrieval benchmarks):
 
 * ``sim`` is a (num_texts, num_videos) score matrix and ``text_to_video[i]`` the index of caption ``i``'s
   ground-truth video. Videos without any caption stay in the gallery as distractors.
