@@ -3,7 +3,9 @@ inside a frozen HF LM (exactness at gate 0, KV-cache generation), the caption lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -243,3 +245,37 @@ def test_option_scores_are_the_option_log_likelihoods(parts, make_video, tmp_pat
     result = evaluate_qa(model, items, pre, mask_ratio=0.0)
     assert [r["prediction"] for r in result["items"]] == [best, best]
     assert result["accuracy"] == 50.0 and result["chance"] == pytest.approx(100 / 3)
+    # Questions without answers: predictions only, and the summary stays valid JSON (null, not NaN).
+    unanswered = evaluate_qa(model, [dataclasses.replace(i, answer=None) for i in items], pre, mask_ratio=0.0)
+    assert unanswered["accuracy"] is None and unanswered["chance"] is None
+    json.dumps(unanswered, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"video": "a.mp4", "question": "q?"', "qa.jsonl:2: not a JSON object"),
+        ('["a.mp4", "q?"]', "qa.jsonl:2: expected a JSON object"),
+        ('{"video": "a.mp4", "question": "q?", "options": "yes or no"}', "options must be a list"),
+        ('{"video": "a.mp4", "question": "q?", "options": ["yes"]}', "need at least 2 options"),
+        ('{"video": "a.mp4", "question": "q?", "options": ["yes", "no"], "answer": 2}', "answer 2 is not an index"),
+        ('{"video": "a.mp4", "question": "q?", "options": ["yes", "no"], "answer": "no"}', "answer 'no' is not"),
+        ('{"video": "a.mp4", "options": ["yes", "no"]}', "missing ['question']"),
+    ],
+)
+def test_qa_reader_names_the_file_and_line_of_a_bad_question(tmp_path, line, message):
+    # A string of options used to be read as one option per character; a broken line was a bare JSONDecodeError.
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"video": "a.mp4", "question": "q?", "options": ["yes", "no"], "answer": 1}\n' + line + "\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_qa_jsonl(qa)
+
+
+def test_caption_cli_checks_the_questions_before_loading_a_model(tmp_path):
+    from longvivit.captioning import cli
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"video": "a.mp4", "question": "q?", "options": "yes or no"}\n')
+    # The model path does not exist: the questions are read first, so their error is the one reported.
+    with pytest.raises(SystemExit, match="options must be a list"):
+        cli.main(["--model", str(tmp_path / "no-model"), "--qa", str(qa)])

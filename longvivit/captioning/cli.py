@@ -133,11 +133,11 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
     return {"scores": scores, "captions": preds, "references": refs, "skipped": clips.skipped}
 
 
-def _answer_questions(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from longvivit.captioning.qa import DEFAULT_TEMPLATE, evaluate_qa, read_qa_jsonl
+def _answer_questions(model: Any, pre: Any, args: argparse.Namespace, items: list[Any]) -> dict[str, Any]:
+    from longvivit.captioning.qa import DEFAULT_TEMPLATE, evaluate_qa
 
-    result = evaluate_qa(model, read_qa_jsonl(args.qa), pre, args.qa_template or DEFAULT_TEMPLATE,
-                         args.qa_normalize, args.mask_ratio, args.seed)
+    result = evaluate_qa(model, items, pre, args.qa_template or DEFAULT_TEMPLATE, args.qa_normalize,
+                         args.mask_ratio, args.seed)
     summary = {k: result[k] for k in ("accuracy", "chance", "num_questions", "num_answered")}
     summary["num_skipped"] = len(result["skipped"])
     print(json.dumps(summary), flush=True)
@@ -152,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from longvivit.captioning.model import load_captioner
 
+    questions: list[Any] = []
+    if args.qa:  # read (and check) the questions before the minutes-long model load
+        from longvivit.captioning.qa import read_qa_jsonl
+
+        try:
+            questions = read_qa_jsonl(args.qa)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"longvivit caption: {err}") from err
     overrides: dict[str, Any] = {}
     if args.num_frames is not None:
         overrides["num_frames"] = args.num_frames
@@ -168,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.shards:
         result = _caption_shards(model, pre, args)
     else:
-        result = _answer_questions(model, pre, args)
+        result = _answer_questions(model, pre, args, questions)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -53,31 +53,38 @@ def read_qa_jsonl(path: str | Path) -> list[QAItem]:
     """Read QA items; relative video paths resolve against the file's folder.
 
     Raises:
-        ValueError: For a line without video/question/options, fewer than 2 options, or an answer out
-            of range.
+        ValueError: For a line that is not a JSON object, lacks video/question/options, has fewer than 2
+            options or an answer that is not an index into them (with the file and line).
     """
     path = Path(path)
     items = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not a JSON object ({err.msg} at column {err.colno})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
         missing = [k for k in ("video", "question", "options") if k not in rec]
         if missing:
             raise ValueError(f"{path}:{n}: missing {missing}")
+        if not isinstance(rec["options"], list):
+            raise ValueError(f"{path}:{n}: options must be a list of answers, got {rec['options']!r}")
         options = [str(o) for o in rec["options"]]
         answer = rec.get("answer")
         if len(options) < 2:
             raise ValueError(f"{path}:{n}: need at least 2 options, got {len(options)}")
-        if answer is not None and not 0 <= int(answer) < len(options):
-            raise ValueError(f"{path}:{n}: answer {answer} is not an index into {len(options)} options")
+        if answer is not None and (type(answer) is not int or not 0 <= answer < len(options)):
+            raise ValueError(f"{path}:{n}: answer {answer!r} is not an index into {len(options)} options")
         video = Path(rec["video"])
         items.append(QAItem(
             key=str(rec.get("id", f"line{n}")),
             video=str(video if video.is_absolute() else path.parent / video),
             question=str(rec["question"]),
             options=options,
-            answer=None if answer is None else int(answer),
+            answer=answer,
         ))
     return items
 
@@ -171,8 +178,9 @@ def evaluate_qa(
     if items and not rows:
         raise ValueError(f"no question's video could be decoded, e.g. {skipped[0]}")
     return {
-        "accuracy": qa_accuracy(preds, answers),
-        "chance": sum(chance) / len(chance) if chance else float("nan"),
+        # None (JSON null, not NaN) when no question has an answer: the file only asks for predictions.
+        "accuracy": qa_accuracy(preds, answers) if answers else None,
+        "chance": sum(chance) / len(chance) if chance else None,
         "num_questions": len(rows),
         "num_answered": len(answers),
         "items": rows,
