@@ -224,6 +224,8 @@ def test_a_wrong_model_gets_one_line_saying_what_it_is(trained, setup, tmp_path)
         cli.main(["--model", str(tmp_path / "missing"), "--video", str(ASSETS / "bigbuckbunny.mp4")])
     with pytest.raises(SystemExit, match="not a checkpoint torch can read"):
         cli.main(["--model", str(ASSETS / "bigbuckbunny.mp4"), "--video", str(ASSETS / "bigbuckbunny.mp4")])
+    with pytest.raises(SystemExit, match=r"bigbuckbunny.mp4 is not a webdataset shard.*--video"):
+        cli.main(["--model", str(trained["folder"]), "--shards", str(ASSETS / "bigbuckbunny.mp4")])
     with pytest.raises(SystemExit, match="no model at"):
         cli_main(["eval", "--model", str(tmp_path / "missing"), "--shards", shards])
     assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "x")]) == 1

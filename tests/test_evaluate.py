@@ -136,3 +136,10 @@ def test_cuda_device_without_cuda_is_a_parse_error(setup, capsys):
     with pytest.raises(SystemExit):
         cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--device", "cuda"])
     assert "CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_eval_given_a_manifest_instead_of_shards_says_so_before_loading_the_model(setup, tmp_path):
+    root, _, _ = setup
+    manifest = root / "data" / "clips" / "test.jsonl"
+    with pytest.raises(SystemExit, match="test.jsonl is not a webdataset shard"):
+        cli_main(["eval", "--model", str(tmp_path / "not-loaded"), "--shards", str(manifest)])

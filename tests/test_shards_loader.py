@@ -135,6 +135,9 @@ def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     assert expand_shards([str(tmp_path / "a" / "shard-00000[12].tar"), urls[0]]) == [*urls[1:], urls[0]]
     with pytest.raises(FileNotFoundError, match="no shards match"):
         expand_shards(str(tmp_path / "b" / "*.tar"))
+    for not_a_shard in ("manifest.jsonl", "clip.MP4", "list.csv"):  # said so, not "invalid tar header"
+        with pytest.raises(ValueError, match="is not a webdataset shard.*make_shards"):
+            expand_shards([urls[0], str(tmp_path / not_a_shard)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         expand_shards(tmp_path / "empty")

@@ -152,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from longvivit.captioning.model import load_captioner
 
+    if args.shards:
+        from longvivit.data.shards import expand_shards
+
+        try:
+            expand_shards(args.shards)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"longvivit caption: {err}" + (" (for video files: --video)" if "not a webdataset"
+                                                             in str(err) else "")) from err
     questions: list[Any] = []
     if args.qa:  # read (and check) the questions before the minutes-long model load
         from longvivit.captioning.qa import read_qa_jsonl

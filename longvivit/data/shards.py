@@ -41,10 +41,13 @@ from webdataset.shardlists import expand_urls
 from longvivit.config import PreprocessConfig
 from longvivit.data.collate import collate
 from longvivit.data.decode import DecodeError, Modality, OtherMediaError, SampleError, decode_sample
+from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 
 log = logging.getLogger("longvivit.data")
 
 REPORT_ONLY = "__report_only__"
+# Files people pass where shards belong (a manifest, one video): told so instead of "invalid tar header".
+NOT_SHARDS = frozenset(("jsonl", "json", "csv", "txt", *VIDEO_EXTS, *IMAGE_EXTS))
 
 ShardSpec = str | Path | Sequence[str | Path]
 
@@ -68,6 +71,7 @@ def expand_shards(spec: ShardSpec) -> list[str]:
     Raises:
         FileNotFoundError: For a directory without ``.tar`` files, a glob that matches nothing or an empty
             specification.
+        ValueError: For a manifest, video or image file given where shards are expected.
     """
     items = [spec] if isinstance(spec, str | Path) else list(spec)
     urls: list[str] = []
@@ -79,6 +83,11 @@ def expand_shards(spec: ShardSpec) -> list[str]:
                 if not tars:
                     raise FileNotFoundError(f"no .tar shards in directory {path}")
                 urls.extend(tars)
+            elif "://" not in url and path.suffix.lower().lstrip(".") in NOT_SHARDS:
+                raise ValueError(
+                    f"{url} is not a webdataset shard (.tar): write shards from a manifest or media with "
+                    "`python tools/make_shards.py --manifest FILE --out DIR` and pass DIR"
+                )
             elif ":" not in url and not path.exists() and glob.has_magic(url):
                 # Local only: "pipe:" and URLs go to webdataset as written.
                 matches = sorted(glob.glob(str(path)))

@@ -124,13 +124,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command-line arguments say and return the metrics dict."""
     from longvivit.config import PreprocessConfig
     from longvivit.data.clips import load_clips
+    from longvivit.data.shards import expand_shards
     from longvivit.export import load_preprocess_config
     from longvivit.models.checkpoint import load_model
 
     overrides: dict[str, Any] = {}
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
+    shards = args.shards[0] if len(args.shards) == 1 else args.shards  # the shell expands unquoted globs
     try:
+        expand_shards(shards)  # a typo or a manifest in --shards stops here, before the model loads
         model, msgs = load_model(args.model, **overrides)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"longvivit eval: {err}") from err
@@ -141,7 +144,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = exported or PreprocessConfig()
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
-    shards = args.shards[0] if len(args.shards) == 1 else args.shards  # the shell expands unquoted globs
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers)
     ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                            frame_order=args.frame_order, seed=args.seed, device=args.device)
