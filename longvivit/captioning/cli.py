@@ -158,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             expand_shards(args.shards)
         except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"longvivit caption: {err}" + (" (for video files: --video)" if "not a webdataset"
-                                                             in str(err) else "")) from err
+            hint = " (for video files: --video)" if isinstance(err, ValueError) else ""
+            raise SystemExit(f"longvivit caption: {err}{hint}") from err
     questions: list[Any] = []
     if args.qa:  # read (and check) the questions before the minutes-long model load
         from longvivit.captioning.qa import read_qa_jsonl

@@ -32,6 +32,7 @@ from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
 log = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ def load_captioner(source: str | Path, **overrides: Any) -> VideoToText:
     if source.is_dir():
         if not (source / CONFIG_NAME).is_file():
             hint = ""
-            if (source / "video_text_config.json").is_file():
+            if (source / VIDEO_TEXT_CONFIG_NAME).is_file():
                 hint = (f" (it is a video-text export: train a captioner on it with `longvivit fit --config "
                         f"recipes/video_to_text.yaml --model.encoder {source}`)")
             raise ValueError(f"{source} is not a captioner folder: no {CONFIG_NAME}{hint}")
