@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.models.init import read_checkpoint
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -392,11 +392,8 @@ def load_captioner(source: str | Path, **overrides: Any) -> VideoToText:
                         f"recipes/video_to_text.yaml --model.encoder {source}`)")
             raise ValueError(f"{source} is not a captioner folder: no {CONFIG_NAME}{hint}")
         return VideoToText.from_pretrained(source, **overrides)
-    try:
-        ckpt = torch.load(str(source), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{source} is not a checkpoint torch can read ({type(err).__name__})") from err
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(source)
+    hp = ckpt.get("hyper_parameters", {})
     if "resampler" not in hp:
         raise ValueError(f"{source} is not a captioning checkpoint (no resampler in its hyper_parameters)")
     cfg = dataclasses.replace(CaptionerConfig.from_dict(hp), **overrides)

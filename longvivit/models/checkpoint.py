@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
-from longvivit.models.init import load_pretrained
+from longvivit.models.init import load_pretrained, read_checkpoint
 from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
 from longvivit.models.model import TEXT_SUBDIR, VideoTextModel
 from longvivit.models.text_encoder import CONFIG_NAME as TEXT_CONFIG_NAME
@@ -28,17 +27,6 @@ log = logging.getLogger(__name__)
 
 TEXT_PREFIX = "model.text_encoder."
 LOGIT_KEY = "model.logit_scale"
-
-
-def _read_ckpt(path: Path) -> dict[str, Any]:
-    # Tensors and plain types only: never unpickle arbitrary objects from a checkpoint.
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not a checkpoint torch can read ({type(err).__name__})") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    return ckpt
 
 
 def _not_a_video_text_model(source: Path, encoder: object) -> ValueError:
@@ -81,7 +69,7 @@ def source_config(source: str | Path) -> VideoTextConfig:
             text=text or TextEncoderConfig(embed_dim=video.embed_dim),
             **{k: meta[k] for k in ("init_logit_scale", "max_logit_scale") if k in meta},
         )
-    hp = _read_ckpt(source).get("hyper_parameters", {})
+    hp = read_checkpoint(source).get("hyper_parameters", {})
     if "resampler" in hp:
         raise _not_a_video_text_model(source, hp.get("encoder"))
     if "video" not in hp:
@@ -106,8 +94,11 @@ def load_weights_into(model: VideoTextModel, source: str | Path) -> list[str]:
         One message per adaptation or partial load (also logged).
     """
     source = Path(source)
-    msgs = [f"video encoder: {m}" for m in load_pretrained(model.video_encoder, source)]
-    if source.is_dir():
+    # A .ckpt is read once here for both towers (it can hold GBs of optimizer state).
+    state = None if source.is_dir() else read_checkpoint(source)["state_dict"]
+    video_source = source if state is None else state
+    msgs = [f"video encoder: {m}" for m in load_pretrained(model.video_encoder, video_source)]
+    if state is None:
         text_dir = source / TEXT_SUBDIR
         if text_dir.is_dir():
             model.text_encoder.load_state_dict(TextEncoder.from_pretrained(text_dir).state_dict())
@@ -119,7 +110,6 @@ def load_weights_into(model: VideoTextModel, source: str | Path) -> list[str]:
             with torch.no_grad():
                 model.logit_scale.fill_(json.loads(meta_path.read_text())["log_logit_scale"])
     else:
-        state = _read_ckpt(source)["state_dict"]
         text = {k[len(TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
         if text:
             model.text_encoder.load_state_dict(text)

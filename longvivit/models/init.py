@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,23 @@ StateDict = dict[str, torch.Tensor]
 # A key every VideoEncoder has and no other module of the package does: it locates the encoder inside a
 # checkpoint of a larger model (e.g. "model.video_encoder.pos_embed_spatial").
 _ANCHOR = "pos_embed_spatial"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A torch checkpoint (Lightning ``.ckpt`` or plain torch file) as a dict, tensors and plain types only.
+
+    Never unpickles arbitrary objects (``weights_only=True``).
+
+    Raises:
+        ValueError: For a file torch cannot read this way (not a checkpoint) or one that holds no dict.
+    """
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a checkpoint torch can read ({type(err).__name__})") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
 def saved_without_pooler(folder: str | Path) -> bool:
@@ -422,13 +440,10 @@ def _read_source(
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
         return load_file(str(path)), None
-    # Lightning .ckpt or a plain torch file: tensors only, never arbitrary pickled objects.
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    obj = read_checkpoint(path)  # Lightning .ckpt or a plain torch file
+    if isinstance(obj.get("state_dict"), Mapping):
         return obj["state_dict"], None
-    if isinstance(obj, Mapping):
-        return obj, None
-    raise ValueError(f"{path} does not hold a state dict")
+    return obj, None
 
 
 def load_pretrained(
