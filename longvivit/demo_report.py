@@ -43,20 +43,22 @@ def _plots(out: Path, results: dict[str, Any]) -> list[str]:
         plt.close(fig)
         names.append("loss_curves.png")
     evals = results.get("eval", {})
-    rows = [(s, evals.get(f"{s}/clips/original")) for s in STAGES]
-    rows = [(s, m) for s, m in rows if m]
-    if rows:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        width = 0.25
-        for j, k in enumerate(("R@1", "R@5", "R@10")):
-            ax.bar([i + (j - 1) * width for i in range(len(rows))], [m["t2v"][k] for _, m in rows], width,
-                   label=f"T2V {k}")
-        chance = rows[0][1]["chance"]["R@1"]
-        ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance R@1 ({chance:.1f})")
-        ax.set_xticks(range(len(rows)), [s for s, _ in rows])
-        ax.set_ylabel("%")
-        ax.set_title("zero-shot text-to-video retrieval, 16-frame test clips")
-        ax.legend(fontsize=8)
+    panels = [(name, title, [(s, evals[f"{s}/{name}/original"]) for s in STAGES if f"{s}/{name}/original" in evals])
+              for name, title in (("clips", "16-frame test clips"), ("long", "long test videos"))]
+    panels = [p for p in panels if p[2]]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        width, colors = 0.25, ("tab:blue", "tab:orange", "tab:green")
+        for ax, (_, title, rows) in zip(axes[0], panels, strict=True):
+            for j, k in enumerate(("R@1", "R@5", "R@10")):
+                ax.bar([i + (j - 1) * width for i in range(len(rows))], [m["t2v"][k] for _, m in rows], width,
+                       color=colors[j], label=f"T2V {k}")
+                # chance of each K in its bar colour: a random ranking of the same candidates
+                ax.axhline(rows[0][1]["chance"][k], color=colors[j], ls="--", lw=1)
+            ax.set_xticks(range(len(rows)), [s for s, _ in rows])
+            ax.set_ylabel("%")
+            ax.set_title(f"zero-shot T2V, {title} (dashed: chance)", fontsize=10)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "recall_by_stage.png", dpi=110)
         plt.close(fig)
@@ -64,14 +66,19 @@ def _plots(out: Path, results: dict[str, Any]) -> list[str]:
     return names
 
 
-def _fmt(m: dict[str, Any] | None) -> str:
-    if not m:
-        return "| - | - | - | - | - | - | - |"
-    t, v = m["t2v"], m["v2t"]
+def _cells(d: dict[str, float]) -> list[str]:
+    return [f"{d[k]:.1f}" for k in ("R@1", "R@5", "R@10")] + [f"{d['MRR']:.3f}"]
+
+
+def _fmt(m: dict[str, Any]) -> str:
     oo = m.get("order_only")
     pair = f"{oo['pair_accuracy']['accuracy']:.1f}" if oo else "-"
-    return (f"| {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | {t['MRR']:.3f} | {v['R@1']:.1f} | "
-            f"{v['MRR']:.3f} | {pair} |")
+    return "| " + " | ".join([*_cells(m["t2v"]), *_cells(m["v2t"]), pair]) + " |"
+
+
+def _chance_row(chance: dict[str, float]) -> str:
+    """A random ranking of the same candidates, in both directions (approximate for V2T with several captions)."""
+    return "| chance | - | " + " | ".join([*_cells(chance), *_cells(chance), "50.0"]) + " |"
 
 
 def _probe_section(results: dict[str, Any]) -> list[str]:
@@ -134,17 +141,18 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines += [f"## Zero-shot retrieval: {title}", ""]
         some = next((m for k, m in evals.items() if f"/{name}/" in k), None)
         if some:
-            c = some["chance"]
-            lines += [f"{some['num_videos']} videos, {some['num_texts']} captions; chance: R@1 {c['R@1']:.1f}%, "
-                      f"MRR {c['MRR']:.3f}; order-only: 2-way accuracy between the two clips of a pair "
+            lines += [f"{some['num_videos']} videos, {some['num_texts']} captions; the last row is chance (a random "
+                      "ranking); order-only: 2-way accuracy between the two clips of a pair "
                       "(chance 50%).", ""]
-        lines += ["| stage | frames | T2V R@1 | R@5 | R@10 | MRR | V2T R@1 | V2T MRR | order-only 2-way % |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| stage | frames | T2V R@1 | R@5 | R@10 | MRR | V2T R@1 | R@5 | R@10 | MRR | order-only 2-way % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for stage in STAGES:
             for order in ("original", "shuffled"):
                 m = evals.get(f"{stage}/{name}/{order}")
                 if m:
                     lines.append(f"| {stage} | {order} " + _fmt(m))
+        if some:
+            lines.append(_chance_row(some["chance"]))
         lines.append("")
     lines += ["Shuffled = the same clips with their frames in random order at evaluation: a model that uses temporal "
               "order loses accuracy, a bag-of-frames model does not.", ""]

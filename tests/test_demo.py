@@ -45,3 +45,25 @@ def test_report_shows_the_generated_caption_as_text(tmp_path):
     assert "- generated: the red circle grows, then it shrinks\n" in report  # not the {path: caption} JSON
     report = write_report(tmp_path, {"caption": {**caption, "generated": None}}).read_text()
     assert "- generated: (none: the video did not decode)" in report
+
+
+def test_report_tables_give_both_directions_at_every_k_beside_chance(tmp_path):
+    import torch
+
+    from longvivit.demo_report import write_report
+    from longvivit.evaluation.retrieval import retrieval_metrics
+
+    # 10 videos, one caption each; a similarity that ranks the right video first for captions 0-3 only
+    sim = torch.eye(10)[[0, 1, 2, 3, 5, 6, 7, 8, 9, 0]]
+    m = retrieval_metrics(sim, torch.arange(10))
+    evals = {f"{s}/{name}/original": m for s in ("stage2", "stage3") for name in ("clips", "long")}
+    report = write_report(tmp_path, {"eval": evals}).read_text()
+    header = "| stage | frames | T2V R@1 | R@5 | R@10 | MRR | V2T R@1 | R@5 | R@10 | MRR | order-only 2-way % |"
+    assert report.count(header) == 2
+    t, v = m["t2v"], m["v2t"]
+    row = (f"| stage2 | original | {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | {t['MRR']:.3f} | "
+           f"{v['R@1']:.1f} | {v['R@5']:.1f} | {v['R@10']:.1f} | {v['MRR']:.3f} | - |")
+    assert row in report
+    # chance of a random ranking of 10 candidates: R@1 10%, R@5 50%, R@10 100%, MRR H_10 / 10
+    assert report.count("| chance | - | 10.0 | 50.0 | 100.0 | 0.293 | 10.0 | 50.0 | 100.0 | 0.293 | 50.0 |") == 2
+    assert (tmp_path / "recall_by_stage.png").stat().st_size > 1000
