@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.training.cli import CaptioningCLI, LongViViTCLI, recipe_task, run_lightning_cli
@@ -84,4 +85,19 @@ def test_a_value_the_configs_reject_ends_in_one_line(tmp_path, override, message
     recipe = ROOT / "tiny" / "stage2_short.yaml"
     with pytest.raises(SystemExit, match=f"longvivit: error: {message}"):
         run_lightning_cli(["--config", str(recipe), *CPU, "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize(
+    "override",
+    [["--config", str(ROOT / "cluster" / "deepspeed_zero2.yaml")], ["--trainer.accelerator", "gpu"],
+     ["--trainer.accelerator", "cuda"]],
+    ids=["deepspeed-overlay", "gpu", "cuda"],
+)
+def test_a_gpu_recipe_on_a_cpu_machine_ends_in_one_line_with_the_cpu_flags(tmp_path, override):
+    recipe = ROOT / "tiny" / "stage2_short.yaml"
+    hint = "longvivit: error: .*\nThis machine has no CUDA GPU.*--trainer.accelerator cpu"
+    with pytest.raises(SystemExit, match=hint):
+        run_lightning_cli(["--config", str(recipe), "--trainer.default_root_dir", str(tmp_path),
                            "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -29,12 +30,14 @@ class LongViViTCLI(LightningCLI):
         parser.link_arguments("model.text.max_length", "data.max_text_length")
 
     def instantiate_classes(self) -> None:
-        # The typed configs check their values when built (batch_size 0, mask_ratio 1.0, fps 0...): a bad
-        # recipe value or override ends in one line naming it, like a misspelled key, not in a traceback.
+        # The typed configs check their values when built (batch_size 0, mask_ratio 1.0, fps 0...), and the
+        # Trainer checks the hardware it is asked for (a GPU recipe on a CPU machine, a precision or strategy
+        # the machine lacks): a bad recipe value or override ends in one line naming it, like a misspelled
+        # key, not in a traceback.
         try:
             super().instantiate_classes()
-        except ValueError as err:
-            raise SystemExit(f"longvivit: error: {err}") from err
+        except (ValueError, MisconfigurationException) as err:
+            raise SystemExit(f"longvivit: error: {err}{_hardware_hint(err)}") from err
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--task", choices=tuple(TASKS), default=self.task,
@@ -86,6 +89,18 @@ def recipe_task(args: Sequence[str]) -> str:
     if task not in TASKS:
         raise SystemExit(f"longvivit: unknown task {task!r}; choose one of {sorted(TASKS)}")
     return task
+
+
+def _hardware_hint(err: Exception) -> str:
+    import torch
+
+    msg = str(err).lower()
+    if isinstance(err, MisconfigurationException) and not torch.cuda.is_available() and any(
+        w in msg for w in ("gpu", "cuda", "deepspeed")
+    ):
+        return ("\nThis machine has no CUDA GPU: leave out the cluster overlay (recipes/cluster/*.yaml) or pass "
+                "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32-true")
+    return ""
 
 
 def run_lightning_cli(args: Sequence[str], run: bool = True) -> LongViViTCLI:
