@@ -101,3 +101,19 @@ def test_a_gpu_recipe_on_a_cpu_machine_ends_in_one_line_with_the_cpu_flags(tmp_p
     with pytest.raises(SystemExit, match=hint):
         run_lightning_cli(["--config", str(recipe), "--trainer.default_root_dir", str(tmp_path),
                            "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "flags"),
+    [("fit", ["--data.train_shards", "null", "--data.image_shards", "null"],
+      "--data.train_shards or --data.image_shards"),
+     ("validate", ["--data.val_shards", "null"], "--data.val_shards"),
+     ("test", [], "--data.test_shards")],
+)
+def test_a_command_without_its_data_ends_in_one_line_before_any_work(tmp_path, command, override, flags):
+    recipe = ROOT / "tiny" / "stage2_short.yaml"
+    with pytest.raises(SystemExit, match=f"longvivit: error: {command} has no data to read: set {flags}$"):
+        run_lightning_cli([command, "--config", str(recipe), *CPU, "--model.init_from", "null",
+                           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
+                           str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ck"), *override])
+    assert not (tmp_path / "ck").exists()

@@ -123,7 +123,7 @@ def test_fit_without_val_shards_trains_without_validation(shards, tmp_path):
     assert (ckpt / "last.ckpt").is_file()
     rows = _metrics(tmp_path / "noval")
     assert _logged(rows, "train/loss_video") and not _logged(rows, "val/t2v_R@1")
-    with pytest.raises(ValueError, match="no validation data"):
+    with pytest.raises(SystemExit, match="validate has no data to read: set --data.val_shards"):
         cli_main(["validate", "--config", str(RECIPES / "stage2_short.yaml"), "--model.init_from", "null",
                   "--model.video.image_size", "32", "--data.train_shards", str(shards["clips_train"]),
                   "--data.image_shards", "null", "--data.val_shards", "null",

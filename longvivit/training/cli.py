@@ -39,6 +39,23 @@ class LongViViTCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as err:
             raise SystemExit(f"longvivit: error: {err}{_hardware_hint(err)}") from err
 
+    def _require_data(self, subcommand: str, *fields: str) -> None:
+        """One line before any work when the subcommand has nothing to read (else the datamodule raises it
+        from inside the Trainer's run, at the end of a traceback)."""
+        dm = self.datamodule
+        if dm is not None and all(hasattr(dm, f) for f in fields) and not any(getattr(dm, f) for f in fields):
+            flags = " or ".join(f"--data.{f}" for f in fields)
+            raise SystemExit(f"longvivit: error: {subcommand} has no data to read: set {flags}")
+
+    def before_fit(self) -> None:
+        self._require_data("fit", "train_shards", "image_shards")
+
+    def before_validate(self) -> None:
+        self._require_data("validate", "val_shards")
+
+    def before_test(self) -> None:
+        self._require_data("test", "test_shards")
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--task", choices=tuple(TASKS), default=self.task,
                             help="what the recipe trains; picked before parsing (see run_lightning_cli)")
