@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
+import math
 import shutil
 import sys
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from longvivit.demo_report import write_report
+from longvivit.logs import setup_logging
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 SETS = ("images", "clips", "long")
@@ -141,6 +142,8 @@ class Demo:
             "fit", "--config", str(RECIPES / recipe),
             "--model.video.image_size", str(self.scale.size),
             "--trainer.max_steps", str(self.scale.steps[i]),
+            # the epochs that max_steps spans: without it Lightning's progress bar reads "Epoch 4/-2"
+            "--trainer.max_epochs", str(math.ceil(self.scale.steps[i] / self.scale.steps_per_epoch[i])),
             "--data.steps_per_epoch", str(self.scale.steps_per_epoch[i]),
             "--data.batch_size", str(self.scale.batch[i]), "--data.val_batch_size", str(self.scale.batch[i]),
             "--data.num_workers", str(self.workers),
@@ -236,7 +239,7 @@ class Demo:
         if not (saved / CAPTIONER_WEIGHTS).is_file():
             args = ["fit", "--config", str(RECIPES / "video_to_text.yaml"), "--model.encoder", str(export),
                     "--model.image_size", str(self.scale.size), "--model.save_dir", str(saved),
-                    "--trainer.max_steps", steps, "--data.steps_per_epoch", steps,
+                    "--trainer.max_steps", steps, "--trainer.max_epochs", "1", "--data.steps_per_epoch", steps,
                     "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
                     "--data.num_workers", str(self.workers),
                     "--data.train_shards", str(self.shards("clips", "train")),
@@ -281,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="data loader / shard workers")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)

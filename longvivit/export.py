@@ -30,6 +30,7 @@ import torch
 from huggingface_hub import HfApi
 
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.logs import setup_logging
 from longvivit.model_card import DTYPES, LIBRARY_NAME, build_model_card, dtype_name, library_version, read_stages
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``longvivit export`` entry point; returns the exit status (2 for an unusable destination)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     try:
         folder = export_model(args.ckpt, args.out, dtype=args.dtype, metrics=args.metrics,
                               data_stats=args.data_stats, repo_id=args.push_to_hub, license=args.license,

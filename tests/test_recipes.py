@@ -6,6 +6,8 @@ full-scale recipes build their real ViT-B/16 model; accelerator and devices are 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,20 @@ def test_a_command_without_its_data_ends_in_one_line_before_any_work(tmp_path, c
                            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
                            str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ck"), *override])
     assert not (tmp_path / "ck").exists()
+
+
+def test_lightning_lines_are_printed_once_after_our_logging_setup():
+    # `import lightning` gives its logger a console handler and keeps it propagating: with the root handler of
+    # a command (demo, eval, export, caption) every Lightning line came out twice.
+    code = ("from longvivit.logs import setup_logging; setup_logging(); "
+            "import lightning; lightning.seed_everything(3)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (out.stdout + out.stderr).count("Seed set to 3") == 1, out.stderr
+
+
+def test_longvivit_fit_from_a_shell_does_not_warn_about_its_own_args(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setattr(sys, "argv", ["longvivit", "fit", "--config", "x.yaml"])  # as the console script sees it
+    run_lightning_cli(["--config", str(ROOT / "tiny" / "stage2_short.yaml"), *CPU,
+                       "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]

@@ -16,12 +16,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
+from longvivit.logs import setup_logging
 
 log = logging.getLogger("longvivit.caption")
 
@@ -147,7 +147,7 @@ def _answer_questions(model: Any, pre: Any, args: argparse.Namespace, items: lis
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``longvivit caption``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     import torch
 
     from longvivit.captioning.model import load_captioner

@@ -24,6 +24,7 @@ import torch
 from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import RetrievalEvaluator, pair_accuracy, retrieval_metrics
+from longvivit.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def _summary(m: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``longvivit eval`` entry point."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     metrics = run(args)
     print(_summary(metrics))
     if args.out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,6 +109,22 @@ def recipe_task(args: Sequence[str]) -> str:
     return task
 
 
+# Lightning warnings that every run of these modules would print and that no user can act on.
+_NOT_ACTIONABLE = (
+    # `longvivit fit ...` hands its own argv (less the command) to LightningCLI as `args`; Lightning warns
+    # whenever `args` is given while sys.argv has arguments, which is every run from the shell or the demo.
+    "LightningCLI's args parameter is intended",
+    # By design: a locked text tower keeps its frozen layers in eval mode (no dropout in a fixed feature
+    # extractor), and the captioner's encoder and LM are frozen in eval mode.
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # The shard loaders have a length (steps per epoch, for the progress bar) and split shards across workers
+    # themselves, which is what this warning asks for.
+    "Your `IterableDataset` has `__len__` defined",
+    # Lightning's own use of a torch API that torch deprecated.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 def _hardware_hint(err: Exception) -> str:
     import torch
 
@@ -132,11 +149,14 @@ def run_lightning_cli(args: Sequence[str], run: bool = True) -> LongViViTCLI:
         from longvivit.captioning.module import CaptioningModule as module_class
     else:
         module_class = ContrastiveModule
-    return TASKS[task](
-        module_class,
-        VideoTextDataModule,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
-    )
+    with warnings.catch_warnings():
+        for message in _NOT_ACTIONABLE:
+            warnings.filterwarnings("ignore", message=message)
+        return TASKS[task](
+            module_class,
+            VideoTextDataModule,
+            args=list(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf"},
+        )
