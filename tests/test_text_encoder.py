@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +157,19 @@ def test_from_config_rejects_too_small_vocab():
     with pytest.raises(ValueError, match="vocab_size"):
         TextEncoder.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
                                            num_attention_heads=2, intermediate_size=64))
+
+
+def test_loading_and_saving_the_tower_prints_no_progress_bar(tmp_path):
+    # transformers draws a "Loading weights: 100%|..." bar per call; at every stage, evaluation and export of a
+    # run it was noise. The caller's own setting is left as it was.
+    code = (
+        "import transformers.utils.logging as l\n"
+        "from longvivit.config import TextEncoderConfig\n"
+        "from longvivit.models.text_encoder import TextEncoder\n"
+        f"TextEncoder(TextEncoderConfig()).save_pretrained({str(tmp_path)!r})\n"
+        f"TextEncoder.from_pretrained({str(tmp_path)!r})\n"
+        "assert l.is_progress_bar_enabled()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Loading weights" not in out.stderr and "Writing model shards" not in out.stderr, out.stderr

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from longvivit.config import VideoEncoderConfig
-from longvivit.models.init import StateDict, _note, load_adapted, saved_without_pooler
+from longvivit.models.init import StateDict, _note, load_adapted, no_progress_bars, saved_without_pooler
 
 if TYPE_CHECKING:
     from longvivit.models.video_encoder import VideoEncoder
@@ -163,8 +163,9 @@ def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = 
 
         # The pooler is never used; building it only where the weights have it keeps transformers' load
         # report quiet (it lists the unused tensors below).
-        hf = ViTModel.from_pretrained(str(path), add_pooling_layer=not saved_without_pooler(path),
-                                      local_files_only=True)
+        with no_progress_bars():
+            hf = ViTModel.from_pretrained(str(path), add_pooling_layer=not saved_without_pooler(path),
+                                          local_files_only=True)
     else:
         hf = path_or_model
     d = _hf_config_dict(hf.config)

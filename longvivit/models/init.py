@@ -11,12 +11,13 @@ Every adaptation is logged and returned as a human-readable message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,24 @@ def saved_without_pooler(folder: str | Path) -> bool:
             keys.extend(st.keys())
     return not any(k.startswith("pooler.") or ".pooler." in k for k in keys)
 
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Load or save a transformers model without its per-call progress bar ("Loading weights: 100%|...").
+
+    The bar suits a multi-GB download, not a local tower that loads in a fraction of a second at every stage,
+    evaluation and export; the caller's setting is restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 # --------------------------------------------------------------------------- tensor operations
 def inflate_patch_kernel(w2d: torch.Tensor, t: int, mode: str = "mean") -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from longvivit.config import TextEncoderConfig
-from longvivit.models.init import saved_without_pooler
+from longvivit.models.init import no_progress_bars, saved_without_pooler
 from longvivit.paths import resolve_text_model
 
 CONFIG_NAME = "text_encoder_config.json"
@@ -55,12 +55,13 @@ def _load_hf_model(source: str | Path) -> PreTrainedModel:
     of a checkpoint that has it would report them as unexpected. No ``trust_remote_code``: only architectures
     that transformers itself implements are accepted.
     """
-    if saved_without_pooler(source):
-        try:
-            return AutoModel.from_pretrained(source, dtype=torch.float32, add_pooling_layer=False)
-        except TypeError:  # architectures without a pooler (DistilBERT) do not take the argument
-            pass
-    return AutoModel.from_pretrained(source, dtype=torch.float32)
+    with no_progress_bars():
+        if saved_without_pooler(source):
+            try:
+                return AutoModel.from_pretrained(source, dtype=torch.float32, add_pooling_layer=False)
+            except TypeError:  # architectures without a pooler (DistilBERT) do not take the argument
+                pass
+        return AutoModel.from_pretrained(source, dtype=torch.float32)
 
 
 class TextEncoder(nn.Module):
@@ -253,8 +254,9 @@ class TextEncoder(nn.Module):
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        with no_progress_bars():
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
         save_file({"proj.weight": self.proj.weight.detach().contiguous().cpu()}, str(path / PROJ_NAME))
         (path / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
 
