@@ -288,3 +288,16 @@ def test_export_refuses_to_clobber(trained, tmp_path):
     assert cli_main(args) == 2
     assert cli_main([*args, "--overwrite"]) == 2  # not an export: never deleted
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_load_model_reads_a_checkpoint_once(trained, monkeypatch):
+    # A .ckpt can hold GBs of optimizer state: the config and both towers come from one read.
+    from longvivit.models import checkpoint as ckpt_mod
+
+    calls = []
+    real = ckpt_mod.read_checkpoint
+    monkeypatch.setattr(ckpt_mod, "read_checkpoint", lambda p: calls.append(p) or real(p))
+    model, _ = load_model(trained["ckpt"])
+    assert len(calls) == 1
+    ref = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(model.video_encoder.patch_embed_2d.weight, ref["model.video_encoder.patch_embed_2d.weight"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ def _not_a_video_text_model(source: Path, encoder: object) -> ValueError:
     )
 
 
-def source_config(source: str | Path) -> VideoTextConfig:
+def source_config(source: str | Path, checkpoint: Mapping[str, Any] | None = None) -> VideoTextConfig:
     """The model config a checkpoint or folder was saved with.
 
     Args:
         source: Lightning ``.ckpt`` written by ``longvivit fit`` or a folder from ``save_pretrained`` / export.
+        checkpoint: The ``.ckpt`` already read (:func:`~longvivit.models.init.read_checkpoint`), so that it is
+            not read again.
 
     Returns:
         The config (video, text, temperature settings).
@@ -69,7 +72,7 @@ def source_config(source: str | Path) -> VideoTextConfig:
             text=text or TextEncoderConfig(embed_dim=video.embed_dim),
             **{k: meta[k] for k in ("init_logit_scale", "max_logit_scale") if k in meta},
         )
-    hp = read_checkpoint(source).get("hyper_parameters", {})
+    hp = (read_checkpoint(source) if checkpoint is None else checkpoint).get("hyper_parameters", {})
     if "resampler" in hp:
         raise _not_a_video_text_model(source, hp.get("encoder"))
     if "video" not in hp:
@@ -82,20 +85,25 @@ def source_config(source: str | Path) -> VideoTextConfig:
     )
 
 
-def load_weights_into(model: VideoTextModel, source: str | Path) -> list[str]:
+def load_weights_into(
+    model: VideoTextModel, source: str | Path, checkpoint: Mapping[str, Any] | None = None
+) -> list[str]:
     """Load both towers and the temperature of ``source`` into ``model``, adapting the video encoder's shapes.
 
     Args:
         model: Target model (modified in place); its config decides frame count and image size.
         source: Lightning ``.ckpt``, a ``VideoTextModel.save_pretrained`` / export folder, or a folder with
             only a video encoder (the text tower then keeps its initialisation, which is reported).
+        checkpoint: The ``.ckpt`` already read, so that it is not read again.
 
     Returns:
         One message per adaptation or partial load (also logged).
     """
     source = Path(source)
-    # A .ckpt is read once here for both towers (it can hold GBs of optimizer state).
-    state = None if source.is_dir() else read_checkpoint(source)["state_dict"]
+    # A .ckpt is read once for both towers (it can hold GBs of optimizer state).
+    if not source.is_dir() and checkpoint is None:
+        checkpoint = read_checkpoint(source)
+    state = None if checkpoint is None else checkpoint["state_dict"]
     video_source = source if state is None else state
     msgs = [f"video encoder: {m}" for m in load_pretrained(model.video_encoder, video_source)]
     if state is None:
@@ -136,8 +144,10 @@ def load_model(source: str | Path, **video_overrides: Any) -> tuple[VideoTextMod
     Returns:
         ``(model in eval mode, adaptation messages)``.
     """
-    cfg = source_config(source)
+    source = Path(source)
+    checkpoint = read_checkpoint(source) if source.is_file() else None  # read once, for config and weights
+    cfg = source_config(source, checkpoint)
     cfg = dataclasses.replace(cfg, video=cfg.video.replace(**video_overrides))
     model = VideoTextModel(cfg)
-    msgs = load_weights_into(model, source)
+    msgs = load_weights_into(model, source, checkpoint)
     return model.eval(), msgs
