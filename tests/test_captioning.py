@@ -61,6 +61,25 @@ def test_encoder_loads_frozen_from_an_export_folder_or_a_contrastive_checkpoint(
     assert longer.pos_embed_temporal.shape[1] == 4
 
 
+def test_encoder_reads_a_checkpoint_once(parts, tmp_path, monkeypatch):
+    import dataclasses
+
+    from longvivit.captioning import model as cap_model
+    from longvivit.models import checkpoint, init
+
+    saved = VideoEncoder.from_pretrained(parts["encoder"])
+    ckpt = tmp_path / "contrastive.ckpt"
+    hparams = {"video": saved.cfg.to_dict(), "text": dataclasses.asdict(TextEncoderConfig())}
+    torch.save({"hyper_parameters": hparams,
+                "state_dict": {f"model.video_encoder.{k}": v for k, v in saved.state_dict().items()}}, ckpt)
+    calls = []
+    real = init.read_checkpoint
+    for module in (cap_model, checkpoint, init):
+        monkeypatch.setattr(module, "read_checkpoint", lambda p: calls.append(p) or real(p))
+    load_encoder(ckpt, num_frames=4, image_size=32)
+    assert len(calls) == 1  # config and weights from one read
+
+
 # ------------------------------------------------------------------------------------------ pooling
 def test_temporal_mean_pool_averages_only_visible_real_steps():
     grid = torch.arange(1, 3 * 2 + 1, dtype=torch.float32).view(1, 3, 2, 1)  # (B=1, T'=3, S=2, C=1)

@@ -115,9 +115,10 @@ def load_encoder(
         from longvivit.models.checkpoint import source_config
         from longvivit.models.init import load_pretrained
 
-        cfg = source_config(source).video.replace(num_frames=num_frames, image_size=image_size)
+        checkpoint = read_checkpoint(source)  # read once, for the config and the weights
+        cfg = source_config(source, checkpoint).video.replace(num_frames=num_frames, image_size=image_size)
         enc = VideoEncoder(cfg)
-        for msg in load_pretrained(enc, source):
+        for msg in load_pretrained(enc, checkpoint["state_dict"]):
             log.info("encoder from %s: %s", source, msg)
     return enc.requires_grad_(False).eval()
 
