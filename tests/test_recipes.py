@@ -101,8 +101,8 @@ def test_a_gpu_recipe_on_a_cpu_machine_ends_in_one_line_with_the_cpu_flags(tmp_p
     recipe = ROOT / "tiny" / "stage2_short.yaml"
     hint = "longvivit: error: .*\nThis machine has no CUDA GPU.*--trainer.accelerator cpu"
     with pytest.raises(SystemExit, match=hint):
-        run_lightning_cli(["--config", str(recipe), "--trainer.default_root_dir", str(tmp_path),
-                           "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)
+        run_lightning_cli(["--config", str(recipe), "--model.init_from", "null", "--trainer.default_root_dir",
+                           str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path), *override], run=False)
 
 
 @pytest.mark.parametrize(
