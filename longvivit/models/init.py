@@ -72,7 +72,6 @@ def saved_without_pooler(folder: str | Path) -> bool:
     return not any(k.startswith("pooler.") or ".pooler." in k for k in keys)
 
 
-
 @contextlib.contextmanager
 def no_progress_bars() -> Iterator[None]:
     """Load or save a transformers model without its per-call progress bar ("Loading weights: 100%|...").
@@ -89,6 +88,7 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
 
 # --------------------------------------------------------------------------- tensor operations
 def inflate_patch_kernel(w2d: torch.Tensor, t: int, mode: str = "mean") -> torch.Tensor:
