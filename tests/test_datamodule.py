@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from test_shards_loader import png_bytes, video_shards, write_shard
+from test_shards_loader import png_bytes, video_bytes, video_shards, write_shard
 
 from longvivit.data.datamodule import ShardLoader, VideoTextDataModule
 
@@ -128,7 +128,7 @@ def test_resume_mid_epoch_continues_the_stream(shards, num_workers):
     it = iter(loader)
     assert [next(it)["key"] for _ in range(4)] == epoch1[:4]
     state = run.state_dict()
-    assert state["video"] == {"epoch": 1, "batches_seen": 4}
+    assert {k: state["video"][k] for k in ("epoch", "batches_seen")} == {"epoch": 1, "batches_seen": 4}
 
     resumed = make_dm(shards, num_workers=num_workers, steps_per_epoch=6)
     resumed.load_state_dict(state)
@@ -138,12 +138,54 @@ def test_resume_mid_epoch_continues_the_stream(shards, num_workers):
     assert epoch_keys(loader) == epoch_keys(full.train_dataloader())  # then epoch 2 as if never stopped
 
 
+def epoch_batches(loader) -> list[tuple[list[str], list[list[str]], torch.Tensor]]:
+    return [(batch["key"], batch["captions"], batch["video"]) for batch in loader]
+
+
+@pytest.fixture(scope="module")
+def mixed_shards(tmp_path_factory):
+    """Clips with two captions each, an image and a corrupt clip among them: raw samples that make no batch."""
+    root = tmp_path_factory.mktemp("mixed")
+    urls = []
+    for s in range(2):
+        samples = [{"key": f"m{s}{i:02d}", "media": video_bytes(500 + 10 * s + i),
+                    "captions": [f"clip m{s}{i:02d}", f"other caption of m{s}{i:02d}"]} for i in range(9)]
+        samples.insert(2, {"key": f"img{s}", "media": png_bytes(s, size=20), "ext": "png", "captions": ["a picture"]})
+        samples.insert(6, {"key": f"bad{s}", "media": b"not a video", "captions": ["broken"]})
+        urls.append(str(write_shard(root / f"mixed-{s:06d}.tar", samples)))
+    return urls
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_is_exact_batch_for_batch(shards, mixed_shards, num_workers):
+    # Same clips, same caption drawn for each, same random windows, same order, whatever the workers and the
+    # point of interruption (3 batches: not a multiple of the workers), with samples that make no batch.
+    kw = dict(train_shards=mixed_shards, num_workers=num_workers, steps_per_epoch=7, start="random",
+              max_fail_fraction=0.5)
+    loader = make_dm(shards, **kw).train_dataloader()
+    epoch0, epoch1 = epoch_batches(loader), epoch_batches(loader)
+    run = make_dm(shards, **kw)
+    loader = run.train_dataloader()
+    epoch_batches(loader)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    resumed = make_dm(shards, **kw)
+    resumed.load_state_dict(run.state_dict())
+    rest = epoch_batches(resumed.train_dataloader())
+    assert len(rest) == 4
+    for (keys, caps, video), (keys_ref, caps_ref, video_ref) in zip(rest, epoch1[3:], strict=True):
+        assert keys == keys_ref and caps == caps_ref
+        assert torch.equal(video, video_ref)
+    assert len({c for _, caps, _ in epoch0 + epoch1 for [c] in caps if c.startswith("other")}) > 0
+
+
 def test_resume_after_a_complete_epoch_starts_the_next(shards):
     run = make_dm(shards)
     loader = run.train_dataloader()
     epoch_keys(loader)
     state = run.state_dict()
-    assert state["video"] == {"epoch": 0, "batches_seen": 3}
+    assert {k: state["video"][k] for k in ("epoch", "batches_seen")} == {"epoch": 0, "batches_seen": 3}
     resumed = make_dm(shards)
     resumed.load_state_dict(state)
     reference = make_dm(shards).train_dataloader()

@@ -50,6 +50,7 @@ class ShardLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
         self.skipped: list[tuple[str, str]] = []
         self.batches_seen = 0  # served in the current epoch on this rank (including a resumed prefix)
+        self.stream_pos: dict[int, int] = {}  # worker role -> raw samples consumed up to its last served batch
 
     def __len__(self) -> int:
         n = self.dataset.batches_per_epoch
@@ -64,8 +65,10 @@ class ShardLoader(DataLoader):
             if ds.epoch_started:
                 ds.set_epoch(ds.epoch + 1)
             ds.epoch_started = True
-            resumed = ds.resume_at[1] if ds.resume_at and ds.resume_at[0] == ds.epoch else 0
+            resumed, positions = ds.resume_point()
             self.batches_seen = resumed
+            # roles that serve no batch before the next checkpoint keep their resumed position
+            self.stream_pos = dict(positions or {})
             if ds.batches_per_epoch is not None:
                 limit = ds.batches_per_epoch - resumed
         else:
@@ -82,22 +85,32 @@ class ShardLoader(DataLoader):
                 break
             served += 1
             self.batches_seen += 1
+            if "stream_pos" in item:
+                role, pos = item["stream_pos"]
+                self.stream_pos[role] = pos
             yield item
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "batches_seen"}`` of a training loader (Lightning saves it in checkpoints)."""
-        return {"epoch": self.dataset.epoch, "batches_seen": self.batches_seen}
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches_seen", "stream_pos"}`` of a training loader (Lightning saves it in checkpoints).
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+        ``stream_pos`` maps each worker role to the raw samples its stream had consumed up to its last served
+        batch (skipped and other-modality samples included), so a resume fast-forwards exactly.
+        """
+        return {"epoch": self.dataset.epoch, "batches_seen": self.batches_seen, "stream_pos": dict(self.stream_pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`: the rest of that epoch, or the next one if it was complete."""
         ds: ShardDataset = self.dataset
         epoch, seen = int(state["epoch"]), int(state["batches_seen"])
+        positions = state.get("stream_pos")  # absent in checkpoints of earlier versions
+        positions = {int(k): int(v) for k, v in positions.items()} if positions is not None else None
         if ds.batches_per_epoch is not None and seen >= ds.batches_per_epoch:
-            epoch, seen = epoch + 1, 0
+            epoch, seen, positions = epoch + 1, 0, None
         ds.set_epoch(epoch)
         ds.epoch_started = False
-        ds.resume_at = (epoch, seen) if seen else None
+        ds.resume_at = (epoch, seen, positions) if seen else None
         self.batches_seen = seen
+        self.stream_pos = dict(positions or {})
 
 
 class VideoTextDataModule(L.LightningDataModule):

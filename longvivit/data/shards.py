@@ -273,8 +273,9 @@ class ShardDataset(IterableDataset):
         self.name = name or f"{modality}-{'train' if train else 'eval'}"
         self.epoch = 0
         self.epoch_started = False  # set by ShardLoader: the next iterator moves to epoch + 1
-        # Resume point: (epoch, batches already consumed in that epoch on this rank); see datamodule.
-        self.resume_at: tuple[int, int] | None = None
+        # Resume point: (epoch, batches already consumed in that epoch on this rank, raw stream position of each
+        # worker role or None for older checkpoints); see datamodule.
+        self.resume_at: tuple[int, int, dict[int, int] | None] | None = None
         self.skip_log = SkipLog(max_fail_fraction, min_fail_count, self.name)  # this process's record
 
     @property
@@ -333,7 +334,7 @@ class ShardDataset(IterableDataset):
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot = _worker_slot(self.rank, self.world_size)
-        rank, _, worker, num_workers = slot
+        rank, world_size, worker, num_workers = slot
         skip_log = (
             self.skip_log
             if get_worker_info() is None
@@ -341,9 +342,15 @@ class ShardDataset(IterableDataset):
                 self.max_fail_fraction, self.min_fail_count, f"{self.name}[rank {rank} worker {worker}]"
             )
         )
-        base = (self.seed, rank, worker, self.epoch)
+        done, positions = self.resume_point()
+        # The DataLoader starts every iterator at worker 0, so after a resume at batch `done` this worker serves
+        # what worker (worker + done) % W of the uninterrupted run would have served next: it plays that
+        # worker's stream (its "role": seeds, shards, resume position).
+        role = (worker + done) % num_workers
+        base = (self.seed, rank, role, self.epoch)
+        first_batch, start = 0, 0
         if self.train:
-            raw = self._train_raw(slot, skip_log)
+            raw = self._train_raw((rank, world_size, role, num_workers), skip_log)
             if self.group_by:
                 groups = _grouped(raw, self.group_by)
                 if self.shuffle_buffer > 1:
@@ -351,19 +358,23 @@ class ShardDataset(IterableDataset):
                 raw = (sample for group in groups for sample in group)
             elif self.shuffle_buffer > 1:
                 raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
-            skip_batches = self._resume_skip(worker, num_workers)
-            if skip_batches:
-                # Fast-forward before decoding: dropping raw samples costs tar reading only.
-                for _ in range(skip_batches * (self.batch_size or 1)):
-                    next(raw)
+            first_batch = len(range(role, done, num_workers))
+            # Raw samples this role had consumed (checkpoints before stream positions: a batch's worth per batch,
+            # which miscounts where samples were skipped or passed over as the other modality).
+            start = positions.get(role, 0) if positions is not None else first_batch * (self.batch_size or 1)
+            # Fast-forward before decoding: dropping raw samples costs tar reading only.
+            for _ in range(start):
+                next(raw)
         else:
             raw = self._eval_raw(slot, skip_log)
-        decode_rng = _rng(*base, "decode")
         preprocess = self.preprocess
         if not self.train and preprocess.start == "random":
             preprocess = dataclasses.replace(preprocess, start="first")  # eval is deterministic
-        samples = self._decoded(raw, skip_log, preprocess, decode_rng)
-        out = samples if self.batch_size is None else self._batched(samples, skip_log, _rng(*base, "caption"))
+        samples = self._decoded(raw, skip_log, preprocess, base, start)
+        if self.batch_size is None:
+            out: Iterator[dict[str, Any]] = (sample for _, sample in samples)
+        else:
+            out = self._batched(samples, skip_log, base, first_batch, role)
         if self.train and self.batches_per_epoch is not None:
             out = _take(out, self._worker_quota(worker, num_workers))
         yield from out
@@ -371,17 +382,29 @@ class ShardDataset(IterableDataset):
         if tail:
             yield {REPORT_ONLY: True, "skipped": tail}
 
+    def resume_point(self) -> tuple[int, dict[int, int] | None]:
+        """(batches consumed on this rank in this epoch before a resume, raw stream position of each role)."""
+        if not self.train or not self.resume_at or self.resume_at[0] != self.epoch:
+            return 0, None
+        return self.resume_at[1], self.resume_at[2]
+
     def _decoded(
         self,
         raw: Iterator[dict[str, Any]],
         skip_log: SkipLog,
         preprocess: PreprocessConfig,
-        rng: random.Random,
-    ) -> Iterator[dict[str, Any]]:
-        for sample in raw:
+        base: tuple[Any, ...],
+        start: int,
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(stream position after the sample, decoded sample)`` for every usable raw sample.
+
+        Each sample's randomness (a random window start, uniform jitter) comes from its position in the stream,
+        so a resumed run that fast-forwards past raw samples draws exactly what the uninterrupted run drew.
+        """
+        for pos, sample in enumerate(raw, start + 1):
             key = str(sample.get("__key__", "?"))
             try:
-                out = decode_sample(sample, self.modality, preprocess, rng, self.num_threads)
+                out = decode_sample(sample, self.modality, preprocess, _rng(*base, "decode", pos), self.num_threads)
             except OtherMediaError as err:
                 skip_log.other(key, str(err))
                 continue
@@ -392,36 +415,41 @@ class ShardDataset(IterableDataset):
                 skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", f"{type(err).__name__}: {err}")
                 continue
             skip_log.success()
-            yield out
+            yield pos, out
 
     def _batched(
-        self, samples: Iterator[dict[str, Any]], skip_log: SkipLog, rng: random.Random
+        self,
+        samples: Iterator[tuple[int, dict[str, Any]]],
+        skip_log: SkipLog,
+        base: tuple[Any, ...],
+        first_batch: int,
+        role: int,
     ) -> Iterator[dict[str, Any]]:
         buf: list[dict[str, Any]] = []
-        for s in samples:
-            buf.append(s)
+        index, pos = first_batch, 0
+        for pos, sample in samples:
+            buf.append(sample)
             if len(buf) == self.batch_size:
-                yield self._collate(buf, skip_log, rng)
-                buf = []
+                yield self._collate(buf, skip_log, _rng(*base, "caption", index), (role, pos))
+                buf, index = [], index + 1
         if buf and not self.train:  # eval keeps the last partial batch: every sample counts
-            yield self._collate(buf, skip_log, rng)
+            yield self._collate(buf, skip_log, _rng(*base, "caption", index), (role, pos))
 
-    def _collate(self, buf: list[dict[str, Any]], skip_log: SkipLog, rng: random.Random) -> dict[str, Any]:
+    def _collate(
+        self, buf: list[dict[str, Any]], skip_log: SkipLog, rng: random.Random, stream_pos: tuple[int, int]
+    ) -> dict[str, Any]:
         batch = collate(buf, self.modality, self.tokenizer, self.max_text_length, self.train, rng)
         batch["skipped"] = skip_log.drain()
+        if self.train:
+            batch["stream_pos"] = stream_pos  # (role, raw samples consumed): the loader's resume point
         return batch
 
     def _worker_quota(self, worker: int, num_workers: int) -> int:
         # The DataLoader takes batches from workers round-robin starting at worker 0 on every new
         # iterator, so in an epoch of n batches worker w serves len(range(w, n, W)) of them.
         total = self.batches_per_epoch or 0
-        done = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        done, _ = self.resume_point()
         return len(range(worker, max(0, total - done), num_workers))
-
-    def _resume_skip(self, worker: int, num_workers: int) -> int:
-        if not self.resume_at or self.resume_at[0] != self.epoch:
-            return 0
-        return len(range(worker, self.resume_at[1], num_workers))
 
 
 def _shuffled(src: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
