@@ -132,3 +132,18 @@ def test_fit_without_val_shards_trains_without_validation(shards, tmp_path):
                   "--data.image_shards", "null", "--data.val_shards", "null",
                   "--trainer.default_root_dir", str(tmp_path / "v"), "--trainer.logger.init_args.save_dir",
                   str(tmp_path / "v"), "--checkpoint.dirpath", str(tmp_path / "v" / "c")])
+
+
+def test_checkpoint_metrics_are_validation_after_training_not_the_sanity_check(shards, tmp_path):
+    # Lightning's sanity check runs two validation batches before step 0; its numbers were stored as the
+    # checkpoint's (and the model card's) validation "at step N" when no real validation ran.
+    common = ("--model.init_from", "null", "--data.train_shards", str(shards["clips_train"]),
+              "--data.val_shards", str(shards["clips_val"]), "--data.image_shards", "null",
+              "--trainer.num_sanity_val_steps", "1")
+    ckpt = _fit("stage2_short.yaml", tmp_path / "a", shards, *common, "--trainer.max_steps", "1",
+                "--data.steps_per_epoch", "5")
+    assert torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["metrics"] is None
+    ckpt = _fit("stage2_short.yaml", tmp_path / "b", shards, *common, "--trainer.max_steps", "2",
+                "--data.steps_per_epoch", "2")
+    metrics = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["metrics"]
+    assert metrics is not None and metrics["num_videos"] > 0

@@ -272,7 +272,9 @@ class ContrastiveModule(L.LightningModule):
         flat[f"{stage}/chance_R@1"] = float(metrics["chance"]["R@1"])
         flat[f"{stage}/num_videos"] = float(metrics["num_videos"])
         self.log_dict(flat, sync_dist=False, rank_zero_only=True)
-        self.last_metrics = metrics
+        if not self.trainer.sanity_checking:
+            # the sanity check sees a couple of batches before any training: not this model's validation
+            self.last_metrics = metrics
         log.info("%s retrieval: %s", stage, metrics)
 
     def on_validation_epoch_end(self) -> None:
