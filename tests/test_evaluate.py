@@ -82,8 +82,12 @@ def test_eval_rejects_a_bad_frame_order(setup):
 def test_eval_with_no_readable_clip_says_which_shards_and_why(setup, tmp_path):
     _, _, model_dir = setup
     missing = tmp_path / "missing.tar"
-    with pytest.raises(SystemExit, match=r"no video clip read from .*missing\.tar.*1 skipped.*FileNotFoundError"):
+    with pytest.raises(SystemExit, match=r"longvivit eval: no shard at .*missing\.tar$"):  # before the model loads
         cli_main(["eval", "--model", str(model_dir), "--shards", str(missing)])
+    broken = tmp_path / "broken.tar"  # there, but not a tar: every read fails, and the message says why
+    broken.write_bytes(b"not a tar archive")
+    with pytest.raises(SystemExit, match=r"no video clip read from .*broken\.tar.*1 skipped.*ReadError"):
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(broken)])
 
 
 def test_eval_takes_several_shard_paths_as_an_unquoted_shell_glob_gives_them(setup, tmp_path):

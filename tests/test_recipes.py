@@ -136,3 +136,23 @@ def test_longvivit_fit_from_a_shell_does_not_warn_about_its_own_args(tmp_path, m
                        "--trainer.default_root_dir", str(tmp_path),
                        "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [(["--data.train_shards", "{tmp}/no-such-folder"], "--data.train_shards: no shard at .*no-such-folder$"),
+     (["--data.val_shards", "{tmp}/manifest.jsonl"], "--data.val_shards: .*manifest.jsonl is not a webdataset shard"),
+     (["--model.init_from", "{tmp}/nothing.ckpt"], "init_from: no checkpoint or model folder at .*nothing.ckpt$")],
+    ids=["missing-shards", "manifest-as-shards", "missing-init-from"],
+)
+def test_a_wrong_path_in_fit_ends_in_one_line_before_training(tmp_path, override, message):
+    recipe = ROOT / "tiny" / "stage2_short.yaml"
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    (tmp_path / "t.tar").write_bytes(b"")  # exists: only the wrong path is reported
+    with pytest.raises(SystemExit, match=f"longvivit: error: {message}"):
+        run_lightning_cli(["fit", "--config", str(recipe), *CPU, "--data.train_shards", str(tmp_path / "t.tar"),
+                           "--data.image_shards", "null", "--data.val_shards", "null",
+                           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
+                           str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ck"),
+                           *[a.format(tmp=tmp_path) for a in override]])
+    assert not (tmp_path / "ck").exists()

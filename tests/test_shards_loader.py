@@ -141,6 +141,15 @@ def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         expand_shards(tmp_path / "empty")
+    # a typo'd path, or a brace pattern past the last shard: named, not read as samples that all fail
+    with pytest.raises(FileNotFoundError, match=r"no shard at .*/nowhere$"):
+        expand_shards(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"none of the 2 shards exists, e\.g\. .*shard-000003\.tar"):
+        expand_shards(str(tmp_path / "a" / "shard-{000003..000004}.tar"))
+    with pytest.warns(RuntimeWarning, match=r"2 of 5 shards do not exist \(e\.g\. .*shard-000003\.tar\)"):
+        assert expand_shards(str(tmp_path / "a" / "shard-{000000..000004}.tar"))[:3] == urls  # gaps: skipped
+    remote = ["https://host/s/shard-{0..1}.tar", "pipe:curl -s https://host/s/x.tar"]
+    assert expand_shards(remote) == ["https://host/s/shard-0.tar", "https://host/s/shard-1.tar", remote[1]]
 
 
 def test_real_clips_in_shards(tmp_path):

@@ -109,6 +109,8 @@ def load_encoder(
     if source is None:
         log.warning("no encoder given: using a randomly initialised %s encoder", preset)
         enc = VideoEncoder(VideoEncoderConfig.preset(preset, num_frames=num_frames, image_size=image_size))
+    elif not Path(source).exists():
+        raise FileNotFoundError(f"encoder: no exported folder or checkpoint at {source}")
     elif Path(source).is_dir():
         enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
     else:

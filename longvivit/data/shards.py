@@ -29,6 +29,7 @@ import glob
 import json
 import logging
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,12 +70,13 @@ def expand_shards(spec: ShardSpec) -> list[str]:
         The shard list (duplicates kept: listing a shard twice reads it twice).
 
     Raises:
-        FileNotFoundError: For a directory without ``.tar`` files, a glob that matches nothing or an empty
-            specification.
+        FileNotFoundError: For a local shard that does not exist, a directory without ``.tar`` files, a glob
+            that matches nothing or an empty specification.
         ValueError: For a manifest, video or image file given where shards are expected.
     """
     items = [spec] if isinstance(spec, str | Path) else list(spec)
     urls: list[str] = []
+    missing: list[str] = []
     for item in items:
         for url in expand_urls(str(item)):
             path = Path(url).expanduser()
@@ -95,7 +97,20 @@ def expand_shards(spec: ShardSpec) -> list[str]:
                     raise FileNotFoundError(f"no shards match {url!r}")
                 urls.extend(matches)
             else:
+                if "://" not in url and not url.startswith("pipe:") and not path.exists():
+                    missing.append(url)
                 urls.append(url)
+    if missing and len(missing) == len(urls):  # a wrong path: nothing to read
+        raise FileNotFoundError(
+            f"no shard at {missing[0]}" if len(missing) == 1 else
+            f"none of the {len(urls)} shards exists, e.g. {missing[0]}"
+        )
+    if missing:  # gaps in a large set (a failed download): read the rest, each gap is a recorded skip
+        warnings.warn(
+            f"{len(missing)} of {len(urls)} shards do not exist (e.g. {missing[0]}); they are skipped",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if not urls:
         raise FileNotFoundError(f"no shards in {spec!r}")
     return urls

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from longvivit.data.datamodule import VideoTextDataModule
+from longvivit.data.shards import expand_shards
 from longvivit.training.callbacks import RNGState, Throughput
 from longvivit.training.module import ContrastiveModule
 
@@ -37,19 +38,27 @@ class LongViViTCLI(LightningCLI):
         # key, not in a traceback.
         try:
             super().instantiate_classes()
-        except (ValueError, MisconfigurationException) as err:
+        except (ValueError, FileNotFoundError, MisconfigurationException) as err:
             raise SystemExit(f"longvivit: error: {err}{_hardware_hint(err)}") from err
 
-    def _require_data(self, subcommand: str, *fields: str) -> None:
-        """One line before any work when the subcommand has nothing to read (else the datamodule raises it
-        from inside the Trainer's run, at the end of a traceback)."""
+    def _require_data(self, subcommand: str, *fields: str, optional: tuple[str, ...] = ()) -> None:
+        """One line before any work when the subcommand has nothing to read or a shard path is wrong (else the
+        datamodule raises it from inside the Trainer's run, at the end of a traceback, or skips every sample)."""
         dm = self.datamodule
-        if dm is not None and all(hasattr(dm, f) for f in fields) and not any(getattr(dm, f) for f in fields):
+        if dm is None or not all(hasattr(dm, f) for f in fields + optional):
+            return
+        if not any(getattr(dm, f) for f in fields):
             flags = " or ".join(f"--data.{f}" for f in fields)
             raise SystemExit(f"longvivit: error: {subcommand} has no data to read: set {flags}")
+        for f in fields + optional:
+            if getattr(dm, f):
+                try:
+                    expand_shards(getattr(dm, f))
+                except (FileNotFoundError, ValueError) as err:
+                    raise SystemExit(f"longvivit: error: --data.{f}: {err}") from err
 
     def before_fit(self) -> None:
-        self._require_data("fit", "train_shards", "image_shards")
+        self._require_data("fit", "train_shards", "image_shards", optional=("val_shards",))
 
     def before_validate(self) -> None:
         self._require_data("validate", "val_shards")

@@ -148,6 +148,8 @@ class ContrastiveModule(L.LightningModule):
         Returns:
             Messages describing each adaptation (also logged).
         """
+        if not Path(source).exists():
+            raise FileNotFoundError(f"init_from: no checkpoint or model folder at {source}")
         return load_weights_into(self.model, source)
 
     # ----------------------------------------------------------------- training
