@@ -298,3 +298,22 @@ def test_caption_cli_checks_the_questions_before_loading_a_model(tmp_path):
     # The model path does not exist: the questions are read first, so their error is the one reported.
     with pytest.raises(SystemExit, match="options must be a list"):
         cli.main(["--model", str(tmp_path / "no-model"), "--qa", str(qa)])
+
+
+def test_lm_cache_key_follows_the_gguf_content_not_its_mtime(tmp_path, monkeypatch):
+    # Every reinstall of the LM package rewrites the file (new mtime): keyed on mtime, each one left a ~500 MB
+    # conversion behind in the cache. Same bytes -> same entry; other bytes -> another.
+    import os
+
+    from longvivit.captioning.lm import _gguf_cache_path
+
+    monkeypatch.setenv("LONGVIVIT_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "m.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    os.utime(b / "m.gguf", (1_000_000, 1_000_000))
+    assert _gguf_cache_path(str(a), "m.gguf") == _gguf_cache_path(str(b), "m.gguf")
+    (b / "m.gguf").write_bytes(b"GGUF" + bytes(64))
+    assert _gguf_cache_path(str(a), "m.gguf") != _gguf_cache_path(str(b), "m.gguf")
+    assert _gguf_cache_path(str(a), "m.gguf").parent == tmp_path / "cache" / "lm"

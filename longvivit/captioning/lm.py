@@ -4,12 +4,14 @@ Parsing the packaged GGUF with transformers takes ~40 s on 2 CPU cores (the toke
 rebuilt from GGUF metadata by pure-Python readers), while the dequantised float32 weights load in ~2 s from
 safetensors. So the first load converts the GGUF once into an ordinary HF folder under the cache
 directory (``$LONGVIVIT_CACHE``, default ``~/.cache/longvivit``) and later loads read that folder. The cache
-key holds the GGUF's name, size and modification time, so an upgraded package gets a fresh conversion.
+key holds the GGUF's name and a hash of its content: a reinstall reuses the conversion, an upgraded model
+gets a fresh one.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import shutil
@@ -34,8 +36,15 @@ def lm_cache_dir() -> Path:
 
 
 def _gguf_cache_path(folder: str, gguf_file: str) -> Path:
-    st = (Path(folder) / gguf_file).stat()
-    return lm_cache_dir() / "lm" / f"{Path(gguf_file).stem}-{st.st_size}-{int(st.st_mtime)}"
+    # Keyed by content, not by modification time: every reinstall of the package gives the file a new mtime,
+    # and a key with it left one ~500 MB conversion behind per install. Hashing ~100 MB takes a fraction of a
+    # second against the ~40 s conversion it saves.
+    path = Path(folder) / gguf_file
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return lm_cache_dir() / "lm" / f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
 def _load_gguf(folder: str, gguf_file: str) -> tuple[nn.Module, Any]:
