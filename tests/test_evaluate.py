@@ -147,3 +147,14 @@ def test_eval_given_a_manifest_instead_of_shards_says_so_before_loading_the_mode
     manifest = root / "data" / "clips" / "test.jsonl"
     with pytest.raises(SystemExit, match="test.jsonl is not a webdataset shard"):
         cli_main(["eval", "--model", str(tmp_path / "not-loaded"), "--shards", str(manifest)])
+
+
+def test_eval_of_a_video_encoder_without_its_text_tower_is_refused(setup, tmp_path):
+    # `enc.save_pretrained(dir)` writes the video encoder alone: its retrieval used a random text projection and
+    # gave other numbers on every run.
+    from longvivit.models.video_encoder import VideoEncoder
+
+    root, _, model_dir = setup
+    VideoEncoder.from_pretrained(model_dir).save_pretrained(tmp_path / "enc")
+    with pytest.raises(SystemExit, match="holds a video encoder without its text tower"):
+        cli_main(["eval", "--model", str(tmp_path / "enc"), "--shards", str(root / "shards")])

@@ -138,6 +138,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, msgs = load_model(args.model, **overrides)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"longvivit eval: {err}") from err
+    if any(m.startswith("text tower kept at its initialisation") for m in msgs):
+        # a random text projection gives random, unrepeatable retrieval numbers
+        raise SystemExit(f"longvivit eval: {args.model} holds a video encoder without its text tower; retrieval "
+                         "needs both: evaluate the training checkpoint (.ckpt) or its `longvivit export` folder")
     model.to(args.device)
     cfg = model.video_encoder.cfg
     # Defaults come from the export's preprocessor_config.json when there is one (fps, sampling, mean/std).
