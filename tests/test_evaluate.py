@@ -158,3 +158,9 @@ def test_eval_of_a_video_encoder_without_its_text_tower_is_refused(setup, tmp_pa
     VideoEncoder.from_pretrained(model_dir).save_pretrained(tmp_path / "enc")
     with pytest.raises(SystemExit, match="holds a video encoder without its text tower"):
         cli_main(["eval", "--model", str(tmp_path / "enc"), "--shards", str(root / "shards")])
+
+
+def test_eval_of_two_shard_sets_with_the_same_keys_says_why_in_one_line(setup):
+    root, shards, model_dir = setup
+    with pytest.raises(SystemExit, match=r"longvivit eval: two clips have the key .*evaluate each set on its own"):
+        cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), str(shards)])

@@ -74,6 +74,10 @@ def order_only_metrics(evaluator: RetrievalEvaluator, pair_of: dict[str, str]) -
     }
 
 
+class DuplicateKeyError(ValueError):
+    """Two evaluation clips with the same key."""
+
+
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -102,7 +106,16 @@ def evaluate(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     ev, pair_of = RetrievalEvaluator(), {}
+    seen: set[str] = set()
     for batch in _batches(samples, batch_size):
+        for s in batch:
+            if s["key"] in seen:  # the same clip twice would tie with itself: every metric would be off
+                raise DuplicateKeyError(
+                    f"two clips have the key {s['key']!r}: the same shard given twice, or shard sets written from "
+                    "different manifests (make_shards numbers every manifest's lines from 1); evaluate each set on "
+                    "its own, or write the shards from one manifest"
+                )
+            seen.add(s["key"])
         video = torch.stack([s["video"] for s in batch])  # (B, T, 3, H, W)
         valid = torch.tensor([s["num_valid_frames"] for s in batch])
         video = apply_frame_order(video, valid, frame_order, generator=gen)
@@ -150,8 +163,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers)
-    ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
-                           frame_order=args.frame_order, seed=args.seed, device=args.device)
+    try:
+        ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
+                               frame_order=args.frame_order, seed=args.seed, device=args.device)
+    except DuplicateKeyError as err:
+        raise SystemExit(f"longvivit eval: {err}") from err
     skipped = clips.skipped
     if ev.num_videos == 0:
         raise SystemExit(
