@@ -172,13 +172,13 @@ class VideoEncoder(nn.Module):
             hint = " (videos are (B, T, C, H, W), time before channels)" if what == "video" else ""
             raise ValueError(f"{what} have {c} channels, the encoder expects {cfg.in_chans}{hint}")
         if (h, w) != (cfg.image_size, cfg.image_size):
-            patch = cfg.patch_size[0]
-            size = max(patch, round(max(h, w) / patch) * patch)
-            raise ValueError(
-                f"{what} are {h}x{w} but the encoder is built for {cfg.image_size}x{cfg.image_size}; "
-                f"resize/crop the input or load with VideoEncoder.from_pretrained(path, image_size={size}) "
-                f"(square inputs, a multiple of the patch size {patch})"
-            )
+            patch, side = cfg.patch_size[0], cfg.image_size
+            if h == w and h % patch == 0:
+                fix = (f"resize/crop the input to {side}x{side}, or load the encoder for this size with "
+                       f"VideoEncoder.from_pretrained(path, image_size={h})")
+            else:  # another size would not help: frames are square, their side a multiple of the patch size
+                fix = f"resize/crop the input to {side}x{side} (square, a multiple of the patch size {patch})"
+            raise ValueError(f"{what} are {h}x{w} but the encoder is built for {side}x{side}; {fix}")
         if not x.is_floating_point():
             raise TypeError(
                 f"{what} are {x.dtype}; the encoder takes float frames normalised with the mean/std of "
