@@ -141,8 +141,8 @@ def _hardware_hint(err: Exception) -> str:
     if isinstance(err, MisconfigurationException) and not torch.cuda.is_available() and any(
         w in msg for w in ("gpu", "cuda", "deepspeed")
     ):
-        return ("\nThis machine has no CUDA GPU: leave out the cluster overlay (recipes/cluster/*.yaml) or pass "
-                "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32-true")
+        return ("; this machine has no CUDA GPU, so a run here needs --trainer.accelerator cpu --trainer.devices 1 "
+                "--trainer.strategy auto --trainer.precision 32-true (the recipes in recipes/tiny/ are CPU-sized)")
     return ""
 
 
