@@ -317,3 +317,12 @@ def test_lm_cache_key_follows_the_gguf_content_not_its_mtime(tmp_path, monkeypat
     (b / "m.gguf").write_bytes(b"GGUF" + bytes(64))
     assert _gguf_cache_path(str(a), "m.gguf") != _gguf_cache_path(str(b), "m.gguf")
     assert _gguf_cache_path(str(a), "m.gguf").parent == tmp_path / "cache" / "lm"
+
+
+def test_encoder_at_another_resolution_than_trained_is_warned(parts, caplog):
+    trained = VideoEncoder.from_pretrained(parts["encoder"]).cfg.image_size
+    with caplog.at_level("WARNING", logger="longvivit.captioning.model"):
+        load_encoder(parts["encoder"], num_frames=4, image_size=trained)
+        assert not caplog.records
+        load_encoder(parts["encoder"], num_frames=4, image_size=trained * 2)
+    assert any(f"trained at {trained} px and will see {trained * 2} px" in r.getMessage() for r in caplog.records)

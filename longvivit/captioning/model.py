@@ -33,6 +33,7 @@ from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.init import read_checkpoint
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
+from longvivit.models.video_encoder import CONFIG_NAME as ENCODER_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,24 @@ def load_encoder(
     elif not Path(source).exists():
         raise FileNotFoundError(f"encoder: no exported folder or checkpoint at {source}")
     elif Path(source).is_dir():
+        trained = VideoEncoderConfig.load(Path(source) / ENCODER_CONFIG_NAME).image_size
         enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
     else:
         from longvivit.models.checkpoint import source_config
         from longvivit.models.init import load_pretrained
 
         checkpoint = read_checkpoint(source)  # read once, for the config and the weights
-        cfg = source_config(source, checkpoint).video.replace(num_frames=num_frames, image_size=image_size)
-        enc = VideoEncoder(cfg)
+        cfg = source_config(source, checkpoint).video
+        trained = cfg.image_size
+        enc = VideoEncoder(cfg.replace(num_frames=num_frames, image_size=image_size))
         for msg in load_pretrained(enc, checkpoint["state_dict"]):
             log.info("encoder from %s: %s", source, msg)
+    if source is not None and trained != image_size:
+        # more frames is what the temporal table extension is for; another resolution is not: the frozen
+        # encoder never sees the resized spatial table trained
+        log.warning("the encoder from %s was trained at %d px and will see %d px frames (its spatial position "
+                    "table is resized, and it stays frozen): set image_size %d (--model.image_size) unless "
+                    "this is intended", source, trained, image_size, trained)
     return enc.requires_grad_(False).eval()
 
 
