@@ -229,3 +229,12 @@ def test_a_wrong_model_gets_one_line_saying_what_it_is(trained, setup, tmp_path)
     with pytest.raises(SystemExit, match="no model at"):
         cli_main(["eval", "--model", str(tmp_path / "missing"), "--shards", shards])
     assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_caption_of_shards_without_video_says_so_with_the_command_prefix(trained, tmp_path):
+    from test_shards_loader import png_bytes, write_shard
+
+    shard = write_shard(tmp_path / "images.tar", [{"key": "img0", "media": png_bytes(0, size=20), "ext": "png",
+                                                   "captions": ["a picture"]}])
+    with pytest.raises(SystemExit, match=r"^longvivit caption: no video clip decoded from the shards \(only images"):
+        cli.main(["--model", str(trained["folder"]), "--shards", str(shard)])

@@ -408,3 +408,10 @@ def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_training():
     assert set(per_sample.unique().tolist()) <= {0.0, 2.0}
     assert bool((per_sample == per_sample[:, :1]).all())  # one decision per sample
     assert 0 < int((per_sample[:, 0] == 0).sum()) < 64
+
+
+def test_from_pretrained_on_a_checkpoint_file_points_to_the_loaders(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="reads a folder; a training checkpoint loads with .*load_model"):
+        VideoEncoder.from_pretrained(ckpt)

@@ -127,7 +127,8 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
     if clips.skipped:
         log.warning("skipped %d undecodable samples, e.g. %s", len(clips.skipped), clips.skipped[:3])
     if not preds:
-        raise SystemExit("no clips decoded from the shards")
+        raise SystemExit("longvivit caption: no video clip decoded from the shards (only images, or every sample "
+                         f"skipped: {len(clips.skipped)})")
     scores = caption_scores(preds, refs)
     print(json.dumps({k: scores[k] for k in ("CIDEr", "BLEU-4", "ROUGE-L", "num_samples")}), flush=True)
     return {"scores": scores, "captions": preds, "references": refs, "skipped": clips.skipped}

@@ -457,6 +457,11 @@ class VideoEncoder(nn.Module):
         """
         from longvivit.models.init import load_pretrained
 
+        if Path(directory).is_file():
+            raise NotADirectoryError(
+                f"{directory} is a file: VideoEncoder.from_pretrained reads a folder; a training checkpoint loads "
+                "with longvivit.models.checkpoint.load_model(path), or becomes a folder with `longvivit export`"
+            )
         cfg = VideoEncoderConfig.load(Path(directory) / CONFIG_NAME)
         if overrides:
             cfg = cfg.replace(**overrides)
