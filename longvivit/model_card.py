@@ -212,7 +212,8 @@ def _stages(stages: list[StageInfo], source: str) -> str:
     for i, s in enumerate(stages, 1):
         v, hp, data = s.hparams.get("video") or {}, s.hparams, s.data
         trainable = s.meta.get("trainable_last", hp.get("trainable_last"))
-        seen = ", ".join(x for x in map(_shards, (data.get("train_shards"), data.get("image_shards"))) if x)
+        seen = "; ".join(f"{kind}: {x}" for kind, x in (("videos", _shards(data.get("train_shards"))),
+                                                          ("images", _shards(data.get("image_shards")))) if x)
         rows.append((i, f"`{Path(s.path).name}`", s.step, v.get("num_frames"), v.get("image_size"),
                      v.get("mask_ratio"), "all" if trainable is None else f"last {trainable} blocks",
                      (hp.get("optim") or {}).get("lr"), data.get("batch_size"), seen or "n/a",

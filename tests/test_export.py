@@ -159,6 +159,7 @@ def test_model_card_follows_the_stage_chain(trained, tmp_path):
     out = export.export_model(trained["ckpt2"], tmp_path / "stage2", verify=False)
     text = (out / "README.md").read_text()
     assert "| 1 | `stage1.ckpt` | 1 | 4 |" in text
+    assert f"| videos: `{trained['shards']}` |" in text  # which shards fed which modality
     assert "| 2 | `stage2.ckpt` | 0 | 8 | 32 | 0.0 | last 2 blocks |" in text
     assert f"`{trained['ckpt']}`" in text
     assert "pos_embed_temporal extended (repeat) from 2 to 4 steps" in text
