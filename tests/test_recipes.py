@@ -141,7 +141,8 @@ def test_longvivit_fit_from_a_shell_does_not_warn_about_its_own_args(tmp_path, m
 @pytest.mark.parametrize(
     ("override", "message"),
     [(["--data.train_shards", "{tmp}/no-such-folder"], "--data.train_shards: no shard at .*no-such-folder$"),
-     (["--data.val_shards", "{tmp}/manifest.jsonl"], "--data.val_shards: .*manifest.jsonl is not a webdataset shard"),
+     (["--data.val_shards", "{tmp}/manifest.jsonl"],
+      r"--data.val_shards: .*manifest.jsonl is not a webdataset shard.*\(--data.val_shards null trains without"),
      (["--model.init_from", "{tmp}/nothing.ckpt"], "init_from: no checkpoint or model folder at .*nothing.ckpt$")],
     ids=["missing-shards", "manifest-as-shards", "missing-init-from"],
 )

@@ -55,7 +55,8 @@ class LongViViTCLI(LightningCLI):
                 try:
                     expand_shards(getattr(dm, f))
                 except (FileNotFoundError, ValueError) as err:
-                    raise SystemExit(f"longvivit: error: --data.{f}: {err}") from err
+                    hint = " (--data.val_shards null trains without validation)" if f in optional else ""
+                    raise SystemExit(f"longvivit: error: --data.{f}: {err}{hint}") from err
 
     def before_fit(self) -> None:
         self._require_data("fit", "train_shards", "image_shards", optional=("val_shards",))
