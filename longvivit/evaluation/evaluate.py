@@ -23,7 +23,12 @@ import torch
 
 from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
-from longvivit.evaluation.retrieval import RetrievalEvaluator, pair_accuracy, retrieval_metrics
+from longvivit.evaluation.retrieval import (
+    DuplicateKeyError,
+    RetrievalEvaluator,
+    pair_accuracy,
+    retrieval_metrics,
+)
 from longvivit.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -74,10 +79,6 @@ def order_only_metrics(evaluator: RetrievalEvaluator, pair_of: dict[str, str]) -
     }
 
 
-class DuplicateKeyError(ValueError):
-    """Two evaluation clips with the same key."""
-
-
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -106,16 +107,7 @@ def evaluate(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     ev, pair_of = RetrievalEvaluator(), {}
-    seen: set[str] = set()
     for batch in _batches(samples, batch_size):
-        for s in batch:
-            if s["key"] in seen:  # the same clip twice would tie with itself: every metric would be off
-                raise DuplicateKeyError(
-                    f"two clips have the key {s['key']!r}: the same shard given twice, or shard sets written from "
-                    "different manifests (make_shards numbers every manifest's lines from 1); evaluate each set on "
-                    "its own, or write the shards from one manifest"
-                )
-            seen.add(s["key"])
         video = torch.stack([s["video"] for s in batch])  # (B, T, 3, H, W)
         valid = torch.tensor([s["num_valid_frames"] for s in batch])
         video = apply_frame_order(video, valid, frame_order, generator=gen)
@@ -167,7 +159,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                                frame_order=args.frame_order, seed=args.seed, device=args.device)
     except DuplicateKeyError as err:
-        raise SystemExit(f"longvivit eval: {err}") from err
+        raise SystemExit(
+            f"longvivit eval: two clips have the key {err.keys[0]!r}: the same shard given twice, or shard sets "
+            "written from different manifests (make_shards numbers every manifest's lines from 1); evaluate each "
+            "set on its own, or write the shards from one manifest"
+        ) from err
     skipped = clips.skipped
     if ev.num_videos == 0:
         raise SystemExit(

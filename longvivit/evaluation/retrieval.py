@@ -206,6 +206,14 @@ def pair_accuracy(sim: Tensor, text_to_video: Tensor, pairs: Tensor | Sequence[t
     return {"accuracy": 100.0 * correct.mean().item(), "chance": 50.0, "num_queries": len(text_idx)}
 
 
+class DuplicateKeyError(ValueError):
+    """Two videos with the same key given to a :class:`RetrievalEvaluator`; ``keys`` lists (up to 5) of them."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"duplicate video keys: {keys}")
+        self.keys = keys
+
+
 class RetrievalEvaluator:
     """Collects video and caption embeddings over a validation loop and scores retrieval at the end.
 
@@ -258,8 +266,8 @@ class RetrievalEvaluator:
             keys: B unique video keys.
 
         Raises:
-            ValueError: on a shape mismatch or a key already added (a video counted twice would compete
-                with itself and make every metric wrong).
+            ValueError: on a shape mismatch; :class:`DuplicateKeyError` for a key already added (a video
+                counted twice would compete with itself and make every metric wrong).
         """
         keys = [str(k) for k in keys]
         if emb.ndim != 2 or emb.shape[0] != len(keys):
@@ -267,7 +275,7 @@ class RetrievalEvaluator:
         dup = [k for k in keys if k in self._key_set]
         if dup or len(set(keys)) != len(keys):
             dup = dup or [k for k in keys if keys.count(k) > 1]
-            raise ValueError(f"duplicate video keys: {sorted(set(dup))[:5]}")
+            raise DuplicateKeyError(sorted(set(dup))[:5])
         self._video_emb.append(emb.detach().float().cpu())
         self._video_keys.extend(keys)
         self._key_set.update(keys)
