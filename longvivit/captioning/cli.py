@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from longvivit.captioning.model import load_captioner
 
     if args.shards:
-        from longvivit.data.shards import expand_shards
+        from longvivit.data.shard_specs import expand_shards
 
         try:
             expand_shards(args.shards)

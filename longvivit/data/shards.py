@@ -25,11 +25,9 @@ stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoade
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,83 +35,19 @@ from typing import Any, Literal
 
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.shardlists import expand_urls
 
 from longvivit.config import PreprocessConfig
 from longvivit.data.collate import collate
 from longvivit.data.decode import DecodeError, Modality, OtherMediaError, SampleError, decode_sample
-from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
+from longvivit.data.shard_specs import ShardSpec, expand_shards
 
 log = logging.getLogger("longvivit.data")
 
 REPORT_ONLY = "__report_only__"
-# Files people pass where shards belong (a manifest, one video): told so instead of "invalid tar header".
-NOT_SHARDS = frozenset(("jsonl", "json", "csv", "txt", *VIDEO_EXTS, *IMAGE_EXTS))
-
-ShardSpec = str | Path | Sequence[str | Path]
 
 
 class TooManyFailuresError(RuntimeError):
     """More than the allowed fraction of samples could not be decoded."""
-
-
-# ---------------------------------------------------------------------------------------------- shard lists
-def expand_shards(spec: ShardSpec) -> list[str]:
-    """Turn a shard specification into a list of shard paths/URLs, in order.
-
-    Args:
-        spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), a local glob
-            (``"data/*.tar"``, sorted; quoted on a command line, the shell expands it otherwise), several
-            joined with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those.
-
-    Returns:
-        The shard list (duplicates kept: listing a shard twice reads it twice).
-
-    Raises:
-        FileNotFoundError: For a local shard that does not exist, a directory without ``.tar`` files, a glob
-            that matches nothing or an empty specification.
-        ValueError: For a manifest, video or image file given where shards are expected.
-    """
-    items = [spec] if isinstance(spec, str | Path) else list(spec)
-    urls: list[str] = []
-    missing: list[str] = []
-    for item in items:
-        for url in expand_urls(str(item)):
-            path = Path(url).expanduser()
-            if "://" not in url and path.is_dir():
-                tars = sorted(str(p) for p in path.glob("*.tar"))
-                if not tars:
-                    raise FileNotFoundError(f"no .tar shards in directory {path}")
-                urls.extend(tars)
-            elif "://" not in url and path.suffix.lower().lstrip(".") in NOT_SHARDS:
-                raise ValueError(
-                    f"{url} is not a webdataset shard (.tar): write shards from a manifest or media with "
-                    "`python tools/make_shards.py --manifest FILE --out DIR` and pass DIR"
-                )
-            elif ":" not in url and not path.exists() and glob.has_magic(url):
-                # Local only: "pipe:" and URLs go to webdataset as written.
-                matches = sorted(glob.glob(str(path)))
-                if not matches:
-                    raise FileNotFoundError(f"no shards match {url!r}")
-                urls.extend(matches)
-            else:
-                if "://" not in url and not url.startswith("pipe:") and not path.exists():
-                    missing.append(url)
-                urls.append(url)
-    if missing and len(missing) == len(urls):  # a wrong path: nothing to read
-        raise FileNotFoundError(
-            f"no shard at {missing[0]}" if len(missing) == 1 else
-            f"none of the {len(urls)} shards exists, e.g. {missing[0]}"
-        )
-    if missing:  # gaps in a large set (a failed download): read the rest, each gap is a recorded skip
-        warnings.warn(
-            f"{len(missing)} of {len(urls)} shards do not exist (e.g. {missing[0]}); they are skipped",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    if not urls:
-        raise FileNotFoundError(f"no shards in {spec!r}")
-    return urls
 
 
 def _rng(*parts: object) -> random.Random:

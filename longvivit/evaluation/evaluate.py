@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command-line arguments say and return the metrics dict."""
     from longvivit.config import PreprocessConfig
     from longvivit.data.clips import load_clips
-    from longvivit.data.shards import expand_shards
+    from longvivit.data.shard_specs import expand_shards
     from longvivit.export import load_preprocess_config
     from longvivit.models.checkpoint import load_model
 

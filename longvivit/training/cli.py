@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from longvivit.data.datamodule import VideoTextDataModule
-from longvivit.data.shards import expand_shards
+from longvivit.data.shard_specs import expand_shards
 from longvivit.training.callbacks import RNGState, Throughput
 from longvivit.training.module import ContrastiveModule
 
