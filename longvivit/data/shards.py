@@ -1,4 +1,4 @@
-"""WebDataset shards to batches: shard lists, mixing, splitting, decoding, skipping (tokenising: :mod:`.collate`).
+"""WebDataset shards to batches: mixing, splitting, decoding, skipping (shard lists: :mod:`.shard_specs`).
 
 Two regimes share one :class:`ShardDataset`:
 
