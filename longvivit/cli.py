@@ -8,8 +8,11 @@ lazily so that ``longvivit --help`` stays fast and importing this module has no 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
+
+from longvivit.logs import setup_logging
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -48,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in LIGHTNING_COMMANDS:
         from longvivit.training.cli import run_lightning_cli
 
+        if not logging.getLogger().handlers:  # a caller (the demo, pytest) that configured logging keeps its own
+            # what `init_from` inflated, resized or extended, and the validation metrics, on the console
+            setup_logging(fmt="%(levelname)s %(name)s: %(message)s", package_level=logging.INFO)
         run_lightning_cli([command, *rest])
         return 0
     if command in TOOLS:

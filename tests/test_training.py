@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,15 +115,21 @@ def test_resume_equals_uninterrupted(shards, tmp_path):
     assert resumed == pytest.approx(full, rel=1e-4, abs=1e-5)
 
 
-def test_fit_without_val_shards_trains_without_validation(shards, tmp_path):
+def test_fit_without_val_shards_trains_without_validation(shards, tmp_path, caplog):
     # A training set with no held-out split (evaluated later with `longvivit eval`) used to fail at the first
     # validation check; validate itself still needs the shards.
-    with pytest.warns(UserWarning, match="no val_shards") as record:
+    with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.WARNING, "longvivit"):
+        warnings.simplefilter("always")
         ckpt = _fit("stage2_short.yaml", tmp_path / "noval", shards, "--model.init_from", "null",
                     "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
                     "--data.val_shards", "null")
-    # and only that one: Lightning's warnings that no user of these modules can act on are not printed
-    noise = ("args parameter", "in eval mode at the start", "has `__len__` defined", "LeafSpec")
+    # said once, from our logger (as a warning it was attributed to Lightning's trainer/call.py)
+    assert [r.name for r in caplog.records if "no val_shards: fit runs without validation" in r.message] == [
+        "longvivit.data.datamodule"]
+    # Lightning's warnings that no user of these modules can act on are not printed (among them its notice of
+    # the empty validation loader, which is the point of this run)
+    noise = ("args parameter", "in eval mode at the start", "has `__len__` defined", "LeafSpec",
+             "Total length of `list`")
     assert not [str(w.message) for w in record if any(n in str(w.message) for n in noise)]
     assert (ckpt / "last.ckpt").is_file()
     rows = _metrics(tmp_path / "noval")
@@ -147,3 +155,35 @@ def test_checkpoint_metrics_are_validation_after_training_not_the_sanity_check(s
                 "--data.steps_per_epoch", "2")
     metrics = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["metrics"]
     assert metrics is not None and metrics["num_videos"] > 0
+
+
+def test_fit_console_shows_adaptations_metrics_and_the_epochs_max_steps_spans(shards, tmp_path):
+    # The console of `longvivit fit` as a user sees it (a new process, nothing configured logging): what
+    # init_from adapted and the validation metrics were logged at INFO and never shown, and Lightning's bar
+    # read "Epoch 1/-2" with "v_num: 0.000" for every recipe (they stop at max_steps, max_epochs unset).
+    import subprocess
+    import sys
+
+    src = _fit("stage2_short.yaml", tmp_path / "src", shards, "--model.init_from", "null",
+               "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+               "--data.val_shards", "null")
+    run = tmp_path / "run"
+    args = [
+        "fit", "--config", str(RECIPES / "stage2_short.yaml"), "--model.init_from", str(src / "last.ckpt"),
+        "--model.video.image_size", "32", "--model.video.num_frames", "8",
+        "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+        "--data.val_shards", str(shards["clips_val"]), "--data.batch_size", "4", "--data.val_batch_size", "4",
+        "--data.num_workers", "0", "--data.shuffle_buffer", "8", "--trainer.max_steps", "3",
+        "--data.steps_per_epoch", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary",
+        "false", "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+        "--checkpoint.dirpath", str(run / "checkpoints"),
+    ]
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    adapted = [line for line in out.splitlines() if "pos_embed_temporal truncated from 8 to 4" in line]
+    assert adapted == ["INFO longvivit.models.init: pos_embed_temporal truncated from 8 to 4 steps"], out[-3000:]
+    assert "INFO longvivit.models.checkpoint: loaded" in out and "text tower loaded" in out
+    assert out.count("val retrieval at step 2:") == 1 and "T2V R@1" in out  # not the sanity check's
+    assert "Epoch 1/1" in out and "/-2" not in out and "v_num" not in out, out[-3000:]

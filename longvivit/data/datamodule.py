@@ -16,6 +16,7 @@ runs gives different (still valid) streams.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from torch.utils.data import DataLoader
 from longvivit.config import PreprocessConfig
 from longvivit.data.collate import load_tokenizer
 from longvivit.data.shards import REPORT_ONLY, ShardDataset
+
+log = logging.getLogger(__name__)
 
 
 class ShardLoader(DataLoader):
@@ -286,7 +289,7 @@ class VideoTextDataModule(L.LightningDataModule):
             if trainer is not None and trainer.state.fn == "fit":
                 # Training on a set without a held-out split is common (evaluate later with `longvivit eval`):
                 # fit runs without validation rather than failing at its first check.
-                warnings.warn("no val_shards: fit runs without validation", stacklevel=2)
+                log.warning("no val_shards: fit runs without validation")
                 return []
             raise ValueError("no validation data: set val_shards")
         return self._loader(self._dataset(self.val_shards, "video", False, self.val_batch_size, name="val"))

@@ -26,6 +26,7 @@ from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import (
     DuplicateKeyError,
     RetrievalEvaluator,
+    format_metrics,
     pair_accuracy,
     retrieval_metrics,
 )
@@ -209,12 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(m: dict[str, Any]) -> str:
-    t, v, c = m["t2v"], m["v2t"], m["chance"]
-    lines = [
-        f"{m['num_videos']} videos, {m['num_texts']} captions (chance R@1 {c['R@1']:.2f}, MRR {c['MRR']:.3f})",
-        f"T2V R@1 {t['R@1']:.2f}  R@5 {t['R@5']:.2f}  R@10 {t['R@10']:.2f}  MdR {t['MdR']:.1f}  MRR {t['MRR']:.3f}",
-        f"V2T R@1 {v['R@1']:.2f}  R@5 {v['R@5']:.2f}  R@10 {v['R@10']:.2f}  MdR {v['MdR']:.1f}  MRR {v['MRR']:.3f}",
-    ]
+    lines = format_metrics(m)
     if "order_only" in m:
         o = m["order_only"]
         lines.append(f"order-only: {o['num_pairs']} pairs, 2-way accuracy {o['pair_accuracy']['accuracy']:.1f}% "

@@ -175,6 +175,17 @@ def retrieval_metrics(sim: Tensor, text_to_video: Tensor) -> dict:
     }
 
 
+def format_metrics(metrics: dict) -> list[str]:
+    """Console lines for :func:`retrieval_metrics`' result: the set's size and chance, then T2V and V2T."""
+    c = metrics["chance"]
+    size = f"{metrics['num_videos']} videos, {metrics['num_texts']} captions"
+    return [
+        f"{size} (chance R@1 {c['R@1']:.2f}, MRR {c['MRR']:.3f})",
+        *(f"{name} R@1 {d['R@1']:.2f}  R@5 {d['R@5']:.2f}  R@10 {d['R@10']:.2f}  MdR {d['MdR']:.1f}  MRR {d['MRR']:.3f}"
+          for name, d in (("T2V", metrics["t2v"]), ("V2T", metrics["v2t"]))),
+    ]
+
+
 def pair_accuracy(sim: Tensor, text_to_video: Tensor, pairs: Tensor | Sequence[tuple[int, int]]) -> dict:
     """Two-way T2V accuracy on video pairs, e.g. a clip and its time-reversed copy.
 

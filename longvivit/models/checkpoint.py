@@ -105,7 +105,9 @@ def load_weights_into(
         checkpoint = read_checkpoint(source)
     state = None if checkpoint is None else checkpoint["state_dict"]
     video_source = source if state is None else state
+    # the encoder's adaptations are logged where they are made (models.init)
     msgs = [f"video encoder: {m}" for m in load_pretrained(model.video_encoder, video_source)]
+    num_encoder_msgs = len(msgs)
     if state is None:
         text_dir = source / TEXT_SUBDIR
         if text_dir.is_dir():
@@ -128,7 +130,7 @@ def load_weights_into(
             with torch.no_grad():
                 model.logit_scale.copy_(state[LOGIT_KEY])
     msgs.append(f"logit scale {model.get_logit_scale().item():.2f}")
-    for m in msgs:
+    for m in msgs[num_encoder_msgs:]:
         log.info("loaded %s: %s", source, m)
     return msgs
 

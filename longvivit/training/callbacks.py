@@ -1,7 +1,8 @@
-"""Callbacks: throughput on the progress bar, and RNG state in checkpoints for exact resume."""
+"""Callbacks: the progress bar and throughput on it, and RNG state in checkpoints for exact resume."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -9,6 +10,56 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+
+class StepsRichProgressBar(RichProgressBar):
+    """Lightning's rich bar for runs that stop at ``max_steps``: "Epoch 2/7", not "Epoch 2/-2".
+
+    Recipes set ``max_steps`` and leave ``max_epochs`` unset (Lightning's -1), which Lightning 2.6 prints as
+    the last epoch "-2" (fixed upstream in Lightning PR #21924). The last epoch is taken from the steps
+    instead; the bar only displays it, so nothing about when training stops depends on it.
+    """
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        return _without_version(super().get_metrics(trainer, module))
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = super()._get_train_description(current_epoch)
+        trainer = self.trainer
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            last = _last_epoch_from_steps(trainer)
+            description = f"Epoch {current_epoch}" + ("" if last is None else f"/{last}")
+            description = f"{description:{len(self.validation_description)}}"
+        return description
+
+
+class StepsTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar (without ``rich``), with the same metrics as ``StepsRichProgressBar``."""
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        return _without_version(super().get_metrics(trainer, module))
+
+
+def default_progress_bar() -> ProgressBar:
+    """The bar the CLI adds when a recipe names none: rich where it is installed, as in Lightning."""
+    return StepsRichProgressBar() if _RICH_AVAILABLE else StepsTQDMProgressBar()
+
+
+def _without_version(items: dict[str, Any]) -> dict[str, Any]:
+    # The logger's version ("v_num: 0.000" on the rich bar) says nothing the run folder does not.
+    items.pop("v_num", None)
+    return items
+
+
+def _last_epoch_from_steps(trainer: L.Trainer) -> int | None:
+    """Index of the epoch in which ``max_steps`` optimizer steps are reached, or None when unknowable."""
+    batches = trainer.num_training_batches
+    if not trainer.max_steps or trainer.max_steps < 0 or not math.isfinite(batches) or batches < 1:
+        return None
+    steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+    return math.ceil(trainer.max_steps / steps_per_epoch) - 1
 
 
 class Throughput(L.Callback):

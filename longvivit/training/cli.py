@@ -5,14 +5,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from lightning import Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.data.shard_specs import expand_shards
-from longvivit.training.callbacks import RNGState, Throughput
+from longvivit.training.callbacks import RNGState, Throughput, default_progress_bar
 from longvivit.training.module import ContrastiveModule
 
 
@@ -40,6 +42,16 @@ class LongViViTCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, MisconfigurationException) as err:
             raise SystemExit(f"longvivit: error: {err}{_hardware_hint(err)}") from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Our progress bar unless the recipe names one or turns the bar off (Lightning would add its own, which
+        # reads "Epoch 2/-2" for runs that stop at max_steps, i.e. every recipe).
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = kwargs.get("callbacks", config.get("callbacks")) or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, default_progress_bar()]
+        return super().instantiate_trainer(**kwargs)
 
     def _require_data(self, subcommand: str, *fields: str, optional: tuple[str, ...] = ()) -> None:
         """One line before any work when the subcommand has nothing to read or a shard path is wrong (else the
@@ -130,6 +142,8 @@ _NOT_ACTIONABLE = (
     # The shard loaders have a length (steps per epoch, for the progress bar) and split shards across workers
     # themselves, which is what this warning asks for.
     "Your `IterableDataset` has `__len__` defined",
+    # A fit without val_shards has an empty validation loader on purpose (the datamodule says so once).
+    "Total length of `list` across ranks is zero",
     # Lightning's own use of a torch API that torch deprecated.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
-from longvivit.evaluation.retrieval import RetrievalEvaluator
+from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
 from longvivit.loss import NCELoss
 from longvivit.models.checkpoint import load_weights_into
 from longvivit.models.init import inflate_patch_kernel
@@ -277,7 +277,7 @@ class ContrastiveModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             # the sanity check sees a couple of batches before any training: not this model's validation
             self.last_metrics = metrics
-        log.info("%s retrieval: %s", stage, metrics)
+            log.info("%s retrieval at step %d: %s", stage, self.global_step, "\n  ".join(format_metrics(metrics)))
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
