@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +43,39 @@ def make_video(tmp_path):
         return path
 
     return _make
+
+
+def numbered_frames(n: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frame i is flat with red (i % 16) * 16 + 8 and green (i // 16) * 16 + 8: its index survives the codec."""
+    i = np.arange(n)
+    rgb = np.stack([(i % 16) * 16 + 8, (i // 16) * 16 + 8, np.full(n, 128)], axis=1).astype(np.uint8)  # (n, 3)
+    return np.broadcast_to(rgb[:, None, None, :], (n, height, width, 3)).copy()
+
+
+def frame_ids(frames: np.ndarray) -> list[int]:
+    mean = frames.reshape(len(frames), -1, 3).mean(axis=1)  # (T, 3)
+    return [int(r // 16) + 16 * int(g // 16) for r, g, _ in mean]
+
+
+def encode_frames(frames: np.ndarray, fmt: str, codec: str = "libx264", rate: int = 10,
+            pts_ms: list[int] | None = None) -> bytes:
+    """Encode ``frames`` to a ``fmt`` container with PyAV, at ``rate`` or at explicit times (ms) of each frame."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if pts_ms is not None:
+                vf.pts, vf.time_base = pts_ms[i], Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+# ten frames 0.1 s apart, then one a second: 20 frames over 11 s (a screen recording that sat still)
+VFR_PTS_MS = [100 * i for i in range(10)] + [900 + 1000 * (i - 9) for i in range(10, 20)]

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS
+from conftest import ASSETS, VFR_PTS_MS, encode_frames, frame_ids, numbered_frames
 from PIL import Image
 
 from longvivit.config import CLIP_MEAN, CLIP_STD, PreprocessConfig
@@ -217,3 +217,52 @@ def test_preprocess_config_rejects_settings_that_would_skip_every_sample(kwargs,
     # image_size=0 used to pass here and then fail per sample: every clip skipped, none read.
     with pytest.raises(ValueError, match=message):
         PreprocessConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+@pytest.mark.parametrize("fmt", ["matroska", "mp4"])
+def test_variable_frame_rate_videos_are_sampled_at_their_frame_times(fmt):
+    # Sampled by index at the average rate, the mkv gave frames 0 and 10 and ended after 2 s (9 of its 11 s
+    # lost), the mp4 frames 0, 2, 4, 7...: the frames at 1 s, 2 s... are 9, 10, 11...
+    data = encode_frames(numbered_frames(20), fmt, pts_ms=VFR_PTS_MS)
+    frames, valid = read_frames(data, num_frames=16, fps=1.0)
+    assert valid == 12 and frame_ids(frames[:valid]) == [0, *range(9, 20)]
+    frames, valid = read_frames(data, num_frames=4, sampling="uniform")  # centres of 4 equal time segments
+    assert valid == 4 and frame_ids(frames) == [10, 13, 16, 19]
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("mpeg", "mpeg2video"), ("mpegts", "mpeg2video"), ("mpegts", "libx264")])
+def test_mpeg_streams_give_the_frames_asked_for(fmt, codec):
+    # decord read these from the wrong place: frames 0, 1, 2 for 0, 25, 50 of an MPEG-PS, frame i + 32 of an
+    # H.264 transport stream. They are read with PyAV.
+    data = encode_frames(numbered_frames(150, 64, 64), fmt, codec, rate=25)
+    frames, valid = read_frames(data, num_frames=8, fps=1.0)
+    assert valid == 6 and frame_ids(frames[:valid]) == [0, 25, 50, 75, 100, 125]
+
+
+def test_what_decord_cannot_read_is_read_with_pyav(tmp_path):
+    # An animated GIF (decord: "Failed to measure duration/frame-count") and a 16-pixel-wide H.264 clip (decord
+    # returns (16, 16, 6) arrays: garbage) decode to the right frames.
+    frames = numbered_frames(30, 16, 16)
+    gif = io.BytesIO()
+    Image.fromarray(frames[0]).save(gif, format="GIF", save_all=True, duration=100, loop=0,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    for data in (gif.getvalue(), encode_frames(frames, "mp4")):
+        got, valid = read_frames(data, num_frames=4, fps=1.0)
+        assert got.shape == (4, 16, 16, 3) and valid == 3 and frame_ids(got[:valid]) == [0, 10, 20]
+
+
+def test_bad_video_bytes_say_what_they_are():
+    # An HTML error page saved as .mp4 was printed in full to stderr by decord, and the reason named nothing.
+    page = b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n" * 50
+    with pytest.raises(DecodeError, match=r"not a video: the 2750 bytes are text \('<!DOCTYPE html>"):
+        read_frames(page, num_frames=2)
+    audio = io.BytesIO()
+    with av.open(audio, "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for p in [*s.encode(frame), *s.encode()]:
+            c.mux(p)
+    with pytest.raises(DecodeError, match=r"no video stream \(audio only\?\)"):
+        read_frames(audio.getvalue(), num_frames=2)

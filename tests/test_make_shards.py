@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import decord
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
-from conftest import ASSETS, moving_square_frames
+from conftest import ASSETS, VFR_PTS_MS, encode_frames, frame_ids, moving_square_frames, numbered_frames
 from PIL import Image
 
+from longvivit.config import CLIP_MEAN, CLIP_STD
 from longvivit.data import make_shards
 from longvivit.data.make_shards import main
 from longvivit.data.video_io import encode_video, transcode_video
@@ -92,7 +95,7 @@ def _clip(path: Path, num_frames: int, fps: float, height: int = 48, width: int 
 # ----------------------------------------------------------------------------- the mixed corpus
 GOOD = {  # line -> (key, ext) of every input that must land in the shards
     1: ("000001_bigbuckbunny", "mp4"), 2: ("000002_walk", "mp4"), 3: ("000003_photo", "jpg"),
-    4: ("000004_seg", "mp4"), 5: ("000005_cityCC0", "mpg"), 16: ("000016_cityCC0", "png"),
+    4: ("000004_seg", "mp4"), 5: ("000005_cityCC0", "mp4"), 16: ("000016_cityCC0", "png"),
     17: ("000017_city_cut", "mp4"),
 }
 REJECTED = {
@@ -190,8 +193,7 @@ def test_every_good_input_is_in_exactly_one_shard_once(built, corpus):
 
 def test_copied_videos_decode_to_the_source_frames(built, corpus):
     samples = {json.loads(s["json"])["line"]: s for s in _read_samples(built)}
-    for line, source in ((1, ASSETS / "bigbuckbunny.mp4"), (2, corpus.parent / "walk.mp4"),
-                         (5, ASSETS / "cityCC0.mpg")):
+    for line, source in ((1, ASSETS / "bigbuckbunny.mp4"), (2, corpus.parent / "walk.mp4")):
         info = json.loads(samples[line]["json"])
         data = _media(samples[line])[1]
         assert data == source.read_bytes()  # copy mode stores the bytes untouched
@@ -206,6 +208,22 @@ def test_copied_videos_decode_to_the_source_frames(built, corpus):
         idx = [0, 1, 2] if line == 1 else [0, len(ref) // 2, len(ref) - 1]
         np.testing.assert_array_equal(vr.get_batch(idx).asnumpy(), ref.get_batch(idx).asnumpy())
     assert json.loads(samples[1]["json"])["num_frames"] == 132  # Big Buck Bunny excerpt: 5.28 s at 25 fps
+
+
+def test_mpeg_streams_are_reencoded_to_the_frames_ffmpeg_shows(built, corpus):
+    # An MPEG program stream was stored as it was, and decord, the loader's decoder, reads cityCC0.mpg 12 frames
+    # late (it skips the first GOP): every clip of an .mpg (or .ts) started at the wrong time.
+    samples = {json.loads(s["json"])["line"]: s for s in _read_samples(built)}
+    info = json.loads(samples[5]["json"])
+    assert (info["ext"], info["reencoded_because"], info["num_frames"]) == ("mp4", "MPEG program stream", 190)
+    assert info["fps"] == 25.0 and (info["width"], info["height"]) == (720, 404)  # 405 rows: even for H.264
+    stored = _frames(_media(samples[5])[1])
+    size = (info["width"], info["height"])
+    for i in (2, 14, 100):
+        ref = [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR), dtype=float)
+               for f in _pyav_frames(ASSETS / "cityCC0.mpg", [i - 2, i, i + 2])]
+        errs = [np.abs(stored[i].astype(float) - r).mean() for r in ref]
+        assert np.argmin(errs) == 1, (i, errs)
 
 
 def test_segments_are_cut_to_the_requested_frames(built, corpus):
@@ -418,3 +436,47 @@ def test_tools_wrapper_runs_as_a_script(tmp_path):
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("make_shards: cannot read manifest")
+
+
+def test_sources_decord_misreads_are_reencoded_or_rejected_with_what_they_are(tmp_path):
+    # Stored as they were, a variable-frame-rate mkv was read as a 2 s clip (9 of its 11 s lost) and an animated
+    # GIF or a live WebM without a duration were "unreadable"; a PNG listed as a video, an audio-only file and an
+    # HTML page saved as .mp4 had decord's raw messages as reasons.
+    from longvivit.data import load_clips
+
+    frames = numbered_frames(20, 32, 32)
+    (tmp_path / "vfr.mkv").write_bytes(encode_frames(frames, "matroska", pts_ms=VFR_PTS_MS))
+    Image.fromarray(frames[0]).save(tmp_path / "anim.gif", save_all=True, duration=500, loop=0,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    Image.fromarray(frames[0]).save(tmp_path / "still.png")
+    (tmp_path / "page.mp4").write_text("<!DOCTYPE html><html>404</html>\n")
+    audio = io.BytesIO()
+    with av.open(audio, "w", format="mp4") as c:
+        st = c.add_stream("aac", rate=16000)
+        fr = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        fr.sample_rate = 16000
+        for pkt in [*st.encode(fr), *st.encode()]:
+            c.mux(pkt)
+    (tmp_path / "audio.mp4").write_bytes(audio.getvalue())
+    names = ["vfr.mkv", "anim.gif", "still.png", "page.mp4", "audio.mp4"]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"video": n, "caption": n}) + "\n" for n in names))
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    rejects = {r["source"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert rejects["still.png"]["detail"].endswith('a still image (PNG), not a video: list it as {"image": ...}')
+    assert rejects["page.mp4"]["detail"] == (
+        "cannot read it as a video: the file is text ('<!DOCTYPE html><html>404</html>\\n'...)")
+    audio = rejects["audio.mp4"]
+    assert (audio["reason"], audio["detail"]) == ("zero_frames", "no video stream (audio only?)")
+    infos = {json.loads(s["json"])["source"]: json.loads(s["json"]) for s in _read_samples(tmp_path / "out")}
+    assert infos["vfr.mkv"]["reencoded_because"] == "variable frame rate"
+    assert infos["vfr.mkv"]["duration"] == pytest.approx(11.0, abs=0.5)
+    assert infos["anim.gif"]["reencoded_because"] == "decord cannot read it" and infos["anim.gif"]["num_frames"] == 20
+    clips = {c["captions"][0]: c for c in load_clips(tmp_path / "out", num_frames=16, fps=1.0, image_size=32)}
+    vfr = clips["vfr.mkv"]
+    # decoded back from the stored bytes by decord: the frames shown at 0, 1, 2... s
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    raw = (vfr["video"] * std + mean) * 255  # (T, 3, H, W)
+    ids = frame_ids(raw.permute(0, 2, 3, 1).numpy()[: vfr["num_valid_frames"]])
+    assert ids[:11] == [0, *range(9, 19)] and vfr["num_valid_frames"] >= 11
+    assert clips["anim.gif"]["num_valid_frames"] == 10  # 20 frames of 0.5 s
+

@@ -231,7 +231,7 @@ def test_corrupt_samples_are_skipped_reported_and_iteration_continues(tmp_path, 
     skipped = {k.split(" @ ")[0]: reason for k, reason in it.skipped}
     # The image is another loader's sample, not a corrupt one: passed over, not reported as skipped.
     assert set(skipped) == {"000001_truncated", "000003_text", "000004_nocaption"}
-    assert "caption" in skipped["000004_nocaption"] and "cannot" in skipped["000003_text"]
+    assert "caption" in skipped["000004_nocaption"] and "not a video: the 111 bytes are text" in skipped["000003_text"]
     assert sum("skipped sample" in r.message for r in caplog.records) == 3
 
 

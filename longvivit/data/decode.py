@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 
 from longvivit.config import PreprocessConfig
 from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
-from longvivit.data.sampling import frame_indices
+from longvivit.data.sampling import frame_indices, variable_timestamps
+from longvivit.data.video_io import NoFramesError, mpeg_stream_kind, pyav_frame_times, pyav_read_frames
 
 Modality = Literal["video", "image"]
 
@@ -91,10 +93,35 @@ def _open(data: bytes, num_threads: int):
 
     if not data:
         raise DecodeError("empty video bytes")
+    text = text_head(data)
+    if text is not None:
+        # decord would print the whole file to stderr (an HTML error page saved as .mp4 is a classic of scraped
+        # video sets)
+        raise DecodeError(f"not a video: the {len(data)} bytes are text ({text!r}...)")
     try:
         return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads)
     except (RuntimeError, decord.DECORDError) as err:
-        raise DecodeError(f"cannot open video ({len(data)} bytes): {str(err).splitlines()[0][:200]}") from err
+        raise DecodeError(f"cannot open video ({len(data)} bytes): {decoder_message(err)}") from err
+
+
+def text_head(data: bytes) -> str | None:
+    """The first characters of ``data`` when its head is printable text (no container starts so), else None."""
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text[:40] if text.isprintable() or all(c.isprintable() or c.isspace() for c in text) else None
+
+
+def decoder_message(err: BaseException, limit: int = 300) -> str:
+    """The reason in a decord or PyAV error, without decord's log prefix (time of day, build path) and stack dump."""
+    if getattr(err, "strerror", None) and type(err).__module__.startswith("av"):
+        return str(err.strerror)  # PyAV: FFmpeg's reason ("Invalid data found when processing input")
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip() and not ln.lstrip().startswith("Stack trace")]
+    line = lines[0] if lines else type(err).__name__
+    line = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", line)  # "[01:40:06] /src/video/video_reader.cc:430: "
+    return line if len(line) <= limit else line[: limit - 3].rsplit(" ", 1)[0] + "..."
 
 
 def read_frames(
@@ -107,6 +134,11 @@ def read_frames(
     num_threads: int = 1,
 ) -> tuple[np.ndarray, int]:
     """Decode only the sampled frames of a video, as raw RGB.
+
+    Frames are taken by time: a variable-frame-rate video is sampled at its frames' timestamps (see
+    :func:`~longvivit.data.sampling.variable_timestamps`). decord decodes, except for MPEG program and transport
+    streams (``.mpg``, ``.ts``), whose frames it misplaces, and for what it cannot open or decode (AV1, GIF,
+    some small frame widths...): PyAV reads those, at the cost of a second decoding pass.
 
     Args:
         data: Encoded video bytes (any container FFmpeg reads).
@@ -123,23 +155,52 @@ def read_frames(
     Raises:
         DecodeError: If the bytes cannot be opened or the frames cannot be decoded.
     """
+    pick = dict(num_frames=num_frames, fps=fps, mode=sampling, start=start, rng=rng)
+    if mpeg_stream_kind(data):
+        return _read_frames_pyav(data, pick, None)
+    try:
+        return _read_frames_decord(data, pick, num_threads)
+    except DecodeError as err:
+        if text_head(data) is not None:
+            raise
+        return _read_frames_pyav(data, pick, err)
+
+
+def _read_frames_decord(data: bytes, pick: dict[str, Any], num_threads: int) -> tuple[np.ndarray, int]:
     vr = _open(data, num_threads)
     n = len(vr)
     if n < 1:
         raise DecodeError("video has no frames")
-    indices, num_valid = frame_indices(n, vr.get_avg_fps(), num_frames, fps, sampling, start, rng)
+    native = vr.get_avg_fps()
+    times = variable_timestamps(vr.get_frame_timestamp(np.arange(n))[:, 0], native) if n > 1 else None
+    indices, num_valid = frame_indices(n, native, timestamps=times, **pick)
     # Ask decord for each needed frame once, in increasing order: it then decodes forward from the
     # nearest keyframe and skips (without colour conversion) everything it is not asked for.
     unique = sorted(set(indices))
     try:
         batch = vr.get_batch(unique).asnumpy()  # (U, H, W, 3) uint8
     except Exception as err:  # decord raises plain RuntimeError/DECORDError mid-stream
-        raise DecodeError(f"cannot decode frames {unique[:4]}... of a {n}-frame video: {err}") from err
-    if batch.ndim != 4 or batch.shape[0] != len(unique):
+        raise DecodeError(f"cannot decode frames {unique[:4]}... of a {n}-frame video: {decoder_message(err)}") from err
+    if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3:
         raise DecodeError(f"decoder returned {batch.shape} for {len(unique)} frames")
     pos = {idx: i for i, idx in enumerate(unique)}
     frames = batch[[pos[i] for i in indices]] if len(unique) != len(indices) else batch
     return frames, num_valid
+
+
+def _read_frames_pyav(data: bytes, pick: dict[str, Any], decord_error: DecodeError | None) -> tuple[np.ndarray, int]:
+    """:func:`read_frames` through PyAV (two decoding passes: frame times, then the sampled frames)."""
+    # A window from the first frame needs the frames up to its end only; other starts need the video's length.
+    until = (pick["num_frames"] - 1) / pick["fps"] + 1.0 if pick["mode"] == "fps" and pick["start"] == "first" else None
+    try:
+        times, rate = pyav_frame_times(data, until)
+        indices, num_valid = frame_indices(len(times), rate, timestamps=variable_timestamps(times, rate), **pick)
+        return pyav_read_frames(data, indices), num_valid
+    except NoFramesError as err:
+        raise DecodeError(f"{err} ({len(data)} bytes)") from err
+    except Exception as err:  # PyAV raises its own error classes per FFmpeg error code
+        raise DecodeError(f"cannot decode video ({len(data)} bytes): {decoder_message(err)}") from (
+            decord_error or err)
 
 
 def decode_video(

@@ -6,9 +6,12 @@ the captioning CLI, so that "16 frames at 1 FPS" means the same frames everywher
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import warnings
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Literal
 
 FALLBACK_FPS = 30.0
@@ -22,6 +25,35 @@ def _nearest(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+def variable_timestamps(timestamps: Sequence[float], native_fps: float | None) -> list[float] | None:
+    """The frame times relative to the first, when they are not those of a constant ``native_fps``; else None.
+
+    Screen recordings, phone and browser captures and edited videos often have variable frame rates: their
+    frames are not at ``i / native_fps`` (the container's average rate), so sampling by index would take frames
+    from the wrong times (a clip with ten frames in its first second and one a second after that, sampled at
+    1 FPS by index, ends after two seconds). Intervals within half a frame of the nominal one, with no drift
+    over the clip, count as constant: those videos keep the index arithmetic.
+
+    Args:
+        timestamps: Presentation time (seconds) of each decoded frame, in order.
+        native_fps: The container's (average) frame rate.
+
+    Returns:
+        ``timestamps - timestamps[0]`` for a variable-rate video; ``None`` for a constant-rate one, for fewer
+        than two frames, and for timestamps that are not usable times (NaN, decreasing).
+    """
+    ts = [float(t) for t in timestamps]
+    if len(ts) < 2 or not all(math.isfinite(t) for t in ts) or any(b < a for a, b in pairwise(ts)):
+        return None
+    rel = [t - ts[0] for t in ts]
+    if native_fps is None or not math.isfinite(native_fps) or native_fps <= 0:
+        return rel
+    nominal = 1.0 / native_fps
+    jitter = max(abs((b - a) - nominal) for a, b in pairwise(rel))
+    drift = abs(rel[-1] - (len(rel) - 1) * nominal)
+    return rel if jitter > 0.5 * nominal or drift > nominal else None
+
+
 def frame_indices(
     num_source_frames: int,
     native_fps: float | None,
@@ -30,6 +62,7 @@ def frame_indices(
     mode: SamplingMode = "fps",
     start: StartMode = "first",
     rng: random.Random | None = None,
+    timestamps: Sequence[float] | None = None,
 ) -> tuple[list[int], int]:
     """Pick ``num_frames`` source frame indices for one clip.
 
@@ -42,6 +75,11 @@ def frame_indices(
     ``"uniform"`` mode spreads ``num_frames`` evenly over the whole clip: the clip is cut into
     ``num_frames`` equal segments and the centre frame of each is taken. With ``start="random"`` a
     random frame inside each segment is taken instead (a cheap temporal jitter for training).
+
+    With ``timestamps`` (a variable-rate video, see :func:`variable_timestamps`) the same rules hold in time:
+    sampled frame ``k`` is the source frame whose timestamp is nearest to ``t0 + k / fps``, the window ends
+    half a frame interval after the last frame, and ``"uniform"`` takes the frames nearest to the centres of
+    equal time segments.
 
     When the clip holds fewer frames than the window needs (``"fps"``: the window runs past the
     end; ``"uniform"``: fewer source frames than ``num_frames``), the real indices are followed
@@ -57,6 +95,8 @@ def frame_indices(
         mode: ``"fps"`` or ``"uniform"``.
         start: ``"first"``, ``"random"`` or ``"center"``.
         rng: Source of randomness for ``start="random"``; a fresh unseeded one when ``None``.
+        timestamps: Frame times in seconds from the first frame (``num_source_frames`` of them, increasing)
+            for a variable-rate video; ``None`` samples by index at ``native_fps``.
 
     Returns:
         ``(indices, num_valid)``: ``len(indices) == num_frames``, each in ``[0, num_source_frames)``.
@@ -76,6 +116,10 @@ def frame_indices(
         rng = random.Random()
 
     n = num_source_frames
+    if timestamps is not None:
+        if len(timestamps) != n:
+            raise ValueError(f"{len(timestamps)} timestamps for {n} frames")
+        return _indices_in_time([float(t) for t in timestamps], num_frames, fps, mode, start, rng)
     if mode == "uniform":
         if n < num_frames:
             real = list(range(n))
@@ -112,6 +156,40 @@ def frame_indices(
         if idx > n - 1:
             break  # the window runs past the end: the rest is padding
         real.append(idx)
+    return _pad(real, num_frames)
+
+
+def _indices_in_time(
+    ts: list[float], num_frames: int, fps: float, mode: SamplingMode, start: StartMode, rng: random.Random | None
+) -> tuple[list[int], int]:
+    """:func:`frame_indices` for frames at times ``ts`` (seconds from the first frame, increasing)."""
+    n = len(ts)
+    gaps = sorted(b - a for a, b in pairwise(ts)) or [0.0]
+    half = gaps[len(gaps) // 2] / 2  # half a typical frame interval: a frame is on screen that long around it
+
+    def nearest(t: float) -> int:
+        j = bisect.bisect_left(ts, t)
+        if j == n:
+            return n - 1
+        return j if j == 0 or ts[j] - t <= t - ts[j - 1] else j - 1
+
+    if mode == "uniform":
+        if n < num_frames:
+            return _pad(list(range(n)), num_frames)
+        seg = (ts[-1] + 2 * half) / num_frames  # the clip lasts from 0 to half an interval after its last frame
+        jitter = [rng.random() if start == "random" else 0.5 for _ in range(num_frames)]
+        return _pad([nearest(k * seg + u * seg) for k, u in enumerate(jitter)], num_frames)
+    if fps <= 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    span = (num_frames - 1) / fps
+    slack = max(0.0, ts[-1] - span)
+    offset = 0.0 if start == "first" else slack / 2 if start == "center" else rng.random() * slack
+    real = []
+    for k in range(num_frames):
+        t = offset + k / fps
+        if real and t >= ts[-1] + half:
+            break  # past the last frame: the rest is padding
+        real.append(nearest(t))
     return _pad(real, num_frames)
 
 

@@ -10,13 +10,23 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
+from longvivit.data.decode import decoder_message, text_head
+from longvivit.data.formats import IMAGE_EXTS, STORED_VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
+from longvivit.data.sampling import variable_timestamps
 from longvivit.data.video_io import EPS as _EPS
-from longvivit.data.video_io import output_size, transcode_video
+from longvivit.data.video_io import (
+    NoFramesError,
+    mpeg_stream_kind,
+    output_size,
+    pyav_frame_times,
+    pyav_read_frames,
+    transcode_video,
+)
 
 # Reason codes written to rejects.jsonl and counted in stats.json (manifest-level ones come from manifest.py).
 MISSING = "missing_file"
@@ -88,19 +98,6 @@ def _first_line(err: BaseException) -> str:
     return (text[-1] if text else type(err).__name__)[:300]
 
 
-def _has_empty_video_stream(path: Path) -> bool:
-    """True when PyAV sees a video stream that decodes to nothing (decord only reports an error then)."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                return False
-            return next(iter(c.decode(video=0)), None) is None
-    except Exception:
-        return False
-
-
 def _staged_path(entry: ManifestEntry, src: Path, opts: ShardOptions, ext: str) -> Path:
     # The name hashes everything the encode depends on, so a staged file from other options is never reused.
     st = src.stat()
@@ -110,7 +107,7 @@ def _staged_path(entry: ManifestEntry, src: Path, opts: ShardOptions, ext: str) 
 
 
 def _read_video_info(path: Path) -> tuple[int, float, int, int]:
-    """(num_frames, fps, height, width) of a video as decord (the loader's decoder) sees it."""
+    """(num_frames, fps, height, width) of a video we wrote, as decord (the loader's decoder) sees it."""
     import decord
 
     vr = decord.VideoReader(str(path), num_threads=1)
@@ -119,61 +116,129 @@ def _read_video_info(path: Path) -> tuple[int, float, int, int]:
     return n, float(vr.get_avg_fps()), int(h), int(w)
 
 
-def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
+@dataclass
+class _Timing:
+    """When each frame of a source is shown, and why its bytes cannot be stored as they are (None: they can)."""
+
+    times: list[float]  # seconds, stream-relative, one per frame
+    fps: float
+    height: int
+    width: int
+    reencode: str | None = None
+    variable: bool = False  # frame times are not those of a constant rate
+
+    @property
+    def duration(self) -> float:
+        n = len(self.times)
+        if not self.variable:  # a constant rate: what the loader will compute
+            return n / self.fps
+        gaps = sorted(b - a for a, b in pairwise(self.times)) or [1.0 / self.fps]
+        return self.times[-1] - self.times[0] + gaps[len(gaps) // 2]
+
+
+def _timing(src: Path) -> _Timing:
+    """Frame times and size of ``src``, with decord where the loader's decord reads the file right, else PyAV.
+
+    Raises:
+        NoFramesError: No video stream or no frame.
+        Exception: Neither decoder reads the file (the decord error, PyAV's chained to it).
+    """
     import decord
+    import numpy as np
+
+    with open(src, "rb") as f:
+        head = f.read(1024)
+    text = text_head(head)
+    if text is not None:
+        raise ValueError(f"the file is text ({text!r}...)")
+    kind = mpeg_stream_kind(head)
+    decord_error: Exception | None = None
+    if kind is None:
+        try:
+            vr = decord.VideoReader(str(src), num_threads=1)
+            n = len(vr)
+            if n == 0:
+                raise NoFramesError("the video stream has no frames")
+            fps = float(vr.get_avg_fps())
+            ts = [float(t) for t in vr.get_frame_timestamp(np.arange(n))[:, 0]]  # presentation times, stream-relative
+            first, last = vr[0].asnumpy(), vr[n - 1].asnumpy()  # the whole stream decodes, to its last frame
+            del vr, last
+            if fps > 0:
+                variable = variable_timestamps(ts, fps) is not None
+                why = "variable frame rate" if variable else None
+                return _Timing(ts, fps, int(first.shape[0]), int(first.shape[1]), why, variable)
+            decord_error = ValueError(f"no usable frame rate ({fps})")
+        except NoFramesError:
+            raise
+        except Exception as err:
+            decord_error = err
+    # PyAV: an MPEG stream (decord misplaces its frames) or a file decord cannot read to its end
+    still = _still_image_format(src)
+    if still:
+        raise ValueError(f"a still image ({still}), not a video: list it as {{\"image\": ...}}")
+    try:
+        times, fps = pyav_frame_times(src)
+        height, width = pyav_read_frames(src, [0]).shape[1:3]
+    except NoFramesError:
+        raise
+    except Exception as err:
+        raise err from decord_error
+    why = f"MPEG {kind}" if kind else "decord cannot read it"
+    return _Timing(times, fps, int(height), int(width), why, variable_timestamps(times, fps) is not None)
+
+
+def _still_image_format(src: Path) -> str | None:
+    """The format of a still image (PNG, JPEG...) given as a video; None for anything else (GIFs included)."""
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            return None if getattr(im, "n_frames", 1) > 1 or im.format == "GIF" else im.format
+    except Exception:
+        return None
+
+
+def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
     import numpy as np
 
     def reject(reason: str, detail: str) -> Reject:
         return Reject(entry.line, entry.path, reason, detail)
 
     try:
-        vr = decord.VideoReader(str(src), num_threads=1)
+        timing = _timing(src)
+    except NoFramesError as err:
+        return reject(ZERO_FRAMES, str(err))
     except Exception as err:
-        if _has_empty_video_stream(src):
-            return reject(ZERO_FRAMES, "the video stream has no frames")
-        return reject(UNREADABLE, f"cannot open: {_first_line(err)}")
-    n = len(vr)
-    if n == 0:
-        return reject(ZERO_FRAMES, "the video stream has no frames")
-    fps = float(vr.get_avg_fps())
-    if not fps > 0:
-        return reject(UNREADABLE, f"no usable frame rate ({fps})")
-    ts = vr.get_frame_timestamp(np.arange(n))[:, 0]  # (n,) presentation time of each frame, stream-relative
-    src_duration = n / fps
+        return reject(UNREADABLE, f"cannot read it as a video: {decoder_message(err)}")
+    n, fps, ts = len(timing.times), timing.fps, np.asarray(timing.times)
+    src_duration = timing.duration
     segment = entry.start is not None or entry.end is not None
     start = entry.start or 0.0
     end = src_duration if entry.end is None else min(entry.end, src_duration)
     if segment:
         if start >= src_duration:
             return reject(OUT_OF_RANGE, f"start {start:.3f}s is beyond the duration {src_duration:.3f}s")
-        idx = np.nonzero((ts >= start - _EPS) & (ts < end - _EPS))[0]
-        if len(idx) == 0:
+        if not np.any((ts >= start - _EPS) & (ts < end - _EPS)):
             return reject(OUT_OF_RANGE, f"no frame in [{start:.3f}, {end:.3f})s")
-        first, last = int(idx[0]), int(idx[-1])
-    else:
-        first, last = 0, n - 1
-    try:
-        frame = vr[first].asnumpy()
-        vr[last].asnumpy()
-    except Exception as err:
-        return reject(UNREADABLE, f"cannot decode frames {first} and {last} of {n}: {_first_line(err)}")
-    del vr
     length = (end - start) if segment else src_duration
     if length < opts.min_seconds:
         return reject(TOO_SHORT, f"{length:.3f}s is shorter than --min-seconds {opts.min_seconds}")
 
-    height, width = frame.shape[:2]
+    height, width = timing.height, timing.width
     ext = src.suffix.lower().lstrip(".")
     out_fps = fps if opts.fps is None else min(opts.fps, fps)
     resize = opts.short_side is not None and min(height, width) > opts.short_side
-    if segment or out_fps < fps or resize or opts.reencode or ext not in VIDEO_EXTS:
+    reencode = timing.reencode or opts.reencode or ext not in STORED_VIDEO_EXTS
+    if segment or out_fps < fps or resize or reencode:
         ext = "mp4"
         media = _staged_path(entry, src, opts, ext)
+        variable = timing.variable
         try:
             if not media.exists():
                 tmp = media.with_name(media.name + ".tmp")
                 transcode_video(src, tmp, start=start if segment else None, end=end if segment else None,
-                                fps=opts.fps, short_side=opts.short_side, crf=opts.crf)
+                                fps=min(opts.fps or _cfr_rate(timing), _cfr_rate(timing)) if variable else opts.fps,
+                                short_side=opts.short_side, crf=opts.crf, constant_rate=variable)
                 os.replace(tmp, media)
             n, fps, height, width = _read_video_info(media)
         except Exception as err:
@@ -188,7 +253,18 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
         "start": start if segment else None, "end": end if segment else None, "line": entry.line,
         "meta": _meta(entry),
     }
+    if timing.reencode:
+        info["reencoded_because"] = timing.reencode
     return _sample(entry, src, opts, Path(media), ext, info)
+
+
+def _cfr_rate(timing: _Timing) -> float:
+    """A constant rate for a variable-rate source: its shortest frame interval (frames shown that briefly keep
+    a frame of their own), within [its average rate, max(30, its average rate)]."""
+    average = len(timing.times) / timing.duration
+    gaps = [b - a for a, b in pairwise(timing.times) if b - a > 1e-4]
+    fastest = 1.0 / min(gaps) if gaps else average
+    return max(average, min(fastest, max(30.0, average)))
 
 
 def _probe_image(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:

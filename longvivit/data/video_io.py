@@ -1,4 +1,5 @@
-"""Encoding video with PyAV (H.264): whole clips from frames, and streaming re-encodes of (segments of) files."""
+"""Video with PyAV: encoding clips (H.264), streaming re-encodes of (segments of) files, and a frame reader for the
+containers decord gets wrong."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def _quarter_turns(frame: Any) -> int:
 
 def transcode_video(
     src: str | Path, dst: str | Path, *, start: float | None = None, end: float | None = None,
-    fps: float | None = None, short_side: int | None = None, crf: int = 23,
+    fps: float | None = None, short_side: int | None = None, crf: int = 23, constant_rate: bool = False,
 ) -> int:
     """Re-encode (a segment of) a video to H.264 mp4, streaming frame by frame.
 
@@ -142,6 +143,9 @@ def transcode_video(
         fps: Output rate; only ever lowers the native rate (frames are picked, not interpolated).
         short_side: Downscale so the short side is this many pixels (never upscales).
         crf: x264 constant rate factor.
+        constant_rate: The source's frame times are irregular (a variable frame rate): output ``fps`` (the
+            native average rate if ``None``) by picking the frame on screen at each output time, whatever the
+            native rate, instead of re-timing the source frames one after the other.
 
     Returns:
         Number of frames written. At the native rate these are exactly the source frames whose timestamps
@@ -159,7 +163,11 @@ def transcode_video(
         # Output in display orientation (what decord, the loader's decoder, shows): the rotation is applied
         # to the pixels, since the display matrix is not carried over to the new file.
         height, width = output_size(*(coded[::-1] if turns % 2 else coded), short_side)
-    rate = native if fps is None or fps >= native else Fraction(fps).limit_denominator(1001)
+    if constant_rate:
+        rate = Fraction(fps or native).limit_denominator(1001)
+    else:
+        rate = native if fps is None or fps >= native else Fraction(fps).limit_denominator(1001)
+    resample = constant_rate or rate != native
     count = 0
     with av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
         ost = out.add_stream("libx264", rate=rate)
@@ -184,7 +192,7 @@ def transcode_video(
         for t, frame in _decoded_frames(Path(src), start):
             if t >= end - EPS:
                 break
-            if rate == native:
+            if not resample:
                 if t >= start - EPS:
                     emit(frame)
                 continue
@@ -201,3 +209,88 @@ def transcode_video(
     if count == 0:
         raise ValueError(f"no frame in [{start}, {end}) s")
     return count
+
+
+# ----------------------------------------------------------------------------- decoding (decord's fallback)
+class NoFramesError(ValueError):
+    """A readable file with no video stream (audio only, an image container) or with a stream of no frames."""
+
+
+def mpeg_stream_kind(data: bytes) -> str | None:
+    """``"program stream"`` / ``"transport stream"`` for MPEG-PS (.mpg, .vob) / MPEG-TS (.ts, .mts, .m2ts) bytes.
+
+    decord returns other frames than the ones asked for from both (its frame ``i`` of ``cityCC0.mpg`` is frame
+    ``i + 12``; of an H.264 transport stream, frame ``i + 32``; with seeking, MPEG-2 frames 0, 1, 2 for 0, 25,
+    50), so these are read with PyAV, and the shard writer re-encodes them.
+    """
+    if data[:4] == b"\x00\x00\x01\xba":  # pack header
+        return "program stream"
+    for size, first in ((188, 0), (192, 4)):  # 188-byte packets; M2TS prefixes each with a 4-byte timecode
+        if len(data) > first and all(data[i] == 0x47 for i in range(first, min(len(data), first + 3 * size), size)):
+            return "transport stream"
+    return None
+
+
+def _open_source(source: bytes | str | Path) -> Any:
+    import av
+
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> tuple[list[float], float]:
+    """Presentation times (seconds from the first frame) of the decoded frames, and the stream's rate.
+
+    Decodes without converting any picture. Used where decord cannot be trusted: MPEG streams (see
+    :func:`mpeg_stream_kind`) and what it cannot open or decode (AV1, GIF, live WebM without a duration...).
+
+    Args:
+        source: Encoded video bytes or a file.
+        until: Stop after the first frame later than this many seconds (the frames a window from the start
+            needs); ``None`` reads them all.
+
+    Returns:
+        ``(times, rate)``; ``times`` has one entry per frame, in decode (= presentation) order.
+
+    Raises:
+        NoFramesError: No video stream, or no frame decodes.
+    """
+    with _open_source(source) as c:
+        if not c.streams.video:
+            raise NoFramesError("no video stream (audio only?)")
+        ist = c.streams.video[0]
+        rate = float(ist.average_rate or ist.guessed_rate or 25)
+        times = []
+        for frame in c.decode(ist):
+            t = frame.time
+            times.append(times[-1] + 1.0 / rate if t is None and times else (t or 0.0))
+            if until is not None and times[-1] - times[0] > until:
+                break
+    if not times:
+        raise NoFramesError("the video stream has no frames")
+    first = min(times)
+    return [t - first for t in times], rate
+
+
+def pyav_read_frames(source: bytes | str | Path, indices: list[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` (decode order = presentation order), upright, as RGB.
+
+    Args:
+        source: Encoded video bytes or a file.
+        indices: Frame indices (repeats allowed), each below the frame count of :func:`pyav_frame_times`.
+
+    Returns:
+        (len(indices), H, W, 3) uint8.
+    """
+    wanted = set(indices)
+    picked: dict[int, np.ndarray] = {}
+    with _open_source(source) as c:
+        for i, frame in enumerate(c.decode(c.streams.video[0])):
+            if i in wanted:
+                turns = _quarter_turns(frame)
+                picked[i] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
+                if len(picked) == len(wanted):
+                    break
+    missing = sorted(wanted - picked.keys())
+    if missing:
+        raise ValueError(f"frames {missing[:4]} did not decode")
+    return np.stack([picked[i] for i in indices])  # (T, H, W, 3)
