@@ -156,12 +156,18 @@ def test_generator_makes_masks_reproducible():
     assert len({tuple(s.flatten().round(decimals=4).tolist()) for s in seen}) > 1
 
 
-def test_default_mask_ratio_comes_from_config():
+def test_default_mask_ratio_is_the_configs_in_training_and_none_in_eval():
+    # An encoder trained (and exported) with mask_ratio 0.75 masked 75% of the tokens at random in eval mode too:
+    # `from_pretrained(...).eval()` gave other embeddings on every call.
     cfg = small(mask_ratio=0.75)
-    model = VideoEncoder(cfg).eval()
+    model = VideoEncoder(cfg)
     with torch.no_grad():
         assert tokens_into_first_block(model, model, video(cfg)).shape[1] == 2
         assert tokens_into_first_block(model, model, video(cfg), mask_ratio=0.0).shape[1] == 8
+        model.eval()
+        assert tokens_into_first_block(model, model, video(cfg)).shape[1] == 8
+        assert tokens_into_first_block(model, model, video(cfg), mask_ratio=0.75).shape[1] == 2
+        assert torch.equal(model(video(cfg)), model(video(cfg)))
 
 
 # --------------------------------------------------------------------------- gradients and freezing

@@ -75,7 +75,8 @@ class VideoTextModel(nn.Module):
 
         Args:
             video: Frames.
-            mask_ratio: Fraction of tubelets dropped; ``None`` uses the encoder's configured default.
+            mask_ratio: Fraction of tubelets dropped; ``None`` uses the encoder's training ratio in training mode
+                and none in eval mode.
         """
         return F.normalize(self.video_encoder(video, mask_ratio=mask_ratio), dim=-1)
 

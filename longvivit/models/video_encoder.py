@@ -202,7 +202,10 @@ class VideoEncoder(nn.Module):
         mask_ratio: float | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        ratio = self.cfg.mask_ratio if mask_ratio is None else float(mask_ratio)
+        # cfg.mask_ratio is the training ratio: an encoder in eval mode (an exported one included) sees every token
+        # unless asked otherwise, so inference is exact and deterministic by default.
+        default = self.cfg.mask_ratio if self.training else 0.0
+        ratio = default if mask_ratio is None else float(mask_ratio)
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {ratio}")
         n_frozen = self.num_frozen_blocks
@@ -262,7 +265,7 @@ class VideoEncoder(nn.Module):
         Args:
             video: (B, T, C, H, W) normalised frames.
             mask_ratio: Fraction of patch tokens dropped at random per sample; ``None`` uses
-                ``cfg.mask_ratio``. Zero is exact and uses no randomness.
+                ``cfg.mask_ratio`` in training mode and 0 in eval mode. Zero is exact and uses no randomness.
             generator: Optional RNG for reproducible masks.
 
         Returns:
