@@ -187,3 +187,18 @@ def test_fit_console_shows_adaptations_metrics_and_the_epochs_max_steps_spans(sh
     assert "INFO longvivit.models.checkpoint: loaded" in out and "text tower loaded" in out
     assert out.count("val retrieval at step 2:") == 1 and "T2V R@1" in out  # not the sanity check's
     assert "Epoch 1/1" in out and "/-2" not in out and "v_num" not in out, out[-3000:]
+
+
+def test_image_stage_checkpoint_holds_the_inflated_tubelet_kernel_without_validation(shards, tmp_path):
+    # The image stage trains the 2D kernel only; the tubelet kernel was synced to it before validations alone,
+    # so a stage 1 run without validation (or a checkpoint saved after the last one) handed stage 2 a random or
+    # stale tubelet kernel, and init_from, finding one, did not inflate.
+    from longvivit.models.init import inflate_patch_kernel
+
+    ckpt = _fit("stage1_image.yaml", tmp_path / "s1", shards, "--data.image_shards", str(shards["images_train"]),
+                "--data.val_shards", "null", "--data.image_batch_size", "4")
+    sd = torch.load(ckpt / "last.ckpt", weights_only=True)["state_dict"]
+    key = "model.video_encoder.patch_embed_{}.{}"
+    t = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["model_config"]["video"]["tubelet_size"][0]
+    assert torch.equal(sd[key.format("3d", "weight")], inflate_patch_kernel(sd[key.format("2d", "weight")], t))
+    assert torch.equal(sd[key.format("3d", "bias")], sd[key.format("2d", "bias")])

@@ -52,9 +52,9 @@ class ContrastiveModule(L.LightningModule):
         init_logit_scale: Initial 1/temperature.
         max_logit_scale: Clamp of the learned 1/temperature.
         local_loss: Score local rows against global columns in distributed NCE (memory-light, same loss).
-        sync_inflation: Before each validation, set the tubelet kernel to the inflated image kernel. Used by
-            the image stage, where the 3D path is not trained: validation on videos then measures exactly the
-            model that the next stage starts from.
+        sync_inflation: Before each validation and in every checkpoint, set the tubelet kernel to the inflated
+            image kernel. Used by the image stage, where the 3D path is not trained: validation on videos then
+            measures exactly the model that the next stage starts from.
         modalities: Modalities trained (``["video"]``, ``["image"]`` or both); ``None`` infers them from the
             datamodule's shards.
         order_negatives: Re-orderings of every training clip (``"reverse"``, ``"rotate"``; see
@@ -244,12 +244,17 @@ class ContrastiveModule(L.LightningModule):
     # ----------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
         if self.sync_inflation:
-            enc = self.model.video_encoder
-            with torch.no_grad():
-                w3d = inflate_patch_kernel(enc.patch_embed_2d.weight, enc.cfg.tubelet_size[0])
-                enc.patch_embed_3d.weight.copy_(w3d)
-                enc.patch_embed_3d.bias.copy_(enc.patch_embed_2d.bias)
+            self._inflate_tubelet_kernel()
         self.evaluator.reset()
+
+    def _inflate_tubelet_kernel(self) -> dict[str, Tensor]:
+        """Set the (untrained) tubelet kernel to the inflated image kernel; returns the two tensors by key."""
+        enc = self.model.video_encoder
+        with torch.no_grad():
+            enc.patch_embed_3d.weight.copy_(inflate_patch_kernel(enc.patch_embed_2d.weight, enc.cfg.tubelet_size[0]))
+            enc.patch_embed_3d.bias.copy_(enc.patch_embed_2d.bias)
+        return {"model.video_encoder.patch_embed_3d.weight": enc.patch_embed_3d.weight,
+                "model.video_encoder.patch_embed_3d.bias": enc.patch_embed_3d.bias}
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -302,6 +307,12 @@ class ContrastiveModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.sync_inflation:
+            # What the next stage starts from, whether or not a validation ran since the image kernel last moved
+            # (without one, stage 2 started from the random tubelet kernel of stage 1's initialisation).
+            for key, value in self._inflate_tubelet_kernel().items():
+                if key in checkpoint["state_dict"]:
+                    checkpoint["state_dict"][key] = value.detach().clone()
         checkpoint[CKPT_META_KEY] = {
             "model_config": self.model_cfg.to_dict(),
             "trainable_last": self.hparams.trainable_last,
