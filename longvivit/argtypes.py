@@ -37,6 +37,14 @@ def mask_ratio(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """``type=`` for a fraction in ``[0, 1]``."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def device(text: str) -> str:
     """``type=`` for a torch device that exists on this machine."""
     import torch

@@ -84,6 +84,21 @@ def preprocess_for(video: VideoEncoderConfig, data: dict[str, Any] | None = None
                             start="first" if start == "random" else start)
 
 
+def source_preprocess(source: str | Path, video: VideoEncoderConfig) -> PreprocessConfig:
+    """How the frames of a model's training data were sampled, for inference on the same footing.
+
+    Args:
+        source: An export folder (its ``preprocessor_config.json``) or a ``longvivit fit`` checkpoint (its data
+            hyper-parameters, read memory-mapped).
+        video: The encoder's config (frames and image size).
+    """
+    source = Path(source)
+    if source.is_dir():
+        return load_preprocess_config(source) or preprocess_for(video)
+    checkpoint = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
+    return preprocess_for(video, dict(checkpoint.get("datamodule_hyper_parameters") or {}))
+
+
 # --------------------------------------------------------------------------- the folder
 def find_pickles(folder: str | Path) -> list[Path]:
     """Files under ``folder`` in a format that unpickles on load (``.bin``, ``.pt``, ``.ckpt``...)."""
@@ -176,8 +191,7 @@ def export_model(
 
     model, _ = load_model(source)
     stages = read_stages(source) if source.is_file() else []
-    pre = (load_preprocess_config(source) if source.is_dir() else None) or preprocess_for(
-        model.video_encoder.cfg, stages[-1].data if stages else None)
+    pre = source_preprocess(source, model.video_encoder.cfg)
     found = _named_json(metrics)
     if stages and stages[-1].meta.get("metrics"):
         found.append((f"validation in the checkpoint at step {stages[-1].step}", stages[-1].meta["metrics"]))

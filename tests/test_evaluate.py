@@ -164,3 +164,39 @@ def test_eval_of_two_shard_sets_with_the_same_keys_says_why_in_one_line(setup):
     root, shards, model_dir = setup
     with pytest.raises(SystemExit, match=r"longvivit eval: two clips have the key .*evaluate each set on its own"):
         cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), str(shards)])
+
+
+def test_eval_over_too_many_unreadable_clips_says_so_in_one_line_and_can_go_on(setup, tmp_path):
+    # It ended in a 67-line TooManyFailuresError traceback that named `longvivit fit`'s flag, and eval had none.
+    import webdataset as wds
+
+    _, shards, model_dir = setup
+    good = [s for s in wds.WebDataset(str(next(shards.glob("*.tar"))), shardshuffle=False)]
+    mixed = tmp_path / "mixed-000000.tar"
+    with wds.TarWriter(str(mixed)) as sink:
+        for copy in range(3):
+            for s in good:
+                members = {k: v for k, v in s.items() if not k.startswith("__")}
+                sink.write({**members, "__key__": f"{copy}_{s['__key__']}"})
+        for i in range(4):
+            sink.write({"__key__": f"bad{i}", "mp4": b"\x00\x00\x00\x18ftypmp42 truncated", "txt": b"a caption"})
+    args = ["eval", "--model", str(model_dir), "--shards", str(mixed), "--num-frames", "16"]
+    with pytest.raises(SystemExit, match=r"^longvivit eval: .* could not be used .*--max-fail-fraction 1 the clips "
+                                         r"that decode are evaluated"):
+        cli_main(args)
+    out = tmp_path / "m.json"
+    assert cli_main([*args, "--max-fail-fraction", "1", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_videos"] == 3 * len(good)
+    assert sorted(s["key"].split(" @ ")[0] for s in m["skipped"]) == [f"bad{i}" for i in range(4)]
+
+
+def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
+    # A checkpoint's data settings (here 0.5 FPS, uniform) were ignored by eval (1 FPS), not by export.
+    from longvivit.export import source_preprocess
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"fps": 0.5, "sampling": "uniform", "start": "random"}}, ckpt)
+    video = VideoEncoderConfig.preset("tiny", image_size=32, num_frames=8)
+    pre = source_preprocess(ckpt, video)
+    assert (pre.fps, pre.sampling, pre.start, pre.num_frames, pre.image_size) == (0.5, "uniform", "first", 8, 32)

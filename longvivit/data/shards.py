@@ -125,8 +125,8 @@ class SkipLog:
         if seen >= self.min_fail_count and self.failed / seen > self.max_fail_fraction:
             raise TooManyFailuresError(
                 f"{self.name}: {self.failed} of {seen} samples could not be used "
-                f"(> max_fail_fraction={self.max_fail_fraction}; `longvivit fit` takes --data.max_fail_fraction, "
-                f"make_shards lists bad inputs before training); last: {key}: {reason}"
+                f"(> max_fail_fraction={self.max_fail_fraction}: `longvivit fit --data.max_fail_fraction`, `longvivit "
+                f"eval --max-fail-fraction`; make_shards lists bad inputs before training); last: {key}: {reason}"
             )
 
     def tar_handler(self, exn: Exception) -> bool:

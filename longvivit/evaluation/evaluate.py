@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
+from longvivit.argtypes import device, fraction, mask_ratio, non_negative_int, positive
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import (
     DuplicateKeyError,
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from longvivit.config import PreprocessConfig
     from longvivit.data.clips import load_clips
     from longvivit.data.shard_specs import expand_shards
-    from longvivit.export import load_preprocess_config
+    from longvivit.data.shards import TooManyFailuresError
+    from longvivit.export import source_preprocess
     from longvivit.models.checkpoint import load_model
 
     overrides: dict[str, Any] = {}
@@ -150,15 +151,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "needs both: evaluate the training checkpoint (.ckpt) or its `longvivit export` folder")
     model.to(args.device)
     cfg = model.video_encoder.cfg
-    # Defaults come from the export's preprocessor_config.json when there is one (fps, sampling, mean/std).
-    exported = load_preprocess_config(args.model) if Path(args.model).is_dir() else None
-    base = exported or PreprocessConfig()
+    # Defaults are the model's training settings: an export's preprocessor_config.json (fps, sampling, mean/std),
+    # a checkpoint's data hyper-parameters
+    base = source_preprocess(args.model, cfg)
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
-    clips = load_clips(shards, preprocess=pre, num_workers=args.workers)
+    clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
     try:
         ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                                frame_order=args.frame_order, seed=args.seed, device=args.device)
+    except TooManyFailuresError as err:
+        raise SystemExit(f"longvivit eval: {err}. With --max-fail-fraction 1 the clips that decode are evaluated "
+                         "and the others listed in the JSON's `skipped`") from err
     except DuplicateKeyError as err:
         raise SystemExit(
             f"longvivit eval: two clips have the key {err.keys[0]!r}: the same shard given twice, or shard sets "
@@ -203,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive(int), default=16)
     p.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-fail-fraction", type=fraction, default=0.1,
+                   help="stop when more than this fraction of the clips cannot be read (default 0.1)")
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     p.add_argument("--embeddings", type=Path, default=None, help="dump embeddings (.npy) and ids here")
