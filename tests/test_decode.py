@@ -266,3 +266,42 @@ def test_bad_video_bytes_say_what_they_are():
             c.mux(p)
     with pytest.raises(DecodeError, match=r"no video stream \(audio only\?\)"):
         read_frames(audio.getvalue(), num_frames=2)
+
+
+# ---------------------------------------------------------------------------------------------- images
+def _raw_rgb(image: torch.Tensor) -> np.ndarray:
+    """decode_image output (3, H, W) normalised -> (H, W, 3) values in [0, 255]."""
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    return ((image * std + mean) * 255).permute(1, 2, 0).numpy()
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def test_images_decode_as_they_are_shown():
+    cfg = PreprocessConfig(image_size=32)
+    # A phone photo: stored landscape (red left, blue right), EXIF orientation 6 = turn 90 degrees clockwise
+    # to show it: red on top. It was decoded in sensor orientation.
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32, 0], stored[:, 32:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    # shown 32 wide, 64 high; the centre 32x32 crop holds the bottom of the red half and the top of the blue one
+    rgb = _raw_rgb(decode_image(buf.getvalue(), cfg))
+    assert rgb[:8, :, 0].mean() > 200 and rgb[:8, :, 2].mean() < 50
+    assert rgb[-8:, :, 2].mean() > 200 and rgb[-8:, :, 0].mean() < 50
+    # 16-bit grey at half scale (32768) was clipped to white.
+    grey16 = Image.fromarray(np.full((32, 32), 32768, np.uint16))
+    assert grey16.mode.startswith("I")
+    assert np.allclose(_raw_rgb(decode_image(_png(grey16), cfg)), 127.5, atol=2)
+    # A transparent pixel shows white (img2dataset's matting), not the colour it happens to hold.
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0] = 200  # red everywhere...
+    rgba[16:, :, 3] = 255  # ...opaque in the bottom half only
+    got = _raw_rgb(decode_image(_png(Image.fromarray(rgba, "RGBA")), cfg))
+    assert np.allclose(got[:12], 255, atol=2) and np.allclose(got[20:], [200, 0, 0], atol=2)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from longvivit.config import CLIP_MEAN, CLIP_STD
 from longvivit.data import make_shards
+from longvivit.data.decode import rgb_image
 from longvivit.data.make_shards import main
 from longvivit.data.video_io import encode_video, transcode_video
 
@@ -480,3 +481,19 @@ def test_sources_decord_misreads_are_reencoded_or_rejected_with_what_they_are(tm
     assert ids[:11] == [0, *range(9, 19)] and vfr["num_valid_frames"] >= 11
     assert clips["anim.gif"]["num_valid_frames"] == 10  # 20 frames of 0.5 s
 
+
+
+def test_image_sizes_are_as_shown(tmp_path):
+    # An EXIF-rotated phone photo was recorded with its stored (sensor) size; resized, it was also stored turned.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    Image.fromarray(np.zeros((40, 80, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "phone.jpg", "caption": "a photo"}) + "\n")
+    for flags, size in (([], (40, 80)), (["--short-side", "20"], (20, 40))):
+        out = tmp_path / f"out{len(flags)}"
+        assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), *flags]) == 0
+        (sample,) = _read_samples(out)
+        info = json.loads(sample["json"])
+        assert (info["width"], info["height"]) == size
+        with Image.open(io.BytesIO(_media(sample)[1])) as im:
+            assert rgb_image(im).size == size

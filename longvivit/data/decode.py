@@ -253,6 +253,34 @@ def decode_video_file(path: str | Path, cfg: PreprocessConfig) -> tuple[torch.Te
         raise DecodeError(f"{path}: {err}") from err
 
 
+def rgb_image(img: Any) -> Any:
+    """An image as it is shown, in 8-bit RGB: EXIF orientation applied, 16-bit grey scaled, transparency matted.
+
+    ``Image.convert("RGB")`` alone keeps a phone photo's pixels in sensor orientation (its EXIF says how to turn
+    them), clips 16-bit grey to white, and shows whatever colour transparent pixels hold; transparent pixels
+    become white here, as in img2dataset.
+
+    Args:
+        img: A PIL image.
+
+    Returns:
+        A PIL image in mode ``"RGB"``.
+    """
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode.startswith("I"):  # 16-bit ("I;16") or 32-bit integer grey
+        grey = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or grey.max() > 255:
+            grey = grey / 257.0  # 65535 -> 255
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
 def decode_image(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
     """Decode and preprocess one image with the same transform as video frames.
 
@@ -272,7 +300,7 @@ def decode_image(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
         raise DecodeError("empty image bytes")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8; convert() forces the full decode
+            rgb = np.asarray(rgb_image(img))  # (H, W, 3) uint8; the conversion forces the full decode
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DecodeError(f"cannot decode image ({len(data)} bytes): {err}") from err
     return preprocess_frames(rgb[None], cfg.image_size, cfg.mean, cfg.std)[0]

@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from longvivit.data.decode import decoder_message, text_head
+from longvivit.data.decode import decoder_message, rgb_image, text_head
 from longvivit.data.formats import IMAGE_EXTS, STORED_VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
 from longvivit.data.sampling import variable_timestamps
@@ -274,16 +274,16 @@ def _probe_image(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
         with Image.open(src) as im:
             im.verify()  # catches truncated files that open() alone accepts
         with Image.open(src) as im:
-            im.load()
             fmt = (im.format or "").lower()
-            width, height = im.size
+            shown = rgb_image(im)  # as the loader will decode it: upright (EXIF), 8-bit RGB
+            width, height = shown.size
             new_h, new_w = output_size(height, width, opts.short_side, even=False)
             ext = src.suffix.lower().lstrip(".")
             media = src
             if (new_h, new_w) != (height, width) or ext not in IMAGE_EXTS or fmt not in ("jpeg", "png"):
                 ext = "jpg" if fmt == "jpeg" else "png"
                 media = _staged_path(entry, src, opts, ext)
-                out = im.convert("RGB") if ext == "jpg" or im.mode not in ("RGB", "RGBA", "L") else im
+                out = shown
                 if (new_h, new_w) != (height, width):
                     out = out.resize((new_w, new_h), Image.Resampling.BICUBIC)
                 tmp = media.with_name(media.name + ".tmp")
