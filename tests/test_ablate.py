@@ -115,6 +115,13 @@ def test_gaps_within_sampling_noise_are_not_resolved():
                         "not resolved at this scale (leans holds, within noise)"]
 
 
+
+def test_equal_numbers_lean_neither_way():
+    # LoRA 6.2 against full tuning 6.2 was reported as "loses to full tuning: ... leans holds".
+    by = _cells(_result("j", 40, pair=60, n=64), _result("j75", 36, n=64), _result("f", 35, pair=50, n=16),
+                _result("f75", 30, n=64), _result("lora", 40, n=64))
+    assert ablate_report.findings(SPEC, by)[3][1] == "not resolved at this scale (no difference measured)"
+
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory) -> Path:

@@ -48,6 +48,8 @@ def _pair_se(res: dict[str, Any]) -> float:
 
 def _judge(gaps: list[tuple[float, float]]) -> str:
     """Verdict on claims ``gap >= 0`` given ``(gap, 2 * standard error)`` pairs."""
+    if all(g == 0 for g, _ in gaps):  # equal numbers lean neither way
+        return "not resolved at this scale (no difference measured)"
     if all(g >= 0 for g, _ in gaps):
         return "holds" if all(g >= n for g, n in gaps) else "not resolved at this scale (leans holds, within noise)"
     if any(g <= -n for g, n in gaps):
