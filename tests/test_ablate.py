@@ -212,3 +212,26 @@ def test_grid_runs_end_to_end_resumes_and_reports(tiny_shards, tmp_path, capsys)
     assert "last.ckpt" in ckpts and not any(n.startswith("last-v") for n in ckpts)
     hp = torch.load(tmp_path / "run" / "runs" / "joint" / "checkpoints" / "last.ckpt", weights_only=True)
     assert hp["hyper_parameters"]["video"]["mask_ratio"] == 0.5
+    # A cell that fails is recorded and said in the report; the others still run (one broken cell used to end
+    # the grid with no report).
+    grid["cells"].append({"name": "bad", "group": "backbone", "args": {"model.video.tubelet_size": [3, 16, 16]}})
+    grid_path.write_text(yaml.safe_dump(grid))
+    assert ablate.main(["--grid", str(grid_path), "--out", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "bad: FAILED" in out and out.count("stored, skipped") == 4
+    assert "| bad | failed: " in report.read_text() and "| joint |" in report.read_text()
+
+
+def test_a_cell_trained_from_another_image_stage_at_the_same_path_is_stale(tmp_path):
+    # The cells' key held the image-stage checkpoint's path: replacing the checkpoint kept every cell.
+    ckpt = tmp_path / "stage1.ckpt"
+    ckpt.write_bytes(b"first image stage")
+    first = ablate.file_digest(ckpt)
+    ckpt.write_bytes(b"second image stage")
+    assert ablate.file_digest(ckpt) != first
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "fit.done").write_text(json.dumps({"args": ["fit"], "source": first}))
+    assert ablate._fit_done(run, ["fit"], first) and not ablate._fit_done(run, ["fit"], ablate.file_digest(ckpt))
+

@@ -127,15 +127,24 @@ def effective_config(grid: Grid, cell: Cell) -> dict[str, Any]:
     return cfg
 
 
-def spec_hash(grid: Grid, cell: Cell, stage1: str) -> str:
+def file_digest(path: str | Path) -> str:
+    """Content hash of a checkpoint: a cell trained from another image stage at the same path is stale."""
+    h = hashlib.sha1()
+    with open(ROOT / path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def spec_hash(grid: Grid, cell: Cell, stage1: str, stage1_digest: str = "") -> str:
     """Everything a cell's result depends on; a stored result with another hash is rerun."""
     spec = {"base": (ROOT / grid.base).read_text(), "common": grid.common, "args": cell.args, "stage1": stage1,
-            "eval": grid.eval, "measure": grid.measure, "train": cell.train}
+            "stage1_digest": stage1_digest, "eval": grid.eval, "measure": grid.measure, "train": cell.train}
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- running
-def _fit(args: list[str], run_dir: Path) -> None:
+def _fit(args: list[str], run_dir: Path, source: str = "") -> None:
     """``longvivit fit`` in this process, then a marker with the arguments and the time it took.
 
     ``run_dir`` is emptied first: Lightning would not overwrite an older ``last.ckpt`` (it writes
@@ -149,7 +158,7 @@ def _fit(args: list[str], run_dir: Path) -> None:
     t0, cpu0 = time.time(), _cpu_seconds()
     if cli_main(args) != 0:
         raise RuntimeError(f"longvivit {' '.join(args)} failed")
-    done = {"seconds": time.time() - t0, "cpu_seconds": _cpu_seconds() - cpu0, "args": args}
+    done = {"seconds": time.time() - t0, "cpu_seconds": _cpu_seconds() - cpu0, "args": args, "source": source}
     (run_dir / "fit.done").write_text(json.dumps(done))
 
 
@@ -160,10 +169,13 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _fit_done(run_dir: Path, args: list[str]) -> bool:
-    """Whether ``run_dir`` holds a finished training with exactly these arguments."""
+def _fit_done(run_dir: Path, args: list[str], source: str = "") -> bool:
+    """Whether ``run_dir`` holds a finished training with exactly these arguments (and initial weights)."""
     done, ckpt = run_dir / "fit.done", run_dir / "checkpoints" / "last.ckpt"
-    return done.is_file() and ckpt.is_file() and json.loads(done.read_text()).get("args") == args
+    if not (done.is_file() and ckpt.is_file()):
+        return False
+    marker = json.loads(done.read_text())
+    return marker.get("args") == args and marker.get("source", "") == source
 
 
 def _out_paths(run_dir: Path) -> dict[str, str]:
@@ -327,16 +339,16 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_cell(grid: Grid, cell: Cell, run_dir: Path, stage1: str) -> dict[str, Any]:
-    """Train, evaluate and measure one cell (training skipped if it already finished)."""
+def run_cell(grid: Grid, cell: Cell, run_dir: Path, stage1: str, stage1_digest: str = "") -> dict[str, Any]:
+    """Train, evaluate and measure one cell (training skipped if it already finished from the same stage 1)."""
     cell_dir = run_dir / "runs" / cell.name
     cfg, args = effective_config(grid, cell), fit_args(grid, cell, cell_dir, stage1)
     if not cell.train:
         ckpt, fit = ROOT / stage1, {"seconds": 0.0, "cpu_seconds": 0.0}
     else:
-        if not _fit_done(cell_dir, args):  # a changed definition (or stage 1) retrains
+        if not _fit_done(cell_dir, args, stage1_digest):  # a changed definition (or stage 1) retrains
             print(f"[ablate] {cell.name}: training", flush=True)
-            _fit(args, cell_dir)
+            _fit(args, cell_dir, stage1_digest)
         ckpt = cell_dir / "checkpoints" / "last.ckpt"
         fit = json.loads((cell_dir / "fit.done").read_text())
     t0 = time.time()
@@ -386,13 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run:
             prepare_data(grid)
         stage1 = stage1_checkpoint(grid, run_dir, dry_run=args.dry_run)
+        digest = "" if args.dry_run else file_digest(stage1)
         t_start = time.time()
         for cell in grid.cells:
             if args.dry_run:
                 print("longvivit " + " ".join(fit_args(grid, cell, run_dir / "runs" / cell.name, stage1)))
                 continue
             out = cells_dir / f"{cell.name}.json"
-            want = spec_hash(grid, cell, stage1)
+            want = spec_hash(grid, cell, stage1, digest)
             forced = args.only is not None and cell.name in args.only
             if args.only is not None and not forced:
                 continue
@@ -402,9 +415,18 @@ def main(argv: list[str] | None = None) -> int:
             if forced:  # a rerun retrains too
                 (run_dir / "runs" / cell.name / "fit.done").unlink(missing_ok=True)
             t0 = time.time()
-            result = run_cell(grid, cell, run_dir, stage1)
-            result["spec"], result["stage1"] = want, stage1
+            failed = cells_dir / f"{cell.name}.failed.json"
             cells_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                result = run_cell(grid, cell, run_dir, stage1, digest)
+            except (Exception, SystemExit) as err:  # one broken cell must not cost the rest of the grid
+                reason = str(err) or type(err).__name__
+                print(f"[ablate] {cell.name}: FAILED: {reason}", flush=True)
+                out.unlink(missing_ok=True)
+                failed.write_text(json.dumps({"name": cell.name, "spec": want, "error": reason}) + "\n")
+                continue
+            failed.unlink(missing_ok=True)
+            result["spec"], result["stage1"] = want, stage1
             out.write_text(json.dumps(result, indent=1) + "\n")
             m = result["metrics"]
             print(f"[ablate] {cell.name}: T2V R@1 {m['t2v']['R@1']:.1f} V2T R@1 {m['v2t']['R@1']:.1f} "
@@ -414,15 +436,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     results = [json.loads((cells_dir / f"{c.name}.json").read_text()) for c in grid.cells
                if (cells_dir / f"{c.name}.json").is_file()]
-    missing = [c.name for c in grid.cells if not (cells_dir / f"{c.name}.json").is_file()]
+    failures = {c.name: json.loads((cells_dir / f"{c.name}.failed.json").read_text())["error"] for c in grid.cells
+                if (cells_dir / f"{c.name}.failed.json").is_file()}
+    missing = [c.name for c in grid.cells if not (cells_dir / f"{c.name}.json").is_file() and c.name not in failures]
     if missing:
         print(f"[ablate] cells not run yet: {missing}", flush=True)
     if args.out:
         command = f"python tools/ablate.py --grid {args.grid} --out {args.out}"
         machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {_torch_threads()}"
-        write_report(grid, results, args.out, command=command, machine=machine)
+        write_report(grid, results, args.out, command=command, machine=machine, failures=failures)
         print(f"[ablate] report -> {args.out}", flush=True)
-    return 0
+    if failures:
+        print(f"[ablate] {len(failures)} cell(s) failed: {sorted(failures)}", flush=True)
+    return 1 if failures else 0
 
 
 def _torch_threads() -> int:

@@ -155,8 +155,12 @@ def plot(results: list[dict[str, Any]], masking: dict[str, list[str]], path: Pat
     plt.close(fig)
 
 
-def write_report(grid: Grid, results: list[dict[str, Any]], out: Path, command: str, machine: str) -> None:
-    """Write the generated part of the report between the markers of ``out`` (text outside is kept)."""
+def write_report(grid: Grid, results: list[dict[str, Any]], out: Path, command: str, machine: str,
+                 failures: dict[str, str] | None = None) -> None:
+    """Write the generated part of the report between the markers of ``out`` (text outside is kept).
+
+    ``failures`` (cell name -> error) are listed under the table: a cell that did not run is said, not dropped.
+    """
     png = out.with_suffix(".png")
     plot(results, grid.findings.get("masking", {}), png)
     by = {r["name"]: r for r in results}
@@ -187,6 +191,8 @@ def write_report(grid: Grid, results: list[dict[str, Any]], out: Path, command: 
                      f"{mem['train_mib']:.0f} | {mem['act_mib']:.0f} | {mem['peak_rss_mib']:.0f} | "
                      f"{m['t2v']['R@1']:.1f} | {m['v2t']['R@1']:.1f} | {pa:.1f} | {ot:.1f} | "
                      f"{(r.get('fit_cpu_seconds') or 0) / 60:.1f} |")
+    for name, error in (failures or {}).items():
+        lines.append(f"| {name} | failed: {error.splitlines()[0][:160]} |" + " |" * 11)
     lines += ["", "### The paper's findings at this scale", ""]
     for claim, verdict, evidence in findings(grid.findings, by):
         lines.append(f"- **{claim}: {verdict}.** {evidence}.")
