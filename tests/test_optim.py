@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 from torch import nn
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig
@@ -60,3 +63,32 @@ def test_text_lr_scale_slows_the_pretrained_text_transformer_only():
     assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in module.model.video_encoder.parameters())
     with pytest.raises(ValueError, match="text_lr_scale"):
         OptimConfig(text_lr_scale=0.0)
+
+
+def test_a_resume_with_another_schedule_length_follows_it_and_says_so():
+    # Resumed with a larger max_steps, the run silently jumped from the end of the old cosine (lr 0) to the middle
+    # of the new one.
+    import warnings
+
+    from longvivit.training.optim import cosine_with_warmup
+
+    def scheduler(total: int):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return opt, cosine_with_warmup(opt, warmup_steps=1, total_steps=total)
+
+    opt, sched = scheduler(4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = scheduler(4)[1]
+        same.load_state_dict(state)  # the same schedule: silent
+        assert same.last_epoch == 4 and same.get_last_lr() == sched.get_last_lr()
+    longer = scheduler(8)[1]
+    with pytest.warns(RuntimeWarning, match=r"resuming at step 4 with another lr schedule.*total_steps': 4.*"
+                                            r"total_steps': 8.*--model.optim.total_steps 4 keeps"):
+        longer.load_state_dict(state)
+    assert longer.total_steps == 8 and longer.last_epoch == 4
+    assert longer.factor(4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 7)))

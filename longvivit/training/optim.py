@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -90,15 +91,55 @@ def param_groups(
     return out
 
 
+class CosineWithWarmup(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warmup to the base lr, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``.
+
+    The schedule's length is part of its state: a run resumed with another length (``--trainer.max_steps`` raised
+    to train longer) follows the new schedule from the step it resumes at, and says so, since the lr then jumps
+    (from the old schedule's end to the middle of the new one); ``--model.optim.total_steps`` keeps the old one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                 min_lr_ratio: float = 0.0) -> None:
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the base lr at ``step``."""
+        return _factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+
+    _SCHEDULE = ("warmup_steps", "total_steps", "min_lr_ratio")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["schedule"] = {k: state.pop(k) for k in self._SCHEDULE}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # The step and last lrs are restored; the schedule stays this run's (the saved one is only compared).
+        state = {k: v for k, v in state_dict.items() if k not in self._SCHEDULE}
+        saved = state.pop("schedule", None)
+        now = {k: getattr(self, k) for k in self._SCHEDULE}
+        super().load_state_dict(state)
+        if saved is not None and saved != now:
+            step = self.last_epoch
+            warnings.warn(
+                f"resuming at step {step} with another lr schedule than the checkpoint's ({saved} -> {now}): "
+                f"the lr factor goes from {_factor(step, **saved):.3g} to {self.factor(step):.3g}; "
+                f"--model.optim.total_steps {saved['total_steps']} keeps the checkpoint's schedule",
+                RuntimeWarning, stacklevel=2,
+            )
+
+
+def _factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def cosine_with_warmup(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
-) -> torch.optim.lr_scheduler.LambdaLR:
+) -> CosineWithWarmup:
     """Linear warmup to the base lr, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return CosineWithWarmup(optimizer, warmup_steps, total_steps, min_lr_ratio)
