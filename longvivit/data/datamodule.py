@@ -152,7 +152,8 @@ class VideoTextDataModule(L.LightningDataModule):
         max_text_length: Token budget per caption.
         shuffle_buffer: Raw samples in the training shuffle buffer, per worker. It holds encoded
             bytes (a few MB per clip), so memory is about ``shuffle_buffer * num_workers * clip size``.
-        seed: Base seed of all data randomness.
+        seed: Base seed of all data randomness; ``None`` is 0 here, and in ``longvivit fit`` the run's
+            ``seed_everything`` (so a seed sweep changes the data stream too; ``--data.seed`` sets it apart).
         steps_per_epoch: Training batches per epoch per rank.
         max_fail_fraction: Fraction of undecodable samples tolerated per worker before raising.
         min_fail_count: Samples seen before that fraction is enforced.
@@ -182,7 +183,7 @@ class VideoTextDataModule(L.LightningDataModule):
         tokenizer: str | None = None,
         max_text_length: int = 64,
         shuffle_buffer: int = 256,
-        seed: int = 0,
+        seed: int | None = None,
         steps_per_epoch: int = 1000,
         max_fail_fraction: float = 0.1,
         min_fail_count: int = 20,
@@ -203,7 +204,7 @@ class VideoTextDataModule(L.LightningDataModule):
             num_frames=num_frames, fps=fps, sampling=sampling, start=start, image_size=image_size
         )
         self.tokenizer_name, self.max_text_length = tokenizer, max_text_length
-        self.shuffle_buffer, self.seed, self.steps_per_epoch = shuffle_buffer, seed, steps_per_epoch
+        self.shuffle_buffer, self.seed, self.steps_per_epoch = shuffle_buffer, seed or 0, steps_per_epoch
         self.max_fail_fraction, self.min_fail_count = max_fail_fraction, min_fail_count
         self.group_by = group_by
         self._tokenizer: Any = None

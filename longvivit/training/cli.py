@@ -33,6 +33,14 @@ class LongViViTCLI(LightningCLI):
         parser.link_arguments("model.text.name_or_path", "data.tokenizer")
         parser.link_arguments("model.text.max_length", "data.max_text_length")
 
+    def before_instantiate_classes(self) -> None:
+        # The data stream follows seed_everything unless --data.seed is given: a seed sweep that changed only the
+        # model's initialisation and masks would see the same samples in the same order with the same captions.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "data" in config and "seed" in config["data"] and config["data"]["seed"] is None:
+            seed = config.get("seed_everything")
+            config["data"]["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
     def instantiate_classes(self) -> None:
         # The typed configs check their values when built (batch_size 0, mask_ratio 1.0, fps 0...), and the
         # Trainer checks the hardware it is asked for (a GPU recipe on a CPU machine, a precision or strategy
