@@ -168,3 +168,14 @@ def test_the_data_stream_follows_seed_everything_unless_set_apart(tmp_path, flag
     cli = run_lightning_cli(["--config", str(ROOT / "tiny" / "stage2_short.yaml"), *CPU, *flags,
                              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
     assert cli.datamodule.seed == seed
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--data.train_weights", "[1, 2]"], r"train_weights has 2 weights for 1 entries of train_shards"),
+    (["--data.image_shards", "null", "--data.image_weights", "[1]"], r"image_weights has 1 weights for 0 entries"),
+])
+def test_mixing_weights_that_do_not_match_the_shard_sets_end_in_one_line(tmp_path, flags, message):
+    # A length mismatch was an 18-frame traceback from inside the Trainer; weights without shards were ignored.
+    with pytest.raises(SystemExit, match=r"^longvivit: error: .*" + message):
+        run_lightning_cli(["--config", str(ROOT / "tiny" / "stage2_short.yaml"), *CPU, *flags,
+                           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)

@@ -440,3 +440,20 @@ def test_adapter_is_a_residual_bottleneck():
     torch.testing.assert_close(adapter(x), x)
     perturb(adapter, lambda n: n.startswith("up."))
     torch.testing.assert_close(adapter(x), x + adapter.up(F.relu(adapter.down(adapter.norm(x)))))
+
+
+def test_lora_without_peft_says_the_whole_encoder_trains(caplog):
+    # --model.video.lora_rank 4 without --model.peft lora trained the whole model plus LoRA, with no note.
+    import logging
+
+    from longvivit.config import TextEncoderConfig
+    from longvivit.training.module import ContrastiveModule
+
+    text = TextEncoderConfig(max_length=16)
+    with caplog.at_level(logging.WARNING, "longvivit"):
+        ContrastiveModule(video=cfg_for(lora_rank=2), text=text, peft="lora")
+        assert not caplog.records
+        ContrastiveModule(video=cfg_for(lora_rank=2), text=text)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the video encoder has LoRA rank 2 but model.peft is not set: the whole encoder trains with them "
+        "(model.peft lora trains only those and the temporal parts)"]

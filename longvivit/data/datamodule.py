@@ -193,6 +193,13 @@ class VideoTextDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1 or num_workers < 0:
             raise ValueError("batch_size and steps_per_epoch must be >= 1 and num_workers >= 0")
+        for name, shards, weights in (("train", train_shards, train_weights), ("image", image_shards, image_weights)):
+            if weights is None:
+                continue
+            entries = 0 if not shards else 1 if isinstance(shards, str | os.PathLike) else len(shards)
+            if len(weights) != entries:
+                raise ValueError(f"{name}_weights has {len(weights)} weights for {entries} entries of {name}_shards "
+                                 "(one weight per shard set)")
         self.save_hyperparameters()
         self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.image_shards, self.train_weights, self.image_weights = image_shards, train_weights, image_weights

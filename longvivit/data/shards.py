@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,18 +237,21 @@ class ShardDataset(IterableDataset):
         self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ raw sample streams
-    def _train_raw(self, slot: tuple[int, int, int, int], skip_log: SkipLog) -> Iterator[dict[str, Any]]:
+    def _train_raw(self, slot: tuple[int, int, int, int], skip_log: SkipLog) -> Iterator[list[dict[str, Any]]]:
+        """Training units of raw samples: runs of adjacent samples with the same ``group_by`` value, else single
+        samples. Several datasets are mixed unit by unit, so a group never interleaves with another set."""
         rank, _, worker, _ = slot
         base = (self.seed, rank, worker, self.epoch)
         streams = [
             self._resampled(urls, _rng(*base, "shards", i), skip_log) for i, urls in enumerate(self.datasets)
         ]
-        if len(streams) == 1:
-            yield from streams[0]
+        units = [_grouped(st, self.group_by) if self.group_by else ([sample] for sample in st) for st in streams]
+        if len(units) == 1:
+            yield from units[0]
             return
         mix = _rng(*base, "mix")
         while True:
-            yield next(streams[mix.choices(range(len(streams)), weights=self.weights)[0]])
+            yield next(units[mix.choices(range(len(units)), weights=self.weights)[0]])
 
     @staticmethod
     def _resampled(urls: list[str], rng: random.Random, skip_log: SkipLog) -> Iterator[dict[str, Any]]:
@@ -299,14 +303,17 @@ class ShardDataset(IterableDataset):
         base = (self.seed, rank, role, self.epoch)
         first_batch, start = 0, 0
         if self.train:
-            raw = self._train_raw((rank, world_size, role, num_workers), skip_log)
+            units = self._train_raw((rank, world_size, role, num_workers), skip_log)
             if self.group_by:
-                groups = _grouped(raw, self.group_by)
                 if self.shuffle_buffer > 1:
-                    groups = _shuffled(groups, self.shuffle_buffer, _rng(*base, "shuffle"))
-                raw = (sample for group in groups for sample in group)
-            elif self.shuffle_buffer > 1:
-                raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
+                    units = _shuffled(units, self.shuffle_buffer, _rng(*base, "shuffle"))
+                if self.batch_size:
+                    units = _packed(units, self.batch_size)
+                raw = (sample for unit in units for sample in unit)
+            else:
+                raw = (sample for unit in units for sample in unit)
+                if self.shuffle_buffer > 1:
+                    raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
             first_batch = len(range(role, done, num_workers))
             # Raw samples this role had consumed (checkpoints before stream positions: a batch's worth per batch,
             # which miscounts where samples were skipped or passed over as the other modality).
@@ -437,8 +444,13 @@ def _grouped(src: Iterator[dict[str, Any]], key: str) -> Iterator[list[dict[str,
     """Runs of adjacent raw samples with the same non-null ``key`` value as lists (singletons otherwise)."""
     group: list[dict[str, Any]] = []
     current: Any = None
+    seen = found = 0
     for sample in src:
         value = _group_value(sample, key)
+        seen, found = seen + 1, found + (value is not None)
+        if seen == 1000 and not found:  # a misspelled field groups nothing, silently
+            warnings.warn(f"group_by {key!r}: none of the first 1000 training samples has this field in its json or "
+                          "its meta: nothing is grouped", RuntimeWarning, stacklevel=2)
         if group and (value is None or value != current):
             yield group
             group = []
@@ -446,6 +458,29 @@ def _grouped(src: Iterator[dict[str, Any]], key: str) -> Iterator[list[dict[str,
         current = value
     if group:
         yield group
+
+
+def _packed(groups: Iterator[list[Any]], size: int) -> Iterator[list[Any]]:
+    """Groups reordered so that batches of ``size`` (cut from the flattened stream) never split one.
+
+    Each group goes where it fits in the batch being filled; one that does not wait for the next batch while
+    later (smaller) groups fill the current one. A group larger than a batch starts a batch of its own and spills
+    into the next; when nothing waiting fits for ``size`` groups (pairs only, an odd batch), the oldest is split.
+    A sample that fails to decode shifts the cut until the next batch (rare, and never loses the sample).
+    """
+    used, waiting = 0, []
+    for group in groups:
+        waiting.append(group)
+        while waiting:
+            i = next((i for i, g in enumerate(waiting) if used == 0 or used + len(g) <= size), None)
+            if i is None:
+                if len(waiting) <= size:
+                    break
+                i = 0
+            g = waiting.pop(i)
+            used = (used + len(g)) % size
+            yield g
+    yield from waiting
 
 
 def _take(src: Iterator[Any], n: int) -> Iterator[Any]:

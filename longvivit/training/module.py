@@ -130,6 +130,12 @@ class ContrastiveModule(L.LightningModule):
         self.adaptations: list[str] = []
         if init_from:
             self.adaptations = self.init_weights_from(init_from)
+        video_cfg = self.model.video_encoder.cfg
+        if peft is None and (video_cfg.lora_rank or video_cfg.adapter_dim):
+            what, kind = ((f"LoRA rank {video_cfg.lora_rank}", "lora") if video_cfg.lora_rank
+                          else (f"adapters of width {video_cfg.adapter_dim}", "adapter"))
+            log.warning("the video encoder has %s but model.peft is not set: the whole encoder trains with them "
+                        "(model.peft %s trains only those and the temporal parts)", what, kind)
         if peft is not None:
             self.model.video_encoder.set_peft(peft, trainable_last=4 if trainable_last is None else trainable_last)
         elif trainable_last is not None:
