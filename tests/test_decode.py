@@ -143,6 +143,8 @@ def test_caption_sources_in_order_json_captions_then_txt_then_json_caption():
     # img2dataset / video2dataset shards without a .txt keep the caption in the json
     assert captions(json='{"caption": "from json", "url": "x"}') == ["from json"]
     assert captions(json='{"caption": ["one", " ", "two"]}') == ["one", "two"]
+    # an empty .txt (video2dataset writes one when the caption column is empty) falls through to the json's
+    assert captions(json='{"caption": "from json"}', txt=" \n") == ["from json"]
 
 
 def test_a_broken_sample_of_the_other_modality_is_passed_over_not_counted_as_a_failure():

@@ -338,7 +338,7 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
         if not isinstance(meta, dict):
             raise SampleError("json is not an object")
     captions = meta.get("captions")
-    if captions is None and "txt" in raw:
+    if captions is None and "txt" in raw and raw["txt"].strip():  # an empty .txt falls through to the json
         captions = [raw["txt"].decode("utf-8", errors="replace")]
     if captions is None:  # img2dataset / video2dataset also keep the caption in the json
         captions = meta.get("caption")
