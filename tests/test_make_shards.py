@@ -497,3 +497,23 @@ def test_image_sizes_are_as_shown(tmp_path):
         assert (info["width"], info["height"]) == size
         with Image.open(io.BytesIO(_media(sample)[1])) as im:
             assert rgb_image(im).size == size
+
+
+def test_repeated_inputs_and_other_shards_in_the_folder_are_said(tmp_path, capsys):
+    # The same clip listed twice became two samples silently (double weight in training, ties in retrieval), and
+    # shards of an earlier run with another --prefix stayed in the folder, read again by anyone given the folder.
+    clip = tmp_path / "a.mp4"
+    encode_video(moving_square_frames(8, 32, 32), fps=4.0, out=clip)
+    lines = [{"video": "a.mp4", "caption": "one"}, {"video": str(clip), "caption": "again"},
+             {"video": "a.mp4", "caption": "a part", "start": 0.0, "end": 1.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--prefix", "old"]) == 0
+    capsys.readouterr()
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--prefix", "new"]) == 0
+    err = capsys.readouterr().err
+    assert "1 inputs repeat an earlier one (same file and segment; lines 2 = 1): each copy is a sample" in err
+    assert "also holds 1 other .tar files (old-000000.tar; an earlier run with another --prefix?)" in err
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["repeated_inputs"] == 1 and stats["other_tars_in_out"] == ["old-000000.tar"]
+    assert stats["written"] == 3  # kept: a repeat may be meant

@@ -265,7 +265,27 @@ def main(argv: list[str] | None = None) -> int:
         "pattern": f"{args.prefix}-{{000000..{len(names) - 1:06d}}}.tar" if names else None,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
+    # Kept, but said: the same clip twice is twice the weight in training, and ties in retrieval.
+    source = {e.line: e.resolved_path.resolve() for e in entries}
+    seen: dict[tuple, int] = {}
+    repeats = []
+    for sm in samples:
+        what = (source[sm.line], sm.info["start"], sm.info["end"])
+        if what in seen:
+            repeats.append((seen[what], sm.line))
+        seen.setdefault(what, sm.line)
+    stats["repeated_inputs"] = len(repeats)
+    others = sorted(p.name for p in out.glob("*.tar") if p.name not in names)
+    stats["other_tars_in_out"] = others
     _write_json_atomic(out / "stats.json", stats)
+    if repeats:
+        print(f"make_shards: warning: {len(repeats)} inputs repeat an earlier one (same file and segment; lines "
+              f"{', '.join(f'{b} = {a}' for a, b in repeats[:3])}{'...' if len(repeats) > 3 else ''}): each copy is "
+              "a sample", file=sys.stderr)
+    if others:
+        print(f"make_shards: warning: {out} also holds {len(others)} other .tar files ({', '.join(others[:3])}"
+              f"{'...' if len(others) > 3 else ''}; an earlier run with another --prefix?): giving the folder as "
+              f"shards reads them too; the pattern of this run is {stats['pattern']}", file=sys.stderr)
     if not samples:
         print(f"make_shards: nothing written: all {len(rejects)} inputs rejected (see {out / 'rejects.jsonl'})",
               file=sys.stderr)
