@@ -152,6 +152,9 @@ _NOT_ACTIONABLE = (
     "Your `IterableDataset` has `__len__` defined",
     # A fit without val_shards has an empty validation loader on purpose (the datamodule says so once).
     "Total length of `list` across ranks is zero",
+    # Retrieval metrics are computed once from embeddings gathered across ranks (identical on every rank), so
+    # Lightning's advice to average them over ranks does not apply.
+    r"when logging on epoch level in distributed setting to accumulate the metric across devices",
     # Lightning's own use of a torch API that torch deprecated.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
