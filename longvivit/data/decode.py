@@ -106,12 +106,10 @@ def _open(data: bytes, num_threads: int):
 
 def text_head(data: bytes) -> str | None:
     """The first characters of ``data`` when its head is printable text (no container starts so), else None."""
-    head = data[:512]
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return text[:40] if text.isprintable() or all(c.isprintable() or c.isspace() for c in text) else None
+    text = data[:512].decode("utf-8", errors="ignore")  # "ignore": a character cut at byte 512
+    if len(text) < min(len(data), 512) // 4 or not all(c.isprintable() or c.isspace() for c in text):
+        return None  # binary: a container header has NULs and bytes that are not UTF-8
+    return text[:40]
 
 
 def decoder_message(err: BaseException, limit: int = 300) -> str:
