@@ -113,3 +113,11 @@ def test_invalid_arguments():
         frame_indices(10, 30.0, 4, start="middle")
     with pytest.raises(ValueError):
         frame_indices(10, 30.0, 4, fps=0.0)
+
+
+def test_the_last_frame_counts_while_it_is_shown():
+    # 4 frames at 0.5 FPS last 8 s: 1 FPS sampling has 8 real frames. The last sample (7 s, nearest to frame
+    # 3.5) was read as past the end: 7 valid.
+    idx, valid = frame_indices(4, 0.5, 16, fps=1.0)
+    assert valid == 8 and idx[:8] == [0, 1, 1, 2, 2, 3, 3, 3]
+    assert frame_indices(20, 10.0, 6, fps=2.0)[1] == 4  # 2 s: 0, 0.5, 1, 1.5; the sample at 2.0 s is past it

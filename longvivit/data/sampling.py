@@ -77,9 +77,9 @@ def frame_indices(
     random frame inside each segment is taken instead (a cheap temporal jitter for training).
 
     With ``timestamps`` (a variable-rate video, see :func:`variable_timestamps`) the same rules hold in time:
-    sampled frame ``k`` is the source frame whose timestamp is nearest to ``t0 + k / fps``, the window ends
-    half a frame interval after the last frame, and ``"uniform"`` takes the frames nearest to the centres of
-    equal time segments.
+    sampled frame ``k`` is the source frame whose timestamp is nearest to ``t0 + k / fps``, the video lasts
+    until a typical frame interval after its last frame, and ``"uniform"`` takes the frames nearest to the
+    centres of equal time segments.
 
     When the clip holds fewer frames than the window needs (``"fps"``: the window runs past the
     end; ``"uniform"``: fewer source frames than ``num_frames``), the real indices are followed
@@ -152,10 +152,10 @@ def frame_indices(
         offset = rng.random() * slack
     real = []
     for k in range(num_frames):
-        idx = _nearest(offset + k * step)
-        if idx > n - 1:
-            break  # the window runs past the end: the rest is padding
-        real.append(idx)
+        pos = offset + k * step  # in source frames
+        if pos >= n - 1e-6:
+            break  # past the end of the last frame's display: the rest is padding
+        real.append(min(_nearest(pos), n - 1))  # the last frame is nearest all the while it is shown
     return _pad(real, num_frames)
 
 
@@ -187,8 +187,8 @@ def _indices_in_time(
     real = []
     for k in range(num_frames):
         t = offset + k / fps
-        if real and t >= ts[-1] + half:
-            break  # past the last frame: the rest is padding
+        if real and t >= ts[-1] + 2 * half - 1e-6:
+            break  # past the end of the last frame's display (a typical interval): the rest is padding
         real.append(nearest(t))
     return _pad(real, num_frames)
 
