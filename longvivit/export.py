@@ -183,11 +183,16 @@ def export_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     source, out = Path(source), Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; --out names the folder to write")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite to replace a previous export")
-        if not (out / "config.json").is_file():
-            raise FileExistsError(f"{out} does not look like an export (no config.json); not replacing it")
+        if not _is_export(out):
+            # --overwrite deletes the folder: only ever one this library wrote (a Hugging Face model folder or a
+            # repository root has a config.json too)
+            raise FileExistsError(f"{out} is not a longvivit export (no config.json with library_name "
+                                  f"{LIBRARY_NAME!r}); not replacing it")
 
     model, _ = load_model(source)
     stages = read_stages(source) if source.is_file() else []
@@ -226,6 +231,14 @@ def export_model(
     tmp.rename(out)
     log.info("exported %s -> %s (%s)", source, out, dtype)
     return out
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an export of this library (its config.json says so)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("library_name") == LIBRARY_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def push_to_hub(

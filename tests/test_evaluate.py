@@ -200,3 +200,17 @@ def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
     video = VideoEncoderConfig.preset("tiny", image_size=32, num_frames=8)
     pre = source_preprocess(ckpt, video)
     assert (pre.fps, pre.sampling, pre.start, pre.num_frames, pre.image_size) == (0.5, "uniform", "first", 8, 32)
+
+
+def test_eval_at_another_image_size_resizes_the_model_and_says_when_clips_are_padded(setup, tmp_path, capsys):
+    # --image-size other than the trained size ended in a ValueError traceback (the frames were resized, the
+    # model was not); --num-frames longer than the clips padded every clip without a word.
+    _, shards, model_dir = setup
+    out = tmp_path / "m.json"
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--image-size", "48",
+                     "--num-frames", "32", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["settings"]["image_size"] == 48 and m["num_videos"] == 8
+    assert any("pos_embed_spatial resized" in a for a in m["settings"]["adaptations"])
+    assert m["settings"]["padded_clips"] == 8  # 16 s clips, 32 frames at 1 FPS
+    assert "8 of 8 clips are shorter than 32 frames at 1 FPS: their last frame is repeated" in capsys.readouterr().out

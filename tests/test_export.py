@@ -289,6 +289,14 @@ def test_export_refuses_to_clobber(trained, tmp_path):
     assert cli_main(args) == 2
     assert cli_main([*args, "--overwrite"]) == 2  # not an export: never deleted
     assert (out / "notes.txt").read_text() == "mine"
+    # a folder with a config.json (a Hugging Face model, a repository root) is not an export either: --overwrite
+    # deleted it
+    (out / "config.json").write_text('{"model_type": "vit"}')
+    assert cli_main([*args, "--overwrite"]) == 2
+    assert (out / "notes.txt").read_text() == "mine"
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(file)]) == 2  # was a traceback
 
 
 def test_load_model_reads_a_checkpoint_once(trained, monkeypatch):

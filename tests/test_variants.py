@@ -457,3 +457,16 @@ def test_lora_without_peft_says_the_whole_encoder_trains(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "the video encoder has LoRA rank 2 but model.peft is not set: the whole encoder trains with them "
         "(model.peft lora trains only those and the temporal parts)"]
+
+
+def test_coarser_tubelets_resample_the_temporal_table_over_the_same_frames(tmp_path):
+    # (2,16,16) -> (4,16,16) on the same 16 frames truncated the table: the 4 new steps, covering frames 0-15,
+    # got the rows learned for frames 0-7.
+    enc = VideoEncoder(cfg_for(num_frames=16))
+    with torch.no_grad():
+        enc.pos_embed_temporal.copy_(torch.arange(8.0).view(1, 8, 1).expand_as(enc.pos_embed_temporal))
+    enc.save_pretrained(tmp_path)
+    coarse = VideoEncoder.from_pretrained(tmp_path, tubelet_size=(4, 16, 16))
+    assert coarse.pos_embed_temporal[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5]  # the mean of each step's frames
+    fine = VideoEncoder.from_pretrained(tmp_path, tubelet_size=(1, 16, 16))
+    assert fine.pos_embed_temporal[0, :6, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]

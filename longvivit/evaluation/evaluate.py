@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
+    if args.image_size:  # the spatial position table is resized, as the temporal one is for --num-frames
+        overrides["image_size"] = args.image_size
     shards = args.shards[0] if len(args.shards) == 1 else args.shards  # the shell expands unquoted globs
     try:
         expand_shards(shards)  # a typo or a manifest in --shards stops here, before the model loads
@@ -157,8 +159,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
+    padded: list[str] = []
+
+    def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in samples:  # clips shorter than the window: their last frame is repeated to fill it
+            if sample["num_valid_frames"] < pre.num_frames:
+                padded.append(sample["key"])
+            yield sample
+
     try:
-        ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
+        ev, pair_of = evaluate(model, counted(clips), batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                                frame_order=args.frame_order, seed=args.seed, device=args.device)
     except TooManyFailuresError as err:
         raise SystemExit(f"longvivit eval: {err}. With --max-fail-fraction 1 the clips that decode are evaluated "
@@ -183,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
-        "image_size": pre.image_size, "adaptations": msgs,
+        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": len(padded),
     }
     if args.embeddings:
         ev.save_embeddings(args.embeddings)
@@ -221,6 +231,10 @@ def _summary(m: dict[str, Any]) -> str:
         o = m["order_only"]
         lines.append(f"order-only: {o['num_pairs']} pairs, 2-way accuracy {o['pair_accuracy']['accuracy']:.1f}% "
                      f"(chance 50), subset T2V R@1 {o['retrieval']['t2v']['R@1']:.2f}")
+    settings = m.get("settings", {})
+    if settings.get("padded_clips"):
+        lines.append(f"{settings['padded_clips']} of {m['num_videos']} clips are shorter than {settings['num_frames']} "
+                     f"frames at {settings['fps']:g} FPS: their last frame is repeated to fill the window")
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unreadable samples (listed in the JSON)")
     return "\n".join(lines)

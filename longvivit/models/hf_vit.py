@@ -143,8 +143,11 @@ def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = 
     """Load a Hugging Face ``transformers`` ViT into the encoder (both patch paths, blocks, final norm).
 
     The 2D patch kernel also initialises the tubelet kernel by inflation, the position table is split into
-    the class and spatial tables (resized if the grid differs), and the temporal table is set to zero, so
-    a static video reproduces the image features. ``head_norm`` and ``proj`` keep their initialisation.
+    the class and spatial tables (resized if the grid differs), and the temporal table is set to zero, so the
+    patch tokens of a static video reproduce the image's. The class token does not, past one tubelet step:
+    under joint attention it attends over T' copies of every patch, which weighs the patches T' times more
+    against itself than in the image model (a static 8-frame clip: class-token features ~0.2 off, pooled
+    embedding ~0.01). ``head_norm`` and ``proj`` keep their initialisation.
 
     Args:
         model: Target encoder; its config must match the ViT (see :func:`config_from_hf_vit`), including

@@ -185,9 +185,10 @@ def extend_temporal_pos(pos: torch.Tensor, new_len: int, mode: str = "repeat") -
     is ``repeat_interleave(new // old)`` when ``new`` is a multiple of ``old`` (8 -> 128 steps: each row
     16 times in a row). We stretch rather than tile because it keeps the table's order over the whole
     video: the first and last steps of a long video get the first and last learnt rows, as with
-    ``"interpolate"``, so the two modes differ only in smoothness, and a video slowed down by the
-    stretch factor gets exactly the short clip's tokens. A static video gets the same token values
-    under either choice.
+    ``"interpolate"``, so the two modes differ only in smoothness, and in a video slowed down by the
+    stretch factor each moment keeps the position row it had in the short clip (its tokens still differ: a
+    tubelet then spans repeated frames, and attention runs over more of them). A static video gets the same
+    token values under either choice.
 
     ``"interpolate"`` resamples linearly along time with the same centre-aligned convention
     (``align_corners=False``): old row ``j`` sits at the centre of the span it covered.
@@ -265,6 +266,8 @@ def adapt_state_dict(
     t = cfg.tubelet_size[0]
 
     k3, k2 = "patch_embed_3d.weight", "patch_embed_2d.weight"
+    # frames per temporal step in the source (its tubelet kernel's time size), before the kernel is adapted
+    src_t = sd[k3].shape[2] if k3 in sd and sd[k3].ndim == 5 else None
     for key in (k2, k3):
         if key in sd and sd[key].shape[-2:] != target[key].shape[-2:]:
             old = tuple(sd[key].shape[-2:])
@@ -293,6 +296,15 @@ def adapt_state_dict(
         _note(msgs, f"pos_embed_spatial resized from grid {tuple(old_grid)} to {cfg.grid_size} (bicubic)")
 
     kt = "pos_embed_temporal"
+    if kt in sd and src_t is not None and src_t != t and sd[kt].shape[-1] == target[kt].shape[-1]:
+        # Another tubelet time size: each step now covers t frames, not src_t. A row per frame, then the mean over
+        # each new step's frames (truncating would give the first half of the clip's rows to the whole clip).
+        old_len = sd[kt].shape[1]
+        per_frame = sd[kt].repeat_interleave(src_t, dim=1)  # (1, old_len * src_t, C)
+        steps = max(1, per_frame.shape[1] // t)
+        per_frame = per_frame[:, : steps * t] if per_frame.shape[1] >= t else per_frame.repeat(1, t, 1)[:, :t]
+        sd[kt] = per_frame.reshape(1, steps, t, -1).mean(dim=2)  # (1, steps, C)
+        _note(msgs, f"pos_embed_temporal resampled from {old_len} steps of {src_t} frames to {steps} steps of {t}")
     if kt not in sd:
         sd[kt] = torch.zeros_like(target[kt])
         _note(msgs, "pos_embed_temporal absent from the checkpoint: zero-initialised (static video = image)")

@@ -166,7 +166,7 @@ class VideoTextModel(nn.Module):
                 extend a short-clip model to long videos.
 
         Returns:
-            The model, with the saved logit scale.
+            The model in eval mode, with the saved logit scale.
         """
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_NAME).read_text())
@@ -181,4 +181,4 @@ class VideoTextModel(nn.Module):
         model = cls(cfg, video_encoder=video, text_encoder=text)
         with torch.no_grad():
             model.logit_scale.fill_(meta["log_logit_scale"])
-        return model
+        return model.eval()

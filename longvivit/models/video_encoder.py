@@ -456,7 +456,7 @@ class VideoEncoder(nn.Module):
                 weights are adapted (temporal table extended, spatial table resized) to fit.
 
         Returns:
-            The encoder, in training mode like any freshly built module.
+            The encoder in eval mode, as a loaded model is used for inference (``.train()`` to fine-tune it).
         """
         from longvivit.models.init import load_pretrained
 
@@ -474,7 +474,7 @@ class VideoEncoder(nn.Module):
         from longvivit.export import load_preprocess_config
 
         model.preprocess = load_preprocess_config(directory)
-        return model
+        return model.eval()
 
     # ----------------------------------------------------------------- features for fusion
     #: Sampling settings of the export this encoder was loaded from (``preprocessor_config.json``), if any.
