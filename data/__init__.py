@@ -38,6 +38,10 @@ def index_videos(root: str | Path, extensions: Iterable[str] = VIDEO_EXTENSIONS)
     Returns:
         ``{stem: path}``; when a stem exists with several extensions the earliest in ``extensions`` wins.
     """
+    if not Path(root).is_dir():
+        # os.walk of a missing folder yields nothing: every video would be reported missing, exit 0
+        raise SystemExit(f"--videos {root}: no such folder (an empty one lets --keep-missing write a manifest "
+                         "before the download)")
     rank = {ext.lower(): i for i, ext in enumerate(extensions)}
     found: dict[str, tuple[int, Path]] = {}
     for dirpath, _dirnames, filenames in os.walk(root):

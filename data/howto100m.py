@@ -40,8 +40,11 @@ def asr_segments(record: dict[str, Sequence[Any]]) -> list[tuple[float, float, s
 
     Empty or non-string texts (NaN in some dumps) and segments with ``end <= start`` are dropped.
     """
+    lengths = {k: len(record[k]) for k in ("start", "end", "text")}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"start, end and text lists of different lengths {lengths}")
     out = []
-    for start, end, text in zip(record["start"], record["end"], record["text"], strict=False):
+    for start, end, text in zip(record["start"], record["end"], record["text"], strict=True):
         if not isinstance(text, str) or not text.strip():
             continue
         start, end = float(start), float(end)
@@ -97,10 +100,13 @@ def read_summaries(path: str | Path) -> dict[str, str]:
         summary = next((rec[k] for k in _TEXT_KEYS if k in rec), None)
         if vid is not None and isinstance(summary, str):
             out.setdefault(vid, summary.strip())
-        elif vid is None:  # {video_id: summary, ...}
+        elif vid is None:  # {video_id: summary, ...} or {video_id: {"summary": ...}, ...}
             for key, value in rec.items():
-                if isinstance(value, str):
-                    out.setdefault(str(key), value.strip())
+                if isinstance(value, dict):
+                    value = next((value[k] for k in _TEXT_KEYS if k in value), None)
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}: the summary of {key!r} is not text ({type(value).__name__})")
+                out.setdefault(str(key), value.strip())
         else:
             raise ValueError(f"{path}: record for {vid!r} has no summary (keys {sorted(rec)})")
     return out
@@ -110,7 +116,12 @@ def build_asr_entries(captions: dict[str, dict[str, Sequence[Any]]], min_duratio
     """One entry per (merged) ASR segment: ``{"id", "video_id", "caption", "start", "end"}``."""
     entries = []
     for vid, record in captions.items():
-        for i, (start, end, text) in enumerate(merge_segments(asr_segments(record), min_duration)):
+        try:
+            segments = asr_segments(record)
+        except ValueError as err:  # one broken record must not stop the build; it is named, not dropped silently
+            print(f"howto100m: {vid}: {err}; video skipped", file=sys.stderr)
+            continue
+        for i, (start, end, text) in enumerate(merge_segments(segments, min_duration)):
             entries.append({"id": f"{vid}_{i:04d}", "video_id": vid, "caption": text,
                             "start": round(start, 3), "end": round(end, 3)})
     return entries

@@ -46,11 +46,18 @@ def read_jsfusion_csv(path: str | Path) -> list[tuple[str, str | None]]:
         ``[(video_id, sentence or None)]`` in file order, one per row (``sentence`` is absent from the
         train CSVs).
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by Excel starts with a BOM
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "video_id" not in reader.fieldnames:
             raise ValueError(f"{path}: expected a 'video_id' column, got {reader.fieldnames}")
-        return [(row["video_id"].strip(), (row.get("sentence") or "").strip() or None) for row in reader]
+        rows = []
+        for row in reader:
+            vid = (row.get("video_id") or "").strip()
+            if not vid:
+                print(f"msrvtt: {path}: line {reader.line_num}: no video_id, row skipped", file=sys.stderr)
+                continue
+            rows.append((vid, (row.get("sentence") or "").strip() or None))
+        return rows
 
 
 def read_annotation_json(paths: Sequence[str | Path]) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
@@ -70,7 +77,9 @@ def read_annotation_json(paths: Sequence[str | Path]) -> tuple[dict[str, dict[st
         for video in data["videos"]:
             videos.setdefault(video["video_id"], video)
         for sen in data["sentences"]:
-            sentences.setdefault(sen["video_id"], []).append((int(sen.get("sen_id", 0)), sen["caption"].strip()))
+            caption = str(sen.get("caption") or "").strip()
+            if caption:  # a blank caption is no query
+                sentences.setdefault(sen["video_id"], []).append((int(sen.get("sen_id", 0)), caption))
     captions = {vid: [c for _, c in sorted(items, key=lambda x: x[0])] for vid, items in sentences.items()}
     return videos, captions
 

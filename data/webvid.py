@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/webvid.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import add_common_args, finish  # noqa: E402
+from data import add_common_args, finish, index_videos  # noqa: E402
 
 _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?T?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 REQUIRED_COLUMNS = ("videoid", "page_dir", "name")
@@ -48,7 +48,7 @@ def parse_duration(value: str) -> float | None:
 
 def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
     """Rows of a WebVid CSV (names with commas are quoted in the release; the csv module handles them)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by Excel starts with a BOM
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -56,13 +56,14 @@ def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
         yield from reader
 
 
-def find_video(videos: Path, row: dict[str, str]) -> Path | None:
-    """The row's video under ``videos`` (page_dir layout first, then flat), or ``None``."""
-    name = f"{row['videoid'].strip()}.mp4"
-    for path in (videos / row["page_dir"].strip() / name, videos / name):
+def find_video(videos: Path, row: dict[str, str], found: dict[str, Path] | None = None) -> Path | None:
+    """The row's video under ``videos``: the release's ``page_dir/videoid.mp4`` or flat layout first, else any
+    video of that id in any sub-folder and with any extension (``found``, from :func:`data.index_videos`)."""
+    vid = row["videoid"].strip()
+    for path in (videos / row["page_dir"].strip() / f"{vid}.mp4", videos / f"{vid}.mp4"):
         if path.is_file():
             return path
-    return None
+    return (found or {}).get(vid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept: list[dict[str, Any]] = []
     missing: list[str] = []
     seen: set[str] = set()
+    found: dict[str, Path] | None = None
     for row in read_rows(args.annotations):
         vid = row["videoid"].strip()
         caption = (row.get("name") or "").strip()
@@ -84,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         seen.add(vid)
         path = find_video(args.videos, row)
+        if path is None:
+            if found is None:  # one walk of the tree, only once the release layout misses a video
+                found = index_videos(args.videos)
+            path = find_video(args.videos, row, found)
         if path is None:
             missing.append(vid)
             if not args.keep_missing:

@@ -239,3 +239,35 @@ def test_builder_runs_as_a_script_from_any_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "webvid: wrote 1 entries" in proc.stderr
     assert read_manifest(out)[0]["video"] == "v/21179416.mp4"
+
+
+def test_real_world_annotation_files_bom_short_rows_other_layouts_nested_summaries(tmp_path, capsys):
+    # A CSV saved with a BOM failed ("expected a 'video_id' column, got ['\ufeffvideo_id']"), a short row was an
+    # AttributeError traceback, a WebVid .mkv in a sub-folder was "missing", a nested summary record vanished, a
+    # missing --videos folder wrote an empty manifest with exit 0, and uneven ASR lists were cut silently.
+    videos = tmp_path / "videos"
+    touch(videos, "video9770.mp4", "video7579.mp4", "sub/video7725.webm", "any/where/1009457597.mkv")
+    csv_text = (FIX / "msrvtt/MSRVTT_JSFUSION_test.csv").read_text(encoding="utf-8")
+    bom = tmp_path / "jsf.csv"
+    bom.write_text("\ufeff" + csv_text.rstrip("\n") + "\nshort_row_only\n", encoding="utf-8")
+    out = tmp_path / "m.jsonl"
+    assert msrvtt.main(["--annotations", str(bom), str(FIX / "msrvtt/MSRVTT_data.json"), "--videos", str(videos),
+                        "--out", str(out)]) == 0
+    assert [e["id"] for e in read_manifest(out)] == ["video9770", "video7579", "video7725"]
+    assert "jsf.csv: line 6: no video_id, row skipped" in capsys.readouterr().err
+    wv = tmp_path / "wv.csv"
+    wv.write_text("\ufeff" + (FIX / "webvid/results_2M_val.csv").read_text(encoding="utf-8"), encoding="utf-8")
+    assert webvid.main(["--annotations", str(wv), "--videos", str(videos), "--out", str(out)]) == 0
+    assert [e["id"] for e in read_manifest(out)] == ["1009457597"]
+    assert resolve(out, read_manifest(out)[0]) == (videos / "any/where/1009457597.mkv").resolve()
+    with pytest.raises(SystemExit, match="--videos .*nowhere: no such folder"):
+        webvid.main(["--annotations", str(wv), "--videos", str(tmp_path / "nowhere"), "--out", str(out)])
+
+    nested = tmp_path / "s.json"
+    nested.write_text(json.dumps({"-0AtVtZxX3g": {"summary": "cut the onion"}, "1MUXWj2PqGo": "plain"}))
+    assert howto100m.read_summaries(nested) == {"-0AtVtZxX3g": "cut the onion", "1MUXWj2PqGo": "plain"}
+    uneven = {"v1": {"start": [0, 5, 9], "end": [4, 8], "text": ["a", "b", "c"]},
+              "v2": {"start": [0], "end": [4], "text": ["fine"]}}
+    entries = howto100m.build_asr_entries(uneven, 0)
+    assert [e["video_id"] for e in entries] == ["v2"]
+    assert "v1: start, end and text lists of different lengths" in capsys.readouterr().err
