@@ -219,6 +219,22 @@ def test_save_and_load_round_trip(parts, tmp_path):
     assert json.loads((out / "captioner_config.json").read_text())["encoder"] == "encoder"
 
 
+
+def test_a_saved_captioner_keeps_its_encoder_as_trained(parts, tmp_path):
+    # The encoder/ copy was the encoder rebuilt at the captioner's frames: a 16-frame table cut from a
+    # long-video encoder's, so long-video inference from the folder used a repeated short table, not the trained one.
+    long_enc = build_tiny_encoder(tmp_path / "long", num_frames=16)  # 8 temporal steps
+    trained = VideoEncoder.from_pretrained(long_enc)
+    model = make_model(parts, encoder=str(long_enc), num_frames=4)  # captions 4-frame clips: 2 steps
+    assert model.encoder.pos_embed_temporal.shape[1] == 2
+    out = model.save_pretrained(tmp_path / "captioner")
+    saved = VideoEncoder.from_pretrained(out / "encoder")
+    assert saved.cfg == trained.cfg
+    for k, v in trained.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), k
+    at_16 = load_captioner(out, num_frames=16).encoder
+    assert torch.equal(at_16.pos_embed_temporal, trained.pos_embed_temporal)
+
 # ------------------------------------------------------------------------------------------ QA
 def test_qa_accuracy_counts_matches():
     assert qa_accuracy([0, 2, 1, 1], [0, 1, 1, 3]) == 50.0

@@ -33,7 +33,6 @@ from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.init import read_checkpoint
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
-from longvivit.models.video_encoder import CONFIG_NAME as ENCODER_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
 log = logging.getLogger(__name__)
@@ -113,8 +112,10 @@ def load_encoder(
     elif not Path(source).exists():
         raise FileNotFoundError(f"encoder: no exported folder or checkpoint at {source}")
     elif Path(source).is_dir():
-        trained = VideoEncoderConfig.load(Path(source) / ENCODER_CONFIG_NAME).image_size
+        native = VideoEncoder.from_pretrained(source)
+        trained = native.cfg.image_size
         enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
+        _keep_native_tables(enc, native)
     else:
         from longvivit.models.checkpoint import source_config
         from longvivit.models.init import load_pretrained
@@ -122,9 +123,12 @@ def load_encoder(
         checkpoint = read_checkpoint(source)  # read once, for the config and the weights
         cfg = source_config(source, checkpoint).video
         trained = cfg.image_size
+        native = VideoEncoder(cfg)
+        load_pretrained(native, checkpoint["state_dict"])
         enc = VideoEncoder(cfg.replace(num_frames=num_frames, image_size=image_size))
         for msg in load_pretrained(enc, checkpoint["state_dict"]):
             log.info("encoder from %s: %s", source, msg)
+        _keep_native_tables(enc, native)
     if source is not None and trained != image_size:
         # more frames is what the temporal table extension is for; another resolution is not: the frozen
         # encoder never sees the resized spatial table trained
@@ -132,6 +136,27 @@ def load_encoder(
                     "table is resized, and it stays frozen): set image_size %d (--model.image_size) unless "
                     "this is intended", source, trained, image_size, trained)
     return enc.requires_grad_(False).eval()
+
+
+def _keep_native_tables(enc: VideoEncoder, native: VideoEncoder) -> None:
+    """Remember the encoder as trained (its config and the tables resized for this captioner's frames and size),
+    so that a saved captioner holds the encoder as it came: a 128-frame encoder used at 16 frames keeps its
+    128-frame temporal table for long-video inference (the truncated table cannot give it back)."""
+    current = enc.state_dict()
+    changed = {k: v.detach().clone() for k, v in native.state_dict().items() if v.shape != current[k].shape}
+    enc.native = (native.cfg, changed) if changed or native.cfg != enc.cfg else None
+
+
+def save_encoder(enc: VideoEncoder, directory: Path) -> None:
+    """Write a captioner's frozen encoder as it was trained (see :func:`_keep_native_tables`)."""
+    native = getattr(enc, "native", None)
+    if native is None:
+        enc.save_pretrained(directory)
+        return
+    cfg, tables = native
+    copy = VideoEncoder(cfg)
+    copy.load_state_dict({**enc.state_dict(), **tables})
+    copy.save_pretrained(directory)
 
 
 class VideoToText(nn.Module):
@@ -342,7 +367,7 @@ class VideoToText(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory / ENCODER_SUBDIR)
+        save_encoder(self.encoder, directory / ENCODER_SUBDIR)
         cfg = dataclasses.replace(self.cfg, encoder=ENCODER_SUBDIR)
         if cfg.lm is not None and Path(cfg.lm).exists():
             cfg.lm = str(Path(cfg.lm).resolve())  # the folder may be used from another working directory
