@@ -235,6 +235,27 @@ def test_a_saved_captioner_keeps_its_encoder_as_trained(parts, tmp_path):
     at_16 = load_captioner(out, num_frames=16).encoder
     assert torch.equal(at_16.pos_embed_temporal, trained.pos_embed_temporal)
 
+
+def test_a_videos_inference_mask_does_not_depend_on_its_place(parts, make_video, tmp_path):
+    # Masks were drawn per batch (or from the input's index): the same question on the same video scored
+    # differently on lines 1 and 2 of a QA file, and shard CIDEr depended on --batch-size.
+    from longvivit.captioning.model import video_generator
+    from longvivit.captioning.qa import QAItem, evaluate_qa
+
+    model = make_model(parts)
+    open_gates(model)
+    a, b = videos(1, seed=1), videos(1, seed=2)
+    both = model.visual_tokens(torch.cat([a, b]), mask_ratio=0.5,
+                               generator=[video_generator(0, "a"), video_generator(0, "b")])
+    alone = model.visual_tokens(b, mask_ratio=0.5, generator=[video_generator(0, "b")])
+    assert torch.allclose(both[1:], alone, atol=1e-6)
+    clip = str(make_video("q.mp4", num_frames=16, fps=8.0))
+    item = QAItem(key="x", video=clip, question="what moves?", options=["a square", "a rabbit"], answer=0)
+    pre = PreprocessConfig(num_frames=4, fps=2.0, image_size=32)
+    rows = evaluate_qa(model, [item, item], pre, mask_ratio=0.5)["items"]
+    assert rows[0]["scores"] == rows[1]["scores"]
+
+
 # ------------------------------------------------------------------------------------------ QA
 def test_qa_accuracy_counts_matches():
     assert qa_accuracy([0, 2, 1, 1], [0, 1, 1, 3]) == 50.0
@@ -342,3 +363,18 @@ def test_encoder_at_another_resolution_than_trained_is_warned(parts, caplog):
         assert not caplog.records
         load_encoder(parts["encoder"], num_frames=4, image_size=trained * 2)
     assert any(f"trained at {trained} px and will see {trained * 2} px" in r.getMessage() for r in caplog.records)
+
+
+def test_caption_of_a_checkpoint_samples_frames_as_it_was_trained(parts, tmp_path):
+    # `longvivit caption --model last.ckpt` sampled at 1 FPS whatever the training data's rate (a saved folder
+    # kept it).
+    import argparse
+
+    from longvivit.captioning.cli import _preprocess
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"fps": 0.25, "sampling": "fps"}}, ckpt)
+    args = argparse.Namespace(fps=None, sampling=None)
+    pre = _preprocess(make_model(parts), str(ckpt), args)
+    assert (pre.fps, pre.num_frames, pre.image_size) == (0.25, 4, 32)
+    assert _preprocess(make_model(parts), str(ckpt), argparse.Namespace(fps=2.0, sampling=None)).fps == 2.0

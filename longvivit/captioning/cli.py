@@ -55,7 +55,12 @@ def _preprocess(model: Any, source: str, args: argparse.Namespace) -> Any:
     from longvivit.captioning.model import read_preprocess
     from longvivit.config import PreprocessConfig
 
-    saved = read_preprocess(source) if Path(source).is_dir() else None
+    if Path(source).is_dir():
+        saved = read_preprocess(source)
+    else:  # a training checkpoint: its data settings (fps, sampling), as the saved folder would hold them
+        from longvivit.export import source_preprocess
+
+        saved = source_preprocess(source, model.encoder.cfg)
     pre = saved or PreprocessConfig(num_frames=model.cfg.num_frames, image_size=model.cfg.image_size)
     changes: dict[str, Any] = {"num_frames": model.cfg.num_frames, "image_size": model.cfg.image_size,
                                "start": "first"}
@@ -70,11 +75,12 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
 
+    from longvivit.captioning.model import video_generator
     from longvivit.data.decode import DecodeError, decode_video_file
 
     captions: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
-    for i, path in enumerate(args.video):
+    for path in args.video:
         try:
             video, nvf = decode_video_file(path, pre)  # (T, 3, H, W)
         except DecodeError as e:
@@ -82,7 +88,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
             log.warning("skipped %s", e)
             continue
         dev = next(model.resampler.parameters()).device
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
+        gen = video_generator(args.seed, path)
         caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
                                  args.beams, args.mask_ratio, gen, args.prompt)[0]
         captions[path] = caption
@@ -98,6 +104,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
 def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from longvivit.captioning.model import video_generator
     from longvivit.data.clips import load_clips
     from longvivit.evaluation.captioning_metrics import caption_scores
 
@@ -107,23 +114,21 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
     dev = next(model.resampler.parameters()).device
     batch: list[dict[str, Any]] = []
 
-    def flush(index: int) -> None:
+    def flush() -> None:
         video = torch.stack([c["video"] for c in batch]).to(dev)  # (B, T, 3, H, W)
         nvf = torch.tensor([c["num_valid_frames"] for c in batch], device=dev)
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + index)
-        caps = model.generate(video, nvf, args.max_new_tokens, args.beams, args.mask_ratio, gen, args.prompt)
+        gens = [video_generator(args.seed, c["key"]) for c in batch]  # a clip's mask: the same in any batch
+        caps = model.generate(video, nvf, args.max_new_tokens, args.beams, args.mask_ratio, gens, args.prompt)
         for clip, cap in zip(batch, caps, strict=True):
             preds[clip["key"]], refs[clip["key"]] = cap, list(clip["captions"])
         batch.clear()
 
-    n_batches = 0
     for clip in clips:
         batch.append(clip)
         if len(batch) == args.batch_size:
-            flush(n_batches)
-            n_batches += 1
+            flush()
     if batch:
-        flush(n_batches)
+        flush()
     if clips.skipped:
         log.warning("skipped %d undecodable samples, e.g. %s", len(clips.skipped), clips.skipped[:3])
     if not preds:

@@ -16,8 +16,10 @@ holds the same trained weights and refers to the encoder by the path it was trai
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,13 @@ class CaptionerConfig:
         """Inverse of :meth:`to_dict`, also accepting a checkpoint's hyperparameters (extra keys ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def video_generator(seed: int, name: str) -> torch.Generator:
+    """The mask RNG of one video at inference, from the seed and the video's name (path or key) only: a video
+    gets the same mask whichever place it has among the inputs or in a batch."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def load_encoder(
@@ -226,7 +235,7 @@ class VideoToText(nn.Module):
         video: Tensor,
         num_valid_frames: Tensor | None = None,
         mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Video -> resampled visual tokens the LM cross-attends to.
 
@@ -234,7 +243,7 @@ class VideoToText(nn.Module):
             video: (B, T, 3, H, W) normalised frames.
             num_valid_frames: Optional (B,) real frame counts; steps of padding frames are not pooled.
             mask_ratio: Tubelets dropped at random; ``None`` uses ``cfg.mask_ratio``.
-            generator: Optional RNG for reproducible masks.
+            generator: Optional RNG for reproducible masks, or one per video.
 
         Returns:
             (B, num_latents, resampler hidden).
@@ -315,7 +324,7 @@ class VideoToText(nn.Module):
         captions: list[str],
         num_valid_frames: Tensor | None = None,
         mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Mean ``-log p(w_t | w_<t, V)`` over the caption tokens (and EOS) of the batch."""
         media = self.visual_tokens(video, num_valid_frames, mask_ratio, generator)
@@ -332,7 +341,7 @@ class VideoToText(nn.Module):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         prompt: str | None = None,
     ) -> list[str]:
         """Caption videos: greedy (``num_beams=1``) or beam search, with the LM's KV cache.

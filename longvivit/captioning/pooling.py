@@ -11,6 +11,8 @@ position; with a single tubelet step it happens to 30% of the positions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -20,7 +22,8 @@ from longvivit.models.video_encoder import VideoEncoder
 
 
 def encode_grid(
-    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Encoder features on the space-time grid, with masked tubelets dropped before the transformer.
 

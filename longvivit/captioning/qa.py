@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longvivit.captioning.model import VideoToText
+from longvivit.captioning.model import VideoToText, video_generator
 from longvivit.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,14 @@ def evaluate_qa(
     from longvivit.data.decode import DecodeError, decode_video_file
 
     rows, preds, answers, chance, skipped = [], [], [], [], []
-    for i, item in enumerate(items):
+    for item in items:
         try:
             video, nvf = decode_video_file(item.video, preprocess)
         except DecodeError as err:
             skipped.append({"id": item.key, "video": item.video, "reason": str(err)})
             log.warning("question %s skipped: %s", item.key, err)
             continue
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        gen = video_generator(seed, item.video)  # the same video's mask whatever the question's place
         scores = option_scores(
             model, video, item.question, item.options, nvf, template, normalize, mask_ratio, gen
         )  # (K,)
