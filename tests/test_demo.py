@@ -45,6 +45,11 @@ def test_report_shows_the_generated_caption_as_text(tmp_path):
     assert "- generated: the red circle grows, then it shrinks\n" in report  # not the {path: caption} JSON
     report = write_report(tmp_path, {"caption": {**caption, "generated": None}}).read_text()
     assert "- generated: (none: the video did not decode)" in report
+    # One example read as success while every clip got the same caption: the report says how many differ.
+    report = write_report(tmp_path, {"caption": {**caption, "num_clips": 16, "distinct": 1}}).read_text()
+    assert "Captions of 16 test clips: 1 distinct." in report and "not yet to read the video" in report
+    report = write_report(tmp_path, {"caption": {**caption, "num_clips": 16, "distinct": 12}}).read_text()
+    assert "Captions of 16 test clips: 12 distinct." in report and "not yet to read the video" not in report
 
 
 def test_report_tables_give_both_directions_at_every_k_beside_chance(tmp_path):
