@@ -335,6 +335,13 @@ def test_caption_cli_checks_the_questions_before_loading_a_model(tmp_path):
     # The model path does not exist: the questions are read first, so their error is the one reported.
     with pytest.raises(SystemExit, match="options must be a list"):
         cli.main(["--model", str(tmp_path / "no-model"), "--qa", str(qa)])
+    # A bad template was a KeyError traceback after the model load, or (no field) silently scored every option
+    # without its question.
+    qa.write_text('{"video": "a.mp4", "question": "q?", "options": ["yes", "no"]}\n')
+    for template, message in (("Q: {q} A:", r"its only field is \{question\} \(KeyError"),
+                              ("No field here", r"has no \{question\} field")):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["--model", str(tmp_path / "no-model"), "--qa", str(qa), "--qa-template", template])
 
 
 def test_lm_cache_key_follows_the_gguf_content_not_its_mtime(tmp_path, monkeypatch):

@@ -239,3 +239,12 @@ def test_caption_of_shards_without_video_says_so_with_the_command_prefix(trained
                                                    "captions": ["a picture"]}])
     with pytest.raises(SystemExit, match=r"^longvivit caption: no video clip decoded from the shards \(only images"):
         cli.main(["--model", str(trained["folder"]), "--shards", str(shard)])
+
+
+def test_the_checkpoint_names_its_encoder_by_an_absolute_path(setup, monkeypatch):
+    # A relative --model.encoder was stored as given: `caption --model last.ckpt` from another folder failed with
+    # "encoder: no exported folder or checkpoint at runs/demo/export".
+    encoder = Path(setup["encoder"])
+    monkeypatch.chdir(encoder.parent)
+    module = CaptioningModule(**{**tiny_model_kwargs(setup["encoder"], setup["lm"]), "encoder": encoder.name})
+    assert module.hparams["encoder"] == str(encoder.resolve())

@@ -174,6 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             questions = read_qa_jsonl(args.qa)
         except (OSError, ValueError) as err:
             raise SystemExit(f"longvivit caption: {err}") from err
+        if args.qa_template is not None:
+            try:
+                filled = args.qa_template.format(question="\0")
+            except (KeyError, IndexError, ValueError) as err:
+                raise SystemExit(f"longvivit caption: --qa-template {args.qa_template!r}: its only field is "
+                                 f"{{question}} ({type(err).__name__}: {err})") from err
+            if "\0" not in filled:
+                raise SystemExit(f"longvivit caption: --qa-template {args.qa_template!r} has no {{question}} field: "
+                                 "every option would be scored without its question")
     overrides: dict[str, Any] = {}
     if args.num_frames is not None:
         overrides["num_frames"] = args.num_frames

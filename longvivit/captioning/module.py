@@ -88,6 +88,9 @@ class CaptioningModule(L.LightningModule):
         resampler = _as(ResamplerConfig, resampler)
         xattn = _as(XAttnConfig, xattn)
         optim = _as(OptimConfig, optim)
+        if encoder is not None and Path(encoder).exists():
+            # absolute: the checkpoint names it, and is used from other working directories (`caption --model`)
+            encoder = str(Path(encoder).resolve())
         self.model_cfg = CaptionerConfig(
             encoder=encoder, encoder_preset=encoder_preset, num_frames=num_frames, image_size=image_size,
             lm=lm, lm_gguf_file=lm_gguf_file, resampler=resampler, xattn=xattn, prompt=prompt,
