@@ -142,8 +142,8 @@ def load_encoder(
         # more frames is what the temporal table extension is for; another resolution is not: the frozen
         # encoder never sees the resized spatial table trained
         log.warning("the encoder from %s was trained at %d px and will see %d px frames (its spatial position "
-                    "table is resized, and it stays frozen): set image_size %d (--model.image_size) unless "
-                    "this is intended", source, trained, image_size, trained)
+                    "table is resized, and it stays frozen): train the captioner with --model.image_size %d "
+                    "unless this is intended", source, trained, image_size, trained)
     return enc.requires_grad_(False).eval()
 
 
