@@ -79,3 +79,18 @@ def encode_frames(frames: np.ndarray, fmt: str, codec: str = "libx264", rate: in
 
 # ten frames 0.1 s apart, then one a second: 20 frames over 11 s (a screen recording that sat still)
 VFR_PTS_MS = [100 * i for i in range(10)] + [900 + 1000 * (i - 9) for i in range(10, 20)]
+
+
+def audio_only_mp4() -> bytes:
+    """An mp4 holding one second of silence and no video stream."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        stream = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            c.mux(packet)
+    return buf.getvalue()
+

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS, VFR_PTS_MS, encode_frames, frame_ids, numbered_frames
+from conftest import ASSETS, VFR_PTS_MS, audio_only_mp4, encode_frames, frame_ids, numbered_frames
 from PIL import Image
 
 from longvivit.config import CLIP_MEAN, CLIP_STD, PreprocessConfig
@@ -259,15 +259,8 @@ def test_bad_video_bytes_say_what_they_are():
     page = b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n" * 50
     with pytest.raises(DecodeError, match=r"not a video: the 2750 bytes are text \('<!DOCTYPE html>"):
         read_frames(page, num_frames=2)
-    audio = io.BytesIO()
-    with av.open(audio, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for p in [*s.encode(frame), *s.encode()]:
-            c.mux(p)
     with pytest.raises(DecodeError, match=r"no video stream \(audio only\?\)"):
-        read_frames(audio.getvalue(), num_frames=2)
+        read_frames(audio_only_mp4(), num_frames=2)
 
 
 # ---------------------------------------------------------------------------------------------- images

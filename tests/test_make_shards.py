@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import ASSETS, VFR_PTS_MS, encode_frames, frame_ids, moving_square_frames, numbered_frames
+from conftest import (
+    ASSETS,
+    VFR_PTS_MS,
+    audio_only_mp4,
+    encode_frames,
+    frame_ids,
+    moving_square_frames,
+    numbered_frames,
+)
 from PIL import Image
 
 from longvivit.config import CLIP_MEAN, CLIP_STD
@@ -54,7 +62,6 @@ def _frames(src: str | Path | bytes) -> np.ndarray:
 
 
 def _pyav_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
-    import av
 
     with av.open(str(path)) as c:
         frames = []
@@ -78,7 +85,6 @@ def _source_indices(stored: np.ndarray, source: np.ndarray) -> list[int]:
 
 
 def _zero_frame_avi(path: Path) -> Path:
-    import av
 
     # A container with a video stream header and no packet at all.
     with av.open(str(path), "w", format="avi") as c:
@@ -451,14 +457,7 @@ def test_sources_decord_misreads_are_reencoded_or_rejected_with_what_they_are(tm
                                     append_images=[Image.fromarray(f) for f in frames[1:]])
     Image.fromarray(frames[0]).save(tmp_path / "still.png")
     (tmp_path / "page.mp4").write_text("<!DOCTYPE html><html>404</html>\n")
-    audio = io.BytesIO()
-    with av.open(audio, "w", format="mp4") as c:
-        st = c.add_stream("aac", rate=16000)
-        fr = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-        fr.sample_rate = 16000
-        for pkt in [*st.encode(fr), *st.encode()]:
-            c.mux(pkt)
-    (tmp_path / "audio.mp4").write_bytes(audio.getvalue())
+    (tmp_path / "audio.mp4").write_bytes(audio_only_mp4())
     names = ["vfr.mkv", "anim.gif", "still.png", "page.mp4", "audio.mp4"]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"video": n, "caption": n}) + "\n" for n in names))
     assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")]) == 0
