@@ -234,6 +234,13 @@ def test_a_saved_captioner_keeps_its_encoder_as_trained(parts, tmp_path):
         assert torch.equal(saved.state_dict()[k], v), k
     at_16 = load_captioner(out, num_frames=16).encoder
     assert torch.equal(at_16.pos_embed_temporal, trained.pos_embed_temporal)
+    # keeping the trained copy draws no random numbers: a captioner's initialisation is what it was
+    torch.manual_seed(0)
+    load_encoder(long_enc, num_frames=4, image_size=32)
+    after_load = torch.rand(3)
+    torch.manual_seed(0)
+    VideoEncoder.from_pretrained(long_enc, num_frames=4, image_size=32)
+    assert torch.equal(after_load, torch.rand(3))
 
 
 def test_a_videos_inference_mask_does_not_depend_on_its_place(parts, make_video, tmp_path):

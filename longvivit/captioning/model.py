@@ -121,7 +121,8 @@ def load_encoder(
     elif not Path(source).exists():
         raise FileNotFoundError(f"encoder: no exported folder or checkpoint at {source}")
     elif Path(source).is_dir():
-        native = VideoEncoder.from_pretrained(source)
+        with torch.random.fork_rng(devices=[]):  # building it draws random weights: leave the caller's RNG be
+            native = VideoEncoder.from_pretrained(source)
         trained = native.cfg.image_size
         enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
         _keep_native_tables(enc, native)
@@ -132,7 +133,8 @@ def load_encoder(
         checkpoint = read_checkpoint(source)  # read once, for the config and the weights
         cfg = source_config(source, checkpoint).video
         trained = cfg.image_size
-        native = VideoEncoder(cfg)
+        with torch.random.fork_rng(devices=[]):
+            native = VideoEncoder(cfg)
         load_pretrained(native, checkpoint["state_dict"])
         enc = VideoEncoder(cfg.replace(num_frames=num_frames, image_size=image_size))
         for msg in load_pretrained(enc, checkpoint["state_dict"]):
