@@ -304,16 +304,14 @@ class ShardDataset(IterableDataset):
         first_batch, start = 0, 0
         if self.train:
             units = self._train_raw((rank, world_size, role, num_workers), skip_log)
-            if self.group_by:
+            if self.group_by:  # groups are shuffled and packed into batches whole
                 if self.shuffle_buffer > 1:
                     units = _shuffled(units, self.shuffle_buffer, _rng(*base, "shuffle"))
                 if self.batch_size:
                     units = _packed(units, self.batch_size)
-                raw = (sample for unit in units for sample in unit)
-            else:
-                raw = (sample for unit in units for sample in unit)
-                if self.shuffle_buffer > 1:
-                    raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
+            raw = (sample for unit in units for sample in unit)
+            if not self.group_by and self.shuffle_buffer > 1:
+                raw = _shuffled(raw, self.shuffle_buffer, _rng(*base, "shuffle"))
             first_batch = len(range(role, done, num_workers))
             # Raw samples this role had consumed (checkpoints before stream positions: a batch's worth per batch,
             # which miscounts where samples were skipped or passed over as the other modality).
@@ -466,7 +464,8 @@ def _packed(groups: Iterator[list[Any]], size: int) -> Iterator[list[Any]]:
     Each group goes where it fits in the batch being filled; one that does not wait for the next batch while
     later (smaller) groups fill the current one. A group larger than a batch starts a batch of its own and spills
     into the next; when nothing waiting fits for ``size`` groups (pairs only, an odd batch), the oldest is split.
-    A sample that fails to decode shifts the cut until the next batch (rare, and never loses the sample).
+    A sample dropped after packing (undecodable, or of the other modality) shifts every later cut by one, so a
+    stream with such samples can split pairs after them.
     """
     used, waiting = 0, []
     for group in groups:
