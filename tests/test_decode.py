@@ -300,3 +300,11 @@ def test_images_decode_as_they_are_shown():
     rgba[16:, :, 3] = 255  # ...opaque in the bottom half only
     got = _raw_rgb(decode_image(_png(Image.fromarray(rgba, "RGBA")), cfg))
     assert np.allclose(got[:12], 255, atol=2) and np.allclose(got[20:], [200, 0, 0], atol=2)
+
+
+def test_a_still_image_is_not_a_video():
+    # FFmpeg reads a PNG as a one-frame video: a thumbnail saved as .mp4 in a scraped shard became a "clip".
+    buf = io.BytesIO()
+    Image.fromarray(numbered_frames(1)[0]).save(buf, format="PNG")
+    with pytest.raises(DecodeError, match=r"a still image \(PNG\), not a video"):
+        read_frames(buf.getvalue(), num_frames=4)

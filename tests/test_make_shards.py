@@ -503,8 +503,10 @@ def test_repeated_inputs_and_other_shards_in_the_folder_are_said(tmp_path, capsy
     # shards of an earlier run with another --prefix stayed in the folder, read again by anyone given the folder.
     clip = tmp_path / "a.mp4"
     encode_video(moving_square_frames(8, 32, 32), fps=4.0, out=clip)
+    Image.fromarray(moving_square_frames(1, 32, 32)[0]).save(tmp_path / "a.gif")
     lines = [{"video": "a.mp4", "caption": "one"}, {"video": str(clip), "caption": "again"},
-             {"video": "a.mp4", "caption": "a part", "start": 0.0, "end": 1.0}]
+             {"video": "a.mp4", "caption": "a part", "start": 0.0, "end": 1.0},
+             {"image": "a.gif", "caption": "as an image"}, {"video": "a.gif", "caption": "as a video"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "out"
     assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--prefix", "old"]) == 0
@@ -515,4 +517,4 @@ def test_repeated_inputs_and_other_shards_in_the_folder_are_said(tmp_path, capsy
     assert "also holds 1 other .tar files (old-000000.tar; an earlier run with another --prefix?)" in err
     stats = json.loads((out / "stats.json").read_text())
     assert stats["repeated_inputs"] == 1 and stats["other_tars_in_out"] == ["old-000000.tar"]
-    assert stats["written"] == 3  # kept: a repeat may be meant
+    assert stats["written"] == 5  # kept: a repeat may be meant; a file as an image and as a video is no repeat

@@ -112,6 +112,18 @@ def text_head(data: bytes) -> str | None:
     return text[:40]
 
 
+def still_image_format(source: bytes | str | Path) -> str | None:
+    """The format of a still image (PNG, JPEG...); None for anything else, animated GIFs included (FFmpeg reads
+    a still image as a one-frame video, which a video loader should not take)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            return None if getattr(im, "n_frames", 1) > 1 or im.format == "GIF" else im.format
+    except Exception:
+        return None
+
+
 def decoder_message(err: BaseException, limit: int = 300) -> str:
     """The reason in a decord or PyAV error, without decord's log prefix (time of day, build path) and stack dump."""
     if getattr(err, "strerror", None) and type(err).__module__.startswith("av"):
@@ -161,6 +173,9 @@ def read_frames(
     except DecodeError as err:
         if text_head(data) is not None:
             raise
+        still = still_image_format(data)
+        if still:
+            raise DecodeError(f"a still image ({still}), not a video ({len(data)} bytes)") from err
         return _read_frames_pyav(data, pick, err)
 
 

@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[tuple, int] = {}
     repeats = []
     for sm in samples:
-        what = (source[sm.line], sm.info["start"], sm.info["end"])
+        what = (source[sm.line], sm.info["media"], sm.info["start"], sm.info["end"])
         if what in seen:
             repeats.append((seen[what], sm.line))
         seen.setdefault(what, sm.line)

@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from longvivit.data.decode import decoder_message, rgb_image, text_head
+from longvivit.data.decode import decoder_message, rgb_image, still_image_format, text_head
 from longvivit.data.formats import IMAGE_EXTS, STORED_VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
 from longvivit.data.sampling import variable_timestamps
@@ -173,7 +173,7 @@ def _timing(src: Path) -> _Timing:
         except Exception as err:
             decord_error = err
     # PyAV: an MPEG stream (decord misplaces its frames) or a file decord cannot read to its end
-    still = _still_image_format(src)
+    still = still_image_format(src)
     if still:
         raise ValueError(f"a still image ({still}), not a video: list it as {{\"image\": ...}}")
     try:
@@ -185,17 +185,6 @@ def _timing(src: Path) -> _Timing:
         raise err from decord_error
     why = f"MPEG {kind}" if kind else "decord cannot read it"
     return _Timing(times, fps, int(height), int(width), why, variable_timestamps(times, fps) is not None)
-
-
-def _still_image_format(src: Path) -> str | None:
-    """The format of a still image (PNG, JPEG...) given as a video; None for anything else (GIFs included)."""
-    from PIL import Image
-
-    try:
-        with Image.open(src) as im:
-            return None if getattr(im, "n_frames", 1) > 1 or im.format == "GIF" else im.format
-    except Exception:
-        return None
 
 
 def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample | Reject:
