@@ -196,7 +196,9 @@ def export_model(
 
     model, _ = load_model(source)
     stages = read_stages(source) if source.is_file() else []
-    pre = source_preprocess(source, model.video_encoder.cfg)
+    # read_stages has the checkpoint's data settings already (source_preprocess would read the file again)
+    pre = (load_preprocess_config(source) if source.is_dir() else None) or preprocess_for(
+        model.video_encoder.cfg, stages[-1].data if stages else None)
     found = _named_json(metrics)
     if stages and stages[-1].meta.get("metrics"):
         found.append((f"validation in the checkpoint at step {stages[-1].step}", stages[-1].meta["metrics"]))

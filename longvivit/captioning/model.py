@@ -33,7 +33,7 @@ from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
-from longvivit.models.init import read_checkpoint
+from longvivit.models.init import load_adapted, read_checkpoint
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -120,24 +120,21 @@ def load_encoder(
         enc = VideoEncoder(VideoEncoderConfig.preset(preset, num_frames=num_frames, image_size=image_size))
     elif not Path(source).exists():
         raise FileNotFoundError(f"encoder: no exported folder or checkpoint at {source}")
-    elif Path(source).is_dir():
-        with torch.random.fork_rng(devices=[]):  # building it draws random weights: leave the caller's RNG be
-            native = VideoEncoder.from_pretrained(source)
-        trained = native.cfg.image_size
-        enc = VideoEncoder.from_pretrained(source, num_frames=num_frames, image_size=image_size)
-        _keep_native_tables(enc, native)
     else:
-        from longvivit.models.checkpoint import source_config
-        from longvivit.models.init import load_pretrained
+        # The encoder as trained, read once: kept (its resized tables) for saving, and adapted from memory.
+        with torch.random.fork_rng(devices=[]):  # building it draws random weights: leave the caller's RNG be
+            if Path(source).is_dir():
+                native = VideoEncoder.from_pretrained(source)
+            else:
+                from longvivit.models.checkpoint import source_config
+                from longvivit.models.init import load_pretrained
 
-        checkpoint = read_checkpoint(source)  # read once, for the config and the weights
-        cfg = source_config(source, checkpoint).video
-        trained = cfg.image_size
-        with torch.random.fork_rng(devices=[]):
-            native = VideoEncoder(cfg)
-        load_pretrained(native, checkpoint["state_dict"])
-        enc = VideoEncoder(cfg.replace(num_frames=num_frames, image_size=image_size))
-        for msg in load_pretrained(enc, checkpoint["state_dict"]):
+                checkpoint = read_checkpoint(source)  # read once, for the config and the weights
+                native = VideoEncoder(source_config(source, checkpoint).video)
+                load_pretrained(native, checkpoint["state_dict"])
+        trained = native.cfg.image_size
+        enc = VideoEncoder(native.cfg.replace(num_frames=num_frames, image_size=image_size))
+        for msg in load_adapted(enc, native.state_dict(), source_grid=native.cfg.grid_size):
             log.info("encoder from %s: %s", source, msg)
         _keep_native_tables(enc, native)
     if source is not None and trained != image_size:
