@@ -91,13 +91,6 @@ def preprocess_frames(
 def _open(data: bytes, num_threads: int):
     import decord  # imported lazily: the image-only path and the config tools do not need it
 
-    if not data:
-        raise DecodeError("empty video bytes")
-    text = text_head(data)
-    if text is not None:
-        # decord would print the whole file to stderr (an HTML error page saved as .mp4 is a classic of scraped
-        # video sets)
-        raise DecodeError(f"not a video: the {len(data)} bytes are text ({text!r}...)")
     try:
         return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads)
     except (RuntimeError, decord.DECORDError) as err:
@@ -165,14 +158,19 @@ def read_frames(
     Raises:
         DecodeError: If the bytes cannot be opened or the frames cannot be decoded.
     """
+    if not data:
+        raise DecodeError("empty video bytes")
+    text = text_head(data)
+    if text is not None:
+        # decord would print the whole file to stderr (an HTML error page saved as .mp4 is a classic of scraped
+        # video sets)
+        raise DecodeError(f"not a video: the {len(data)} bytes are text ({text!r}...)")
     pick = dict(num_frames=num_frames, fps=fps, mode=sampling, start=start, rng=rng)
     if mpeg_stream_kind(data):
         return _read_frames_pyav(data, pick, None)
     try:
         return _read_frames_decord(data, pick, num_threads)
     except DecodeError as err:
-        if text_head(data) is not None:
-            raise
         still = still_image_format(data)
         if still:
             raise DecodeError(f"a still image ({still}), not a video ({len(data)} bytes)") from err
