@@ -159,12 +159,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
-    padded: list[str] = []
+    padded = 0
 
     def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal padded
         for sample in samples:  # clips shorter than the window: their last frame is repeated to fill it
-            if sample["num_valid_frames"] < pre.num_frames:
-                padded.append(sample["key"])
+            padded += sample["num_valid_frames"] < pre.num_frames
             yield sample
 
     try:
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
-        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": len(padded),
+        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": padded,
     }
     if args.embeddings:
         ev.save_embeddings(args.embeddings)
