@@ -178,9 +178,13 @@ class Demo:
 
         from longvivit.data.clips import load_clips
         from longvivit.evaluation.evaluate import evaluate, order_only_metrics
-        from longvivit.models.checkpoint import load_model
+        from longvivit.models.checkpoint import load_model, source_config
 
         evals: dict[str, dict[str, Any]] = {}
+        # Every stage reads captions with the longest text budget among them (stage 3's: the long videos'
+        # summaries need it): at its own 32 tokens stage 2 would lose the later events of every summary, and the
+        # stage comparison would measure the budget, not the encoders.
+        budget = self.results["eval_text_budget"] = max(source_config(c).text.max_length for c in ckpts.values())
         sets = [("clips", 16), ("long", self.scale.long_frames)]
         if self.scale.probe_pairs:
             sets.append(("probe", 16))
@@ -195,7 +199,7 @@ class Demo:
                     clips = load_clips(str(self.shards(name, "test")), num_frames=frames,
                                        image_size=self.scale.size)
                     with torch.no_grad():
-                        ev, pairs = evaluate(model, clips, batch_size=8, frame_order=order)
+                        ev, pairs = evaluate(model, clips, batch_size=8, frame_order=order, max_text_length=budget)
                     m = ev.compute()
                     order_m = order_only_metrics(ev, pairs)
                     if order_m:

@@ -141,9 +141,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines += [f"## Zero-shot retrieval: {title}", ""]
         some = next((m for k, m in evals.items() if f"/{name}/" in k), None)
         if some:
+            budget = results.get("eval_text_budget")
             lines += [f"{some['num_videos']} videos, {some['num_texts']} captions; the last row is chance (a random "
                       "ranking); order-only: 2-way accuracy between the two clips of a pair "
-                      "(chance 50%).", ""]
+                      "(chance 50%)." + (f" Every stage reads captions up to {budget} tokens." if budget else ""), ""]
         lines += ["| stage | frames | T2V R@1 | R@5 | R@10 | MRR | V2T R@1 | R@5 | R@10 | MRR | order-only 2-way % |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for stage in STAGES:

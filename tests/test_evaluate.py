@@ -214,3 +214,29 @@ def test_eval_at_another_image_size_resizes_the_model_and_says_when_clips_are_pa
     assert any("pos_embed_spatial resized" in a for a in m["settings"]["adaptations"])
     assert m["settings"]["padded_clips"] == 8  # 16 s clips, 32 frames at 1 FPS
     assert "8 of 8 clips are shorter than 32 frames at 1 FPS: their last frame is repeated" in capsys.readouterr().out
+
+
+def test_eval_says_which_clips_the_window_cuts_and_which_captions_the_text_budget_cuts(setup, tmp_path, capsys):
+    # A 16-frame model on longer videos saw only their first 16 s, and captions longer than the text budget lost
+    # their later words, both without a word (the demo compared stage 2 at 32 tokens with stage 3 at 128).
+    from longvivit.data.collate import num_truncated
+    from longvivit.models.text_encoder import TextEncoder
+
+    _, shards, model_dir = setup
+    out = tmp_path / "m.json"
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--num-frames", "8",
+                     "--max-text-length", "6", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["settings"]["cut_clips"] == 8 and m["settings"]["padded_clips"] == 0  # 16 s clips, 8 s windows
+    assert m["settings"]["max_text_length"] == 6 and m["settings"]["truncated_captions"] == 8
+    said = capsys.readouterr().out
+    assert "8 of 8 clips are longer than 8 frames at 1 FPS: only their first 8 s are seen" in said
+    assert "8 captions are longer than the text budget of 6 tokens and were cut" in said
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["settings"]["cut_clips"] == 8 and m["settings"]["truncated_captions"] == 0  # the model's 32 tokens
+    # the count is exact: a caption that fills the budget exactly is not cut
+    tok = TextEncoder(TextEncoderConfig(max_length=8)).tokenizer
+    texts = ["a b c d e f", "a b c d e f g", "a"]  # 8, 9 and 3 tokens with [CLS] and [SEP]
+    mask = tok(texts, truncation=True, max_length=8, padding=True, return_tensors="pt")["attention_mask"]
+    assert num_truncated(tok, texts, mask, 8) == 1

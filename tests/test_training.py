@@ -202,3 +202,42 @@ def test_image_stage_checkpoint_holds_the_inflated_tubelet_kernel_without_valida
     t = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["model_config"]["video"]["tubelet_size"][0]
     assert torch.equal(sd[key.format("3d", "weight")], inflate_patch_kernel(sd[key.format("2d", "weight")], t))
     assert torch.equal(sd[key.format("3d", "bias")], sd[key.format("2d", "bias")])
+
+
+def test_resume_does_not_need_the_previous_stage_checkpoint(shards, tmp_path, caplog):
+    # A resume re-read init_from although the checkpoint replaces those weights: once the previous stage's
+    # checkpoint had been moved or cleaned away, the run could not be resumed (and `--model.init_from null`
+    # lost the stage chain from the new checkpoints).
+    src = _fit("stage2_short.yaml", tmp_path / "src", shards, "--model.init_from", "null",
+               "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+               "--data.val_shards", "null")
+    moved = tmp_path / "stage2.ckpt"
+    (src / "last.ckpt").rename(moved)
+    common = ("--model.video.num_frames", "16",
+              "--data.train_shards", str(shards["long_train"]), "--data.val_shards", "null",
+              "--data.image_shards", "null")
+    ckpt = _fit("stage3_long.yaml", tmp_path / "s3", shards, *common, "--model.init_from", str(moved),
+                "--trainer.max_steps", "2")
+    adaptations = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]["adaptations"]
+    assert adaptations
+    moved.unlink()
+    with caplog.at_level(logging.INFO, "longvivit"):
+        _fit("stage3_long.yaml", tmp_path / "s3", shards, *common, "--model.init_from", str(moved),
+             "--trainer.max_steps", "3", "--ckpt_path", str(ckpt / "last.ckpt"))
+    assert any("is gone; the checkpoint being resumed holds the weights" in r.message for r in caplog.records)
+    meta = torch.load(ckpt / "last.ckpt", weights_only=True)["longvivit"]
+    assert meta["init_from"] == str(moved) and meta["adaptations"] == adaptations  # the chain is still recorded
+    # without a checkpoint to resume, a missing init_from is an error as before
+    with pytest.raises(SystemExit, match="init_from: no checkpoint or model folder"):
+        _fit("stage3_long.yaml", tmp_path / "s3b", shards, *common, "--model.init_from", str(moved))
+
+
+def test_captions_longer_than_the_text_budget_are_said(shards, tmp_path, caplog):
+    # The long videos' summaries are longer than 8 tokens: they were cut silently.
+    with caplog.at_level(logging.WARNING, "longvivit"):
+        _fit("stage2_short.yaml", tmp_path / "t", shards, "--model.init_from", "null", "--model.text.max_length",
+             "8", "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+             "--data.val_shards", "null", "--trainer.max_steps", "2")
+    said = [r.message for r in caplog.records if "longer than the text budget of 8 tokens" in r.message]
+    assert len(said) == 1, said  # once per run, not per step
+    assert _logged(_metrics(tmp_path / "t"), "train/truncated_fraction")[0] > 0

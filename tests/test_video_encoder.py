@@ -319,6 +319,9 @@ def test_from_pretrained_with_more_frames_and_a_larger_image(tmp_path):
     model.save_pretrained(tmp_path)
     big = VideoEncoder.from_pretrained(tmp_path, num_frames=8, image_size=64).eval()
     assert big.cfg.num_frames == 8 and big.cfg.image_size == 64
+    # what was adapted is on the model (it was only logged, at INFO, which a plain script does not show)
+    assert [a.split(" ")[0] for a in big.adaptations] == ["pos_embed_spatial", "pos_embed_temporal"], big.adaptations
+    assert VideoEncoder.from_pretrained(tmp_path).adaptations == ()
     assert big.pos_embed_temporal.shape == (1, 4, cfg.width)
     assert big.pos_embed_spatial.shape == (1, 16, cfg.width)
     torch.testing.assert_close(big.pos_embed_temporal, model.pos_embed_temporal.repeat_interleave(2, dim=1))

@@ -42,6 +42,7 @@ class ClipIterator:
                 "captions": item["captions"],
                 "num_valid_frames": int(item["num_valid_frames"]),
                 "meta": item.get("meta", {}),
+                "duration": item.get("duration"),
             }
 
 
@@ -78,7 +79,8 @@ def load_clips(
 
     Returns:
         An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
-        "num_valid_frames": int}``; its ``skipped`` attribute lists the skipped samples and why.
+        "num_valid_frames": int, "duration": float | None}`` (``duration``: the source's length in seconds when
+        the shard records it, as make_shards does); its ``skipped`` attribute lists the skipped samples and why.
     """
     preprocess = preprocess or PreprocessConfig(
         num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start

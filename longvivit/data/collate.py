@@ -20,6 +20,29 @@ def load_tokenizer(name_or_path: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path))
 
 
+def num_truncated(tokenizer: Any, texts: list[str], attention_mask: torch.Tensor,
+                  max_length: int) -> int:
+    """How many of ``texts`` lost tokens to the ``max_length`` budget when tokenised with truncation.
+
+    Only the rows that filled the budget are tokenised again (without truncation), so the count costs almost
+    nothing when captions are shorter than the budget, as they usually are.
+
+    Args:
+        tokenizer: The tokenizer that produced ``attention_mask``.
+        texts: The texts, in the order of the rows.
+        attention_mask: (N, L) mask of the truncated tokenisation.
+        max_length: The budget it was truncated to, special tokens included.
+
+    Returns:
+        The number of texts longer than the budget.
+    """
+    full = [t for t, n in zip(texts, attention_mask.sum(dim=1).tolist(), strict=True) if n >= max_length]
+    if not full:
+        return 0
+    lengths = tokenizer(full, truncation=False, verbose=False)["input_ids"]
+    return sum(len(ids) > max_length for ids in lengths)
+
+
 def collate(
     samples: list[dict[str, Any]],
     modality: Modality,
@@ -38,7 +61,8 @@ def collate(
 
     Returns:
         ``{"key": [str], "video": (B, T, 3, H, W) | "image": (B, 3, H, W), "num_valid_frames": (B,) long,
-        "captions": [[str]], "modality": str, ...}``; text tensors are padded to ``max_text_length``.
+        "captions": [[str]], "modality": str, ...}``; text tensors are padded to the longest caption, at most
+        ``max_text_length`` tokens; ``truncated_captions`` counts the captions cut to that budget.
     """
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
@@ -62,11 +86,15 @@ def collate(
                 texts, padding="longest", truncation=True, max_length=max_text_length, return_tensors="pt"
             )
 
-        first = tok([c[0] for c in captions])
+        firsts = [c[0] for c in captions]
+        first = tok(firsts)
         batch["input_ids"], batch["attention_mask"] = first["input_ids"], first["attention_mask"]
+        # Counted so that a budget too small for the data is said, not silently paid for in accuracy.
+        batch["truncated_captions"] = num_truncated(tokenizer, firsts, first["attention_mask"], max_text_length)
         if not train:
             flat = [c for caps in captions for c in caps]
             every = tok(flat)
+            batch["truncated_captions"] = num_truncated(tokenizer, flat, every["attention_mask"], max_text_length)
             batch["all_input_ids"], batch["all_attention_mask"] = every["input_ids"], every["attention_mask"]
             batch["caption_sample"] = torch.tensor(
                 [i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long

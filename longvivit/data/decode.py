@@ -371,6 +371,7 @@ def decode_sample(
     """Raw webdataset sample -> ``{"key", "video" | "image", "num_valid_frames", "captions", "meta"}``.
 
     ``meta`` is the manifest's extra fields kept by the shard writer (e.g. ``split``, ``pair_id``), ``{}`` if none.
+    A video also carries ``duration`` (seconds) when the sample's json records it, as make_shards' does.
 
     Raises:
         DecodeError: Media bytes that do not decode.
@@ -383,6 +384,9 @@ def decode_sample(
         out["video"], out["num_valid_frames"] = decode_video(
             data, preprocess, rng=rng, num_threads=num_threads
         )
+        duration = info.get("duration")  # make_shards records it; evaluation says which clips the window cuts
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0:
+            out["duration"] = float(duration)
     else:
         out["image"], out["num_valid_frames"] = decode_image(data, preprocess), 1
     return out

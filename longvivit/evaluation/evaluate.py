@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from longvivit.argtypes import device, fraction, mask_ratio, non_negative_int, positive
+from longvivit.data.collate import num_truncated
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import (
     DuplicateKeyError,
@@ -90,6 +92,7 @@ def evaluate(
     frame_order: str = "original",
     seed: int = 0,
     device: str | torch.device = "cpu",
+    max_text_length: int | None = None,
 ) -> tuple[RetrievalEvaluator, dict[str, str]]:
     """Embed every clip and caption of ``samples`` with ``model``.
 
@@ -101,6 +104,8 @@ def evaluate(
         frame_order: ``original``, ``shuffled``, ``reversed`` or ``single`` (probes).
         seed: Seed of the shuffled probe and of masking.
         device: Where to run.
+        max_text_length: Token budget of a caption (default: the text tower's ``max_length``). Comparing
+            models trained with different budgets at one budget keeps their numbers comparable.
 
     Returns:
         ``(evaluator holding the embeddings, {video key: pair id} for order-only pairs)``.
@@ -116,7 +121,7 @@ def evaluate(
         keys = [s["key"] for s in batch]
         captions = [c for s in batch for c in s["captions"]]
         owners = [s["key"] for s in batch for _ in s["captions"]]
-        tok = model.text_encoder.tokenize(captions)
+        tok = model.text_encoder.tokenize(captions, max_length=max_text_length)
         text = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device))
         ev.add_videos(emb, keys)
         ev.add_texts(text, owners, captions)
@@ -159,17 +164,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
-    padded = 0
+    text_budget = args.max_text_length or model.text_encoder.cfg.max_length
+    # a window of num_frames at fps sees this many seconds; a clip longer by a sampling step or more is cut
+    window = pre.num_frames / pre.fps if pre.sampling == "fps" else math.inf
+    counts = {"padded": 0, "cut": 0, "truncated": 0}
 
     def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        nonlocal padded
         for sample in samples:  # clips shorter than the window: their last frame is repeated to fill it
-            padded += sample["num_valid_frames"] < pre.num_frames
+            counts["padded"] += sample["num_valid_frames"] < pre.num_frames
+            counts["cut"] += (sample.get("duration") or 0.0) >= window + 1.0 / pre.fps
+            caps = list(sample["captions"])
+            mask = model.text_encoder.tokenize(caps, max_length=text_budget)["attention_mask"]
+            counts["truncated"] += num_truncated(model.text_encoder.tokenizer, caps, mask, text_budget)
             yield sample
 
     try:
         ev, pair_of = evaluate(model, counted(clips), batch_size=args.batch_size, mask_ratio=args.mask_ratio,
-                               frame_order=args.frame_order, seed=args.seed, device=args.device)
+                               frame_order=args.frame_order, seed=args.seed, device=args.device,
+                               max_text_length=text_budget)
     except TooManyFailuresError as err:
         raise SystemExit(f"longvivit eval: {err}. With --max-fail-fraction 1 the clips that decode are evaluated "
                          "and the others listed in the JSON's `skipped`") from err
@@ -193,7 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
-        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": padded,
+        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": counts["padded"],
+        "cut_clips": counts["cut"], "max_text_length": text_budget, "truncated_captions": counts["truncated"],
     }
     if args.embeddings:
         ev.save_embeddings(args.embeddings)
@@ -213,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=("fps", "uniform"), default=None, help="default: the export's, else fps")
     p.add_argument("--image-size", type=positive(int), default=None, help="default: the model's")
     p.add_argument("--mask-ratio", type=mask_ratio, default=0.0)
+    p.add_argument("--max-text-length", type=positive(int), default=None,
+                   help="token budget of a caption (default: the model's); longer captions are cut, and counted")
     p.add_argument("--frame-order", choices=FRAME_ORDERS, default="original")
     p.add_argument("--batch-size", type=positive(int), default=16)
     p.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes")
@@ -235,6 +250,14 @@ def _summary(m: dict[str, Any]) -> str:
     if settings.get("padded_clips"):
         lines.append(f"{settings['padded_clips']} of {m['num_videos']} clips are shorter than {settings['num_frames']} "
                      f"frames at {settings['fps']:g} FPS: their last frame is repeated to fill the window")
+    if settings.get("cut_clips"):
+        seconds = settings["num_frames"] / settings["fps"]
+        lines.append(f"{settings['cut_clips']} of {m['num_videos']} clips are longer than {settings['num_frames']} "
+                     f"frames at {settings['fps']:g} FPS: only their first {seconds:g} s are seen (--num-frames, "
+                     "--fps or --sampling uniform cover more)")
+    if settings.get("truncated_captions"):
+        lines.append(f"{settings['truncated_captions']} captions are longer than the text budget of "
+                     f"{settings['max_text_length']} tokens and were cut (--max-text-length)")
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unreadable samples (listed in the JSON)")
     return "\n".join(lines)

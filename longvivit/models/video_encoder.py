@@ -456,7 +456,9 @@ class VideoEncoder(nn.Module):
                 weights are adapted (temporal table extended, spatial table resized) to fit.
 
         Returns:
-            The encoder in eval mode, as a loaded model is used for inference (``.train()`` to fine-tune it).
+            The encoder in eval mode, as a loaded model is used for inference (``.train()`` to fine-tune it). Its
+            ``adaptations`` says what was changed to fit the overrides (also logged at INFO by
+            ``longvivit.models.init``).
         """
         from longvivit.models.init import load_pretrained
 
@@ -469,7 +471,7 @@ class VideoEncoder(nn.Module):
         if overrides:
             cfg = cfg.replace(**overrides)
         model = cls(cfg)
-        load_pretrained(model, directory)
+        model.adaptations = tuple(load_pretrained(model, directory))
         # An export also says how its frames were sampled: extract_features takes the rate from it.
         from longvivit.export import load_preprocess_config
 
@@ -479,6 +481,8 @@ class VideoEncoder(nn.Module):
     # ----------------------------------------------------------------- features for fusion
     #: Sampling settings of the export this encoder was loaded from (``preprocessor_config.json``), if any.
     preprocess: PreprocessConfig | None = None
+    #: What :meth:`from_pretrained` adapted to fit the config (e.g. the temporal table extended), one line each.
+    adaptations: tuple[str, ...] = ()
 
     def extract_features(
         self, video: torch.Tensor, fps: float | None = None, start: float = 0.0

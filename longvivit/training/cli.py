@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.data.shard_specs import expand_shards
 from longvivit.training.callbacks import RNGState, Throughput, default_progress_bar
-from longvivit.training.module import ContrastiveModule
+from longvivit.training.module import RESUMING, ContrastiveModule
 
 
 class LongViViTCLI(LightningCLI):
@@ -46,10 +46,14 @@ class LongViViTCLI(LightningCLI):
         # Trainer checks the hardware it is asked for (a GPU recipe on a CPU machine, a precision or strategy
         # the machine lacks): a bad recipe value or override ends in one line naming it, like a misspelled
         # key, not in a traceback.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        resuming = RESUMING.set(bool(config.get("ckpt_path")))
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, MisconfigurationException) as err:
             raise SystemExit(f"longvivit: error: {err}{_hardware_hint(err)}") from err
+        finally:
+            RESUMING.reset(resuming)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Our progress bar unless the recipe names one or turns the bar off (Lightning would add its own, which

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 from pathlib import Path
@@ -23,6 +24,9 @@ from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_grou
 log = logging.getLogger(__name__)
 
 CKPT_META_KEY = "longvivit"
+# Set while `longvivit fit|validate|test --ckpt_path ...` builds the module: the checkpoint then holds the weights,
+# so a previous stage's checkpoint named by init_from may have been moved or cleaned away since the run started.
+RESUMING: contextvars.ContextVar[bool] = contextvars.ContextVar("longvivit_resuming", default=False)
 # Non-optional dataclass defaults let LightningCLI link data arguments to model.video.* fields.
 _DEFAULT_VIDEO, _DEFAULT_TEXT, _DEFAULT_OPTIM = VideoEncoderConfig(), TextEncoderConfig(), OptimConfig()
 
@@ -128,7 +132,10 @@ class ContrastiveModule(L.LightningModule):
         self.image_mask_ratio, self.eval_mask_ratio = image_mask_ratio, eval_mask_ratio
         self.image_loss_weight, self.sync_inflation = image_loss_weight, sync_inflation
         self.adaptations: list[str] = []
-        if init_from:
+        self._pending_init_from: str | None = None
+        if init_from and RESUMING.get() and not Path(init_from).exists():
+            self._pending_init_from = str(init_from)  # the checkpoint replaces it (on_load_checkpoint)
+        elif init_from:
             self.adaptations = self.init_weights_from(init_from)
         video_cfg = self.model.video_encoder.cfg
         if peft is None and (video_cfg.lora_rank or video_cfg.adapter_dim):
@@ -142,6 +149,7 @@ class ContrastiveModule(L.LightningModule):
             self.model.video_encoder.freeze(trainable_last=trainable_last)
         self.evaluator = RetrievalEvaluator()
         self.last_batch_stats: dict[str, float] = {}
+        self._said_truncation = False
 
     # ----------------------------------------------------------------- stage chaining
     def init_weights_from(self, source: str | Path) -> list[str]:
@@ -230,6 +238,13 @@ class ContrastiveModule(L.LightningModule):
             clips, tokens = clips + bs, tokens + visible
             self.log(f"train/loss_{modality}", loss, prog_bar=True, batch_size=bs)
             self.log(f"train/acc_{modality}", (res["v2t_acc"] + res["t2v_acc"]) / 2, batch_size=bs)
+        truncated = sum(int(sub.get("truncated_captions", 0)) for sub in parts.values() if sub is not None)
+        if truncated and not self._said_truncation:
+            self._said_truncation = True
+            log.warning("%d of %d captions in a training batch are longer than the text budget of %d tokens and "
+                        "are cut (their later words are never seen); --model.text.max_length raises it "
+                        "(train/truncated_fraction logs the share)", truncated, clips, self.model_cfg.text.max_length)
+        self.log("train/truncated_fraction", truncated / max(clips, 1), batch_size=clips)
         self.log("train/loss", total, batch_size=clips)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
         self.last_batch_stats = {"clips": clips, "tokens": tokens}
@@ -312,6 +327,27 @@ class ContrastiveModule(L.LightningModule):
                 self.evaluator.add_texts(t, owners)
 
     # ----------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._pending_init_from is not None:
+            log.info("init_from %s is gone; the checkpoint being resumed holds the weights and the stage's "
+                     "adaptations", self._pending_init_from)
+            self.adaptations = list((checkpoint.get(CKPT_META_KEY) or {}).get("adaptations") or [])
+            self._pending_init_from = None
+
+    def _require_weights(self) -> None:
+        if self._pending_init_from is not None:  # --ckpt_path last found no checkpoint: nothing replaced init_from
+            raise FileNotFoundError(f"init_from: no checkpoint or model folder at {self._pending_init_from}, and no "
+                                    "checkpoint was resumed (--ckpt_path found none)")
+
+    def on_train_start(self) -> None:
+        self._require_weights()
+
+    def on_validation_start(self) -> None:
+        self._require_weights()
+
+    def on_test_start(self) -> None:
+        self._require_weights()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.sync_inflation:
             # What the next stage starts from, whether or not a validation ran since the image kernel last moved
