@@ -252,7 +252,7 @@ class VideoToText(nn.Module):
             grid, visible = encode_grid(self.encoder, video, ratio, generator)  # (B, T', S, C), (B, T', S)
             steps = None
             if num_valid_frames is not None:
-                tt = self.encoder.cfg.tubelet_size[0]
+                tt = video.shape[1] // grid.shape[1]  # frames per step: the tubelet's, or 1 for the frame backbone
                 steps = valid_steps(num_valid_frames.to(grid.device), tt, grid.shape[1])  # (B, T')
             pooled, keep = temporal_mean_pool(grid, visible, steps)  # (B, S, C), (B, S)
         return self.resampler(pooled, keep)

@@ -11,28 +11,28 @@ position; with a single tubelet step it happens to 30% of the positions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from longvivit.models.masking import random_masking
+from longvivit.models.masking import Generators
 from longvivit.models.video_encoder import VideoEncoder
 
 
 def encode_grid(
-    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0, generator: Generators = None
 ) -> tuple[Tensor, Tensor]:
     """Encoder features on the space-time grid, with masked tubelets dropped before the transformer.
+
+    The backbone masks as it does in pre-training (:meth:`VideoEncoder.forward_grid`): random tubelets for the
+    joint encoder, the same spatial positions in every step for the factorized one, each frame on its own for
+    the frame-level one (whose grid has a step per frame).
 
     Args:
         encoder: The (frozen) video encoder.
         video: (B, T, 3, H, W) normalised frames.
         mask_ratio: Fraction of tubelets dropped per sample, in [0, 1).
         generator: Optional RNG for reproducible masks (draws the same mask as
-            ``encoder.forward_features(video, mask_ratio, generator)`` from the same RNG state).
+            ``encoder.forward_features(video, mask_ratio, generator)`` from the same RNG state), or one per video.
 
     Returns:
         ``(grid, visible)``: (B, T', H'*W', width) features (zeros where masked) and the (B, T', H'*W')
@@ -40,29 +40,7 @@ def encode_grid(
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    gh, gw = encoder.cfg.grid_size
-    if mask_ratio == 0.0:
-        grid = encoder.forward_tokens_grid(video)  # (B, T', H', W', width)
-        grid = rearrange(grid, "b t h w c -> b t (h w) c")  # (B, T', H'*W', width)
-        return grid, torch.ones(grid.shape[:3], dtype=torch.bool, device=grid.device)
-    # Same steps as VideoEncoder.forward_features, keeping the kept indices to scatter the outputs back.
-    tokens = encoder.embed_video(video)  # (B, T'*H'*W', width)
-    b, n, c = tokens.shape
-    x, ids_keep = random_masking(tokens, mask_ratio, generator)  # (B, N_keep, width), (B, N_keep)
-    if encoder.cls_token is not None:
-        cls = (encoder.cls_token + encoder.pos_embed_cls).expand(b, -1, -1)  # (B, 1, width)
-        x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
-    for blk in encoder.blocks:
-        x = blk(x)
-    x = encoder.norm(x)
-    if encoder.cls_token is not None:
-        x = x[:, 1:]
-    index = ids_keep.unsqueeze(-1).expand(-1, -1, c)  # (B, N_keep, width)
-    flat = x.new_zeros(b, n, c).scatter(1, index, x)  # (B, T'*H'*W', width)
-    visible = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter(1, ids_keep, True)  # (B, T'*H'*W')
-    steps = n // (gh * gw)
-    # (B, T'*H'*W', width) -> (B, T', H'*W', width); tokens are time-major (see VideoEncoder.embed_video)
-    return flat.view(b, steps, gh * gw, c), visible.view(b, steps, gh * gw)
+    return encoder.forward_grid(video, mask_ratio, generator)
 
 
 def valid_steps(num_valid_frames: Tensor, tubelet_t: int, steps: int) -> Tensor:

@@ -20,8 +20,29 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     return max(1, math.ceil((1.0 - mask_ratio) * num_tokens - 1e-9))
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def mask_noise(rows: int, n: int, generator: Generators, device: torch.device) -> torch.Tensor:
+    """(rows, n) uniform noise on ``device`` whose argsort picks the tokens to keep.
+
+    Args:
+        rows: Samples masked independently.
+        n: Tokens per sample.
+        generator: ``None``, one RNG (may live on another device), or one per row, so that a sample's mask does
+            not depend on its place in the batch (a generator listed for several rows draws them in turn).
+        device: Where the noise is returned.
+    """
+    if isinstance(generator, Sequence):
+        if len(generator) != rows:
+            raise ValueError(f"{len(generator)} generators for {rows} samples")
+        return torch.stack([torch.rand(n, generator=g, device=g.device).to(device) for g in generator])
+    noise_device = generator.device if generator is not None else device
+    return torch.rand(rows, n, generator=generator, device=noise_device).to(device)
+
+
 def random_masking(
-    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    x: torch.Tensor, mask_ratio: float, generator: Generators = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a uniformly random subset of tokens per sample, in their original order.
 
@@ -36,14 +57,25 @@ def random_masking(
     """
     b, n, c = x.shape
     keep = num_kept_tokens(n, mask_ratio)
-    if isinstance(generator, Sequence):
-        if len(generator) != b:
-            raise ValueError(f"{len(generator)} generators for {b} samples")
-        noise = torch.stack([torch.rand(n, generator=g, device=g.device).to(x.device) for g in generator])  # (B, N)
-    else:
-        noise_device = generator.device if generator is not None else x.device
-        noise = torch.rand(b, n, generator=generator, device=noise_device).to(x.device)  # (B, N)
+    noise = mask_noise(b, n, generator, x.device)  # (B, N)
     # Sorting the kept indices keeps the time-major order, so tokens stay grouped by frame.
     ids_keep = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, N_keep)
     kept = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, c))  # (B, N_keep, C)
     return kept, ids_keep
+
+
+def scatter_kept(kept: torch.Tensor, ids_keep: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put kept tokens back at their places among ``n``: the inverse of :func:`random_masking`.
+
+    Args:
+        kept: (B, N_keep, C) tokens (after the transformer, say).
+        ids_keep: (B, N_keep) their indices into ``n``.
+        n: Tokens per sample before masking.
+
+    Returns:
+        ``(tokens, visible)``: (B, n, C) with zeros where masked, and the (B, n) bool of kept places.
+    """
+    b, _, c = kept.shape
+    tokens = kept.new_zeros(b, n, c).scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), kept)  # (B, n, C)
+    visible = torch.zeros(b, n, dtype=torch.bool, device=kept.device).scatter(1, ids_keep, True)  # (B, n)
+    return tokens, visible

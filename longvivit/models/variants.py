@@ -23,7 +23,7 @@ the image model it is loaded from computes:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import nn
 
 from longvivit.config import VideoEncoderConfig
 from longvivit.models.layers import Block
-from longvivit.models.masking import num_kept_tokens
+from longvivit.models.masking import Generators, mask_noise, num_kept_tokens, scatter_kept
 from longvivit.models.video_encoder import VideoEncoder
 
 PEFT_KINDS = ("adapter", "lora", "last_k")
@@ -240,22 +240,21 @@ class FactorizedBlock(Block):
 
 
 def mask_spatial_positions(
-    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    x: torch.Tensor, mask_ratio: float, generator: Generators = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tube masking: keep the same random spatial positions in every step, per sample.
 
     Args:
         x: (B, T', S, C) tokens, position embeddings added.
         mask_ratio: Fraction of spatial positions dropped, in [0, 1).
-        generator: Optional RNG for reproducible masks.
+        generator: Optional RNG for reproducible masks, or one per sample.
 
     Returns:
         ``(kept, ids_keep)``: (B, T', S_keep, C) tokens and the (B, S_keep) sorted kept positions.
     """
     b, t, s, c = x.shape
     keep = num_kept_tokens(s, mask_ratio)
-    noise_device = generator.device if generator is not None else x.device
-    noise = torch.rand(b, s, generator=generator, device=noise_device).to(x.device)  # (B, S)
+    noise = mask_noise(b, s, generator, x.device)  # (B, S)
     ids_keep = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, S_keep)
     index = ids_keep[:, None, :, None].expand(b, t, keep, c)  # (B, T', S_keep, C)
     return x.gather(2, index), ids_keep
@@ -274,18 +273,32 @@ class FactorizedVideoEncoder(VideoEncoder):
                                cfg.attn_impl, drop_path)
 
     def prepare_tokens(
-        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """(B, T', S_keep, width) tokens: tube-masked videos, or images as one step."""
+        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T', S_keep, width) tokens (tube-masked videos, or images as one step) and the (B, S_keep) kept
+        spatial positions (``None`` unmasked)."""
         x = self.embed_video(pixels) if is_video else self.embed_image(pixels)  # (B, T'*S, width)
         s = self.cfg.num_spatial_tokens
         x = x.reshape(x.shape[0], -1, s, x.shape[-1])  # (B, T', S, width)
+        ids_keep = None
         if ratio > 0.0:
-            x, _ = mask_spatial_positions(x, ratio, generator)
-        return x
+            x, ids_keep = mask_spatial_positions(x, ratio, generator)
+        return x, ids_keep
 
     def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1, 2)  # (B, T', S_keep, C) -> (B, T'*S_keep, C)
+
+    def forward_grid(
+        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask_ratio == 0.0:
+            return super().forward_grid(video, mask_ratio, generator)
+        tokens, ids_keep = self._run(video, True, mask_ratio, generator)  # (B, T'*S_keep, width), (B, S_keep)
+        b, steps, s = video.shape[0], video.shape[1] // self.cfg.tubelet_size[0], self.cfg.num_spatial_tokens
+        per_step = tokens.reshape(b * steps, -1, tokens.shape[-1])  # (B*T', S_keep, width)
+        # the same positions are kept in every step (tube masking)
+        flat, visible = scatter_kept(per_step, ids_keep.repeat_interleave(steps, dim=0), s)  # (B*T', S, ...)
+        return flat.view(b, steps, s, -1), visible.view(b, steps, s)
 
     def temporal_gates(self) -> torch.Tensor:
         """(depth,) the ``tanh(alpha)`` of every block: how much temporal attention each block uses."""
@@ -379,13 +392,36 @@ class FrameVideoEncoder(VideoEncoder):
             raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
         return video.flatten(0, 1)  # (B*T, C, H, W)
 
+    @staticmethod
+    def _frame_generators(generator: Generators, num_frames: int) -> Generators:
+        """One generator per video -> one per frame: a video's generator draws its frames' masks in turn."""
+        if isinstance(generator, Sequence):
+            return [g for g in generator for _ in range(num_frames)]
+        return generator
+
     def forward_features(
-        self, video: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+        self, video: torch.Tensor, mask_ratio: float | None = None, generator: Generators = None
     ) -> torch.Tensor:
         """Every frame encoded as an image (masked per frame); (B, T * (N_keep (+1)), width)."""
         b = video.shape[0]
-        tokens = self._run(self._frames(video), False, mask_ratio, generator)  # (B*T, N_keep(+1), width)
+        frames, gens = self._frames(video), self._frame_generators(generator, video.shape[1])
+        tokens = self._run(frames, False, mask_ratio, gens)[0]  # (B*T, N_keep(+1), width)
         return tokens.reshape(b, -1, tokens.shape[-1])  # (B, T*(N_keep(+1)), width)
+
+    def forward_grid(
+        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, H'*W', width) per-frame patch features, each frame masked on its own, and their visibility."""
+        if mask_ratio == 0.0:
+            return super().forward_grid(video, mask_ratio, generator)
+        b, t = video.shape[:2]
+        frames, gens = self._frames(video), self._frame_generators(generator, t)
+        tokens, ids_keep = self._run(frames, False, mask_ratio, gens)  # (B*T, [1 +] N_keep, width)
+        if self.cls_token is not None:
+            tokens = tokens[:, 1:]
+        s = self.cfg.num_spatial_tokens
+        flat, visible = scatter_kept(tokens, ids_keep, s)  # (B*T, S, width), (B*T, S)
+        return flat.view(b, t, s, -1), visible.view(b, t, s)
 
     def pool_frames(self, frame_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, width) per-frame embeddings -> (B, width) by ``cfg.frame_pool``."""
@@ -405,7 +441,7 @@ class FrameVideoEncoder(VideoEncoder):
     def forward_tokens_grid(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H', W', width): unmasked patch features of every frame (class tokens dropped)."""
         b = video.shape[0]
-        tokens = self._run(self._frames(video), False, 0.0, None)  # (B*T, (1+)H'*W', width)
+        tokens = self._run(self._frames(video), False, 0.0, None)[0]  # (B*T, (1+)H'*W', width)
         if self.cls_token is not None:
             tokens = tokens[:, 1:]
         gh, gw = self.cfg.grid_size

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.layers import Block
-from longvivit.models.masking import random_masking
+from longvivit.models.masking import Generators, random_masking, scatter_kept
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -200,8 +200,9 @@ class VideoEncoder(nn.Module):
         pixels: torch.Tensor,
         is_video: bool,
         mask_ratio: float | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+        generator: Generators,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Blocks and final norm over the prepared tokens: ``(tokens, ids_keep)`` as :meth:`prepare_tokens`."""
         # cfg.mask_ratio is the training ratio: an encoder in eval mode (an exported one included) sees every token
         # unless asked otherwise, so inference is exact and deterministic by default.
         default = self.cfg.mask_ratio if self.training else 0.0
@@ -214,7 +215,7 @@ class VideoEncoder(nn.Module):
         # trainable tubelet embedding (set_peft("last_k")) keeps autograd on through the prefix.
         frozen = not self._prefix_needs_grad(pixels, is_video, n_frozen)
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x = self.prepare_tokens(pixels, is_video, ratio, generator)
+            x, ids_keep = self.prepare_tokens(pixels, is_video, ratio, generator)
             for blk in self.blocks[:n_frozen]:
                 x = blk(x)
         for blk in self.blocks[n_frozen:]:
@@ -222,7 +223,7 @@ class VideoEncoder(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        return self.norm(self.flatten_tokens(x))
+        return self.norm(self.flatten_tokens(x)), ids_keep
 
     def _prefix_needs_grad(self, pixels: torch.Tensor, is_video: bool, n_frozen: int) -> bool:
         if self.trainable_last is None or pixels.requires_grad:
@@ -234,21 +235,23 @@ class VideoEncoder(nn.Module):
         return any(p.requires_grad for p in prefix)
 
     def prepare_tokens(
-        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """Embedded, masked tokens in the layout the blocks take (variants override this and
-        :meth:`flatten_tokens`).
+        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedded, masked tokens in the layout the blocks take, and which were kept (variants override this,
+        :meth:`flatten_tokens` and :meth:`forward_grid`).
 
         Returns:
-            (B, N_keep (+1 class token, first), width) for the joint backbone.
+            ``(tokens, ids_keep)``: (B, N_keep (+1 class token, first), width) for the joint backbone, and the
+            (B, N_keep) sorted indices of the kept patch tokens (``None`` when nothing is masked).
         """
         x = self.embed_video(pixels) if is_video else self.embed_image(pixels)
+        ids_keep = None
         if ratio > 0.0:
-            x, _ = random_masking(x, ratio, generator)
+            x, ids_keep = random_masking(x, ratio, generator)
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed_cls).expand(x.shape[0], -1, -1)  # (B, 1, width)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
-        return x
+        return x, ids_keep
 
     def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Block output -> (B, N, width); the identity for the joint backbone."""
@@ -258,7 +261,7 @@ class VideoEncoder(nn.Module):
         self,
         video: torch.Tensor,
         mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """Token features of a video after the final norm.
 
@@ -266,12 +269,12 @@ class VideoEncoder(nn.Module):
             video: (B, T, C, H, W) normalised frames.
             mask_ratio: Fraction of patch tokens dropped at random per sample; ``None`` uses
                 ``cfg.mask_ratio`` in training mode and 0 in eval mode. Zero is exact and uses no randomness.
-            generator: Optional RNG for reproducible masks.
+            generator: Optional RNG for reproducible masks, or one per video.
 
         Returns:
             (B, N_visible (+1 with a class token, first), width).
         """
-        return self._run(video, True, mask_ratio, generator)
+        return self._run(video, True, mask_ratio, generator)[0]
 
     def forward_features_image(
         self,
@@ -289,7 +292,7 @@ class VideoEncoder(nn.Module):
         Returns:
             (B, N_visible (+1 with a class token, first), width).
         """
-        return self._run(images, False, mask_ratio, generator)
+        return self._run(images, False, mask_ratio, generator)[0]
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, width) -> (B, width): the class token if ``cfg.pool == "cls"``, else the patch mean."""
@@ -354,6 +357,33 @@ class VideoEncoder(nn.Module):
         gh, gw = self.cfg.grid_size
         # (B, T'*H'*W', width) -> (B, T', H', W', width)
         return rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)
+
+    def forward_grid(
+        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token features on the space-time grid, masked tokens dropped before the transformer (the captioner's
+        input: the paper masks 30% of the frozen encoder's tokens in video-to-text training and inference).
+
+        Args:
+            video: (B, T, C, H, W) normalised frames.
+            mask_ratio: Fraction of tokens dropped at random per sample (as :meth:`forward_features` drops them).
+            generator: Optional RNG for reproducible masks, or one per video.
+
+        Returns:
+            ``(grid, visible)``: (B, T', H'*W', width) features after the final norm, zeros where masked (class
+            token dropped; T' the backbone's temporal steps), and the (B, T', H'*W') bool of encoded tokens.
+        """
+        if mask_ratio == 0.0:
+            grid = rearrange(self.forward_tokens_grid(video), "b t h w c -> b t (h w) c")  # (B, T', H'*W', width)
+            return grid, torch.ones(grid.shape[:3], dtype=torch.bool, device=grid.device)
+        tokens, ids_keep = self._run(video, True, mask_ratio, generator)  # (B, [1 +] N_keep, width)
+        if self.cls_token is not None:
+            tokens = tokens[:, 1:]
+        s = self.cfg.num_spatial_tokens
+        steps = video.shape[1] // self.cfg.tubelet_size[0]
+        flat, visible = scatter_kept(tokens, ids_keep, steps * s)  # (B, T'*S, width), (B, T'*S)
+        # time-major tokens (see embed_video): (B, T'*S, ...) -> (B, T', S, ...)
+        return flat.view(flat.shape[0], steps, s, -1), visible.view(-1, steps, s)
 
     # ----------------------------------------------------------------- training controls
     def freeze(self, trainable_last: int = 4) -> None:
