@@ -59,3 +59,17 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     return _AllGatherWithGrad.apply(x)
+
+
+def stop_buffer_broadcast(wrapped: object) -> None:
+    """Turn off DDP's broadcast of module buffers before every forward, when ``wrapped`` is a DDP module.
+
+    Lightning runs validation steps through the DDP wrapper, and its forward broadcasts buffers from rank 0: a
+    collective call. A rank with no validation batch (an eval set dealt over more ranks than it has samples) never
+    joins it, and every rank then hangs. The buffers of these models are constants (position ids, rotary
+    frequencies; no batch-norm statistics), so there is nothing to keep in step.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(wrapped, DistributedDataParallel):
+        wrapped.broadcast_buffers = False

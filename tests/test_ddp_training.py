@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig
 from longvivit.training.module import ContrastiveModule
@@ -91,3 +91,64 @@ def test_ddp_two_processes_equal_one_process_on_joint_batch(tmp_path):
     assert g1.keys() == g2.keys() and len(g1) > 20
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+class _RankZeroOnlyClips(IterableDataset):
+    """A validation stream that gives rank 0 two clips and rank 1 none (a small set dealt over many ranks, as
+    the shard loader deals it: an iterable without a length)."""
+
+    def __iter__(self):
+        clips = _Clips()
+        yield from (clips[i] for i in range(2 if torch.distributed.get_rank() == 0 else 0))
+
+
+class _SaveValidated(L.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer, module) -> None:
+        if trainer.global_rank == 1:  # the rank that had nothing to validate sees the gathered set
+            Path(self.out).write_text(json.dumps(module.last_metrics["num_videos"]))
+
+
+def _collate_eval(items: list[dict]) -> dict:
+    return {"key": [x["key"] for x in items], "video": torch.stack([x["video"] for x in items]),
+            "captions": [[x["caption"]] for x in items], "modality": "video"}
+
+
+def _fit_with_an_empty_validation_rank(out: str) -> None:
+    torch.manual_seed(0)
+    module = ContrastiveModule(video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4, embed_dim=32),
+                               text=TextEncoderConfig(max_length=16), modalities=["video"])
+    tok = module.model.text_encoder.tokenizer
+    train = DataLoader(_Clips(), batch_size=N // 2, collate_fn=functools.partial(_collate, tok))
+    val = DataLoader(_RankZeroOnlyClips(), batch_size=2, collate_fn=_collate_eval)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, use_distributed_sampler=False, val_check_interval=1,
+                        callbacks=[_SaveValidated(out)])
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+
+
+def test_ddp_fit_finishes_when_a_rank_has_no_validation_batch(tmp_path):
+    # Rank 0's validation step went through DDP's forward, which broadcasts buffers (a collective); rank 1, with no
+    # batch, waited in the evaluator's gather: both hung for good.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "num_videos.json"
+    code = f"from tests.test_ddp_training import _fit_with_an_empty_validation_rank as f; f({str(out)!r})"
+    root = Path(__file__).resolve().parents[1]
+    # a session of its own, so that a hang is killed with the rank processes it spawned
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("DDP fit hung in validation")
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.read_text()) == 2  # rank 0's two clips, gathered

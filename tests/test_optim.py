@@ -92,3 +92,22 @@ def test_a_resume_with_another_schedule_length_follows_it_and_says_so():
         longer.load_state_dict(state)
     assert longer.total_steps == 8 and longer.last_epoch == 4
     assert longer.factor(4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 7)))
+
+
+@pytest.mark.parametrize("backbone", ["joint", "factorized", "frame"])
+def test_image_only_stage_trains_nothing_only_videos_use(backbone):
+    # An image-only stage left the factorized blocks' temporal branches (and the frame model's attention pool)
+    # trainable though images never reach them: DDP stopped on "parameters that were not used in producing the
+    # loss".
+    module = ContrastiveModule(
+        video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4, backbone=backbone,
+                                        frame_pool="attention" if backbone == "frame" else "mean"),
+        text=TextEncoderConfig(max_length=16), modalities=["image"])
+    module.setup("fit")
+    enc = module.model.video_encoder
+    images = torch.randn(2, 3, 32, 32)
+    enc.train()
+    enc.encode_image(images).sum().backward()
+    unused = [n for n, p in enc.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    assert all(p.requires_grad for p in enc.patch_embed_2d.parameters())  # the image path itself trains

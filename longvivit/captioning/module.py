@@ -23,6 +23,7 @@ from torch import Tensor
 from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
+from longvivit.distributed import stop_buffer_broadcast
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,12 @@ class CaptioningModule(L.LightningModule):
         # Masks on the model's device would need a device generator; CPU noise is moved by random_masking.
         return torch.Generator().manual_seed(self.eval_seed * 1_000_003 + batch_idx)
 
+    def on_fit_start(self) -> None:
+        stop_buffer_broadcast(self.trainer.strategy.model)
+
     def on_validation_epoch_start(self) -> None:
         self._predictions, self._references = {}, {}
+        self._loss_sum, self._loss_count = 0.0, 0
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -161,7 +166,8 @@ class CaptioningModule(L.LightningModule):
         first = [caps[0] for caps in batch["captions"]]
         gen = self._eval_generator(batch_idx)
         loss = self.model.caption_loss(video, first, nvf, self.eval_mask_ratio, gen)
-        self.log("val/loss", loss, batch_size=len(first), sync_dist=True)
+        # summed here and gathered once at the epoch's end: a per-step sync_dist hangs DDP when a rank has no batch
+        self._loss_sum, self._loss_count = self._loss_sum + float(loss) * len(first), self._loss_count + len(first)
         if self.val_generate:
             preds = self.model.generate(video, nvf, self.max_new_tokens, self.num_beams, self.eval_mask_ratio,
                                         self._eval_generator(batch_idx))
@@ -171,17 +177,19 @@ class CaptioningModule(L.LightningModule):
     test_step = validation_step
 
     def _score(self, stage: str) -> None:
-        if not self.val_generate:
-            return
         preds, refs = self._predictions, self._references
+        loss_sum, count = self._loss_sum, self._loss_count
         if self.trainer.world_size > 1:
             import torch.distributed as dist
 
             gathered: list[Any] = [None] * self.trainer.world_size
-            dist.all_gather_object(gathered, (preds, refs))
-            preds = {k: v for p, _ in gathered for k, v in p.items()}
-            refs = {k: v for _, r in gathered for k, v in r.items()}
-        if not preds:
+            dist.all_gather_object(gathered, (preds, refs, loss_sum, count))
+            preds = {k: v for p, *_ in gathered for k, v in p.items()}
+            refs = {k: v for _, r, *_ in gathered for k, v in r.items()}
+            loss_sum, count = sum(g[2] for g in gathered), sum(g[3] for g in gathered)
+        if count:  # every rank holds the same gathered value: nothing to reduce
+            self.log(f"{stage}/loss", loss_sum / count, batch_size=count, sync_dist=False)
+        if not self.val_generate or not preds:
             return
         from longvivit.evaluation.captioning_metrics import caption_scores
 

@@ -270,7 +270,9 @@ class ShardDataset(IterableDataset):
     def _eval_raw(self, slot: tuple[int, int, int, int], skip_log: SkipLog) -> Iterator[dict[str, Any]]:
         rank, world_size, worker, num_workers = slot
         urls = self.urls
-        slots, me = world_size * num_workers, rank * num_workers + worker
+        # rank-major: sample (or shard) i goes to rank i % world_size first, so every rank gets some of a set
+        # with at least world_size of them (a rank without a validation batch used to hang DDP's fit)
+        slots, me = world_size * num_workers, worker * world_size + rank
         mode = self.eval_split
         if mode == "auto":
             mode = "shard" if len(urls) >= slots else "sample"

@@ -129,10 +129,8 @@ class VideoEncoder(nn.Module):
         video = self._check_frame(video, "video")
         tt = cfg.tubelet_size[0]
         if t % tt:
-            raise ValueError(
-                f"got {t} frames, not a multiple of the tubelet's time size {tt}; "
-                f"sample {t // tt * tt or tt} or {(t // tt + 1) * tt} frames"
-            )
+            nearest = f"{t // tt * tt} or {(t // tt + 1) * tt}" if t > tt else str(tt)
+            raise ValueError(f"got {t} frames, not a multiple of the tubelet's time size {tt}; sample {nearest} frames")
         steps = t // tt
         table = self.pos_embed_temporal.shape[1]
         if steps > table:

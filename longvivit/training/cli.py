@@ -158,7 +158,7 @@ _NOT_ACTIONABLE = (
     "Total length of `list` across ranks is zero",
     # Retrieval metrics are computed once from embeddings gathered across ranks (identical on every rank), so
     # Lightning's advice to average them over ranks does not apply.
-    r"when logging on epoch level in distributed setting to accumulate the metric across devices",
+    r".*when logging on epoch level in distributed setting to accumulate the metric across devices",
     # Lightning's own use of a torch API that torch deprecated.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
+from longvivit.distributed import stop_buffer_broadcast
 from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
 from longvivit.loss import NCELoss
 from longvivit.models.checkpoint import load_weights_into
@@ -180,8 +181,12 @@ class ContrastiveModule(L.LightningModule):
         if "image" not in modalities and enc.cfg.backbone != "frame":  # the frame model embeds frames with it
             enc.patch_embed_2d.requires_grad_(False)
         if "video" not in modalities:
-            enc.patch_embed_3d.requires_grad_(False)
-            enc.pos_embed_temporal.requires_grad_(False)
+            # what only videos use gets no gradient (DDP would stop on the unused parameters): the tubelet kernel,
+            # the temporal table, and the factorized blocks' temporal branches
+            image_path = set(enc.patch_embed_2d.parameters())
+            for param in enc.video_parameters():
+                if param not in image_path:  # the frame backbone's video tokenizer is the image path
+                    param.requires_grad_(False)
 
     def _modality_loss(self, batch: dict[str, Any], modality: str) -> tuple[Tensor, dict[str, Tensor], int]:
         enc = self.model.video_encoder
@@ -338,6 +343,9 @@ class ContrastiveModule(L.LightningModule):
         if self._pending_init_from is not None:  # --ckpt_path last found no checkpoint: nothing replaced init_from
             raise FileNotFoundError(f"init_from: no checkpoint or model folder at {self._pending_init_from}, and no "
                                     "checkpoint was resumed (--ckpt_path found none)")
+
+    def on_fit_start(self) -> None:
+        stop_buffer_broadcast(self.trainer.strategy.model)
 
     def on_train_start(self) -> None:
         self._require_weights()
