@@ -61,6 +61,25 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process); every rank must call it.
+
+    Lightning builds a checkpoint's contents on every rank and writes rank 0's: state that differs between ranks
+    (RNG, data stream positions) is gathered so that the checkpoint holds each rank's.
+    """
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def for_this_rank(per_rank: list[object] | None, fallback: object) -> object:
+    """This rank's entry of a gathered list, when it was gathered by as many ranks as run now; else ``fallback``."""
+    rank, world = rank_and_world_size()
+    return per_rank[rank] if per_rank is not None and len(per_rank) == world else fallback
+
+
 def stop_buffer_broadcast(wrapped: object) -> None:
     """Turn off DDP's broadcast of module buffers before every forward, when ``wrapped`` is a DDP module.
 

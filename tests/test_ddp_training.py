@@ -152,3 +152,41 @@ def test_ddp_fit_finishes_when_a_rank_has_no_validation_batch(tmp_path):
         pytest.fail("DDP fit hung in validation")
     assert proc.returncode == 0, err[-3000:]
     assert json.loads(out.read_text()) == 2  # rank 0's two clips, gathered
+
+
+class _RecordMaskRng(L.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        state = torch.get_rng_state()  # what the step's tubelet masks and dropout draw from
+        torch.save(state, Path(self.out) / f"rng_rank{trainer.global_rank}_step{batch_idx}.pt")
+
+
+def _fit_two_ranks_with_checkpoint(out: str) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from longvivit.training.callbacks import RNGState
+
+    torch.manual_seed(0)
+    module = ContrastiveModule(video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4, embed_dim=32),
+                               text=TextEncoderConfig(max_length=16), modalities=["video"])
+    loader = DataLoader(_Clips(), batch_size=N // 2,
+                        collate_fn=functools.partial(_collate, module.model.text_encoder.tokenizer))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[RNGState(), _RecordMaskRng(out),
+                                                         ModelCheckpoint(dirpath=out, save_last=True)])
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def test_ranks_draw_different_masks_and_the_checkpoint_keeps_every_ranks_rng(tmp_path):
+    # seed_everything seeds every rank alike: the i-th clip of every rank got the same tubelet mask (a global
+    # batch held only B distinct masks), and the checkpoint kept rank 0's RNG, which every rank resumed with.
+    _fit_two_ranks_with_checkpoint(str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rng_rank{r}_step0.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0, r1)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    per_rank = ckpt["rng_states_per_rank"]
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+    assert torch.equal(ckpt["rng_states"]["torch"], per_rank[0]["torch"])

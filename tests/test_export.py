@@ -310,3 +310,25 @@ def test_load_model_reads_a_checkpoint_once(trained, monkeypatch):
     assert len(calls) == 1
     ref = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(model.video_encoder.patch_embed_2d.weight, ref["model.video_encoder.patch_embed_2d.weight"])
+
+
+def test_a_deepspeed_checkpoint_folder_is_named_with_the_command_that_consolidates_it(tmp_path, capsys):
+    # Lightning's DeepSpeed strategy writes last.ckpt as a folder; export, eval, init_from and the captioner read
+    # it as an export folder and said "not a saved model: no config.json".
+    from longvivit.captioning.model import load_encoder
+    from longvivit.models.checkpoint import load_model
+    from longvivit.training.module import ContrastiveModule
+
+    ds = tmp_path / "last.ckpt"
+    (ds / "checkpoint").mkdir(parents=True)
+    (ds / "latest").write_text("global_step10")
+    (ds / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    said = "is a DeepSpeed checkpoint folder"
+    assert cli_main(["export", "--ckpt", str(ds), "--out", str(tmp_path / "out")]) == 1
+    assert said in capsys.readouterr().err
+    for load in (lambda: load_model(ds), lambda: load_encoder(ds, 4, 32),
+                 lambda: ContrastiveModule(video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4),
+                                           init_from=str(ds))):
+        with pytest.raises(ValueError, match=said) as err:
+            load()
+        assert "convert_zero_checkpoint_to_fp32_state_dict" in str(err.value)

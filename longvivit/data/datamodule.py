@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from longvivit.config import PreprocessConfig
 from longvivit.data.collate import load_tokenizer
 from longvivit.data.shards import REPORT_ONLY, ShardDataset
+from longvivit.distributed import for_this_rank, gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +309,20 @@ class VideoTextDataModule(L.LightningDataModule):
         return self._loader(self._dataset(self.test_shards, "video", False, self.val_batch_size, name="test"))
 
     def state_dict(self) -> dict[str, Any]:
-        """Per training loader ``{"epoch", "batches_seen"}`` (plus the seed, checked on load)."""
+        """Per training loader ``{"epoch", "batches_seen", "stream_pos"}`` (plus the seed, checked on load); with
+        several ranks, every rank's under ``"per_rank"`` (their streams skip different samples)."""
         state: dict[str, Any] = {m: loader.state_dict() for m, loader in self._train_loaders.items()}
+        per_rank = gather_objects(state)
+        if len(per_rank) > 1:
+            state["per_rank"] = per_rank
         state["seed"] = self.seed
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the training position; applied now or when the training loaders are built."""
+        """Restore the training position (this rank's); applied now or when the training loaders are built."""
+        mine = for_this_rank(state_dict.get("per_rank"), None)
+        if mine is not None:
+            state_dict = {**mine, "seed": state_dict.get("seed", self.seed)}
         if state_dict.get("seed", self.seed) != self.seed:
             warnings.warn(
                 f"checkpoint data seed {state_dict['seed']} differs from this run's seed {self.seed}: "
@@ -323,7 +331,7 @@ class VideoTextDataModule(L.LightningDataModule):
                 stacklevel=2,
             )
         for m, st in state_dict.items():
-            if m == "seed":
+            if m in ("seed", "per_rank"):
                 continue
             if m in self._train_loaders:
                 self._train_loaders[m].load_state_dict(st)

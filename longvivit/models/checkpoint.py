@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
-from longvivit.models.init import load_pretrained, read_checkpoint
+from longvivit.models.init import load_pretrained, read_checkpoint, refuse_deepspeed_folder
 from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
 from longvivit.models.model import TEXT_SUBDIR, VideoTextModel
 from longvivit.models.text_encoder import CONFIG_NAME as TEXT_CONFIG_NAME
@@ -52,6 +52,7 @@ def source_config(source: str | Path, checkpoint: Mapping[str, Any] | None = Non
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"no model at {source}")
+    refuse_deepspeed_folder(source)
     if source.is_dir():
         if not (source / VIDEO_CONFIG_NAME).is_file():
             from longvivit.captioning.model import CONFIG_NAME as CAPTIONER_CONFIG_NAME  # captioning builds on us

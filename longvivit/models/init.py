@@ -56,6 +56,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def refuse_deepspeed_folder(path: str | Path) -> None:
+    """A clear error for the folder Lightning's DeepSpeed strategy writes as ``last.ckpt``, which would otherwise
+    be read as an export folder ("no config.json").
+
+    Raises:
+        ValueError: When ``path`` is such a folder, with the command that consolidates it into one ``.ckpt``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "latest").is_file() and (path / "checkpoint").is_dir():
+        fp32 = path.with_name(path.name.removesuffix(".ckpt") + "-fp32.ckpt")
+        raise ValueError(
+            f"{path} is a DeepSpeed checkpoint folder (sharded optimizer and model states): consolidate it into one "
+            f"checkpoint first, then use that file: python -c \"from lightning.pytorch.utilities.deepspeed import "
+            f"convert_zero_checkpoint_to_fp32_state_dict as c; c('{path}', '{fp32}')\""
+        )
+
+
 def saved_without_pooler(folder: str | Path) -> bool:
     """True for a local Hugging Face folder whose safetensors weights hold no ``pooler.`` tensor.
 
@@ -458,6 +475,7 @@ def _read_source(
     if isinstance(source, Mapping):
         return source, None
     path = Path(source)
+    refuse_deepspeed_folder(path)
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():

@@ -488,8 +488,9 @@ class VideoEncoder(nn.Module):
             ``adaptations`` says what was changed to fit the overrides (also logged at INFO by
             ``longvivit.models.init``).
         """
-        from longvivit.models.init import load_pretrained
+        from longvivit.models.init import load_pretrained, refuse_deepspeed_folder
 
+        refuse_deepspeed_folder(directory)
         if Path(directory).is_file():
             raise NotADirectoryError(
                 f"{directory} is a file: VideoEncoder.from_pretrained reads a folder; a training checkpoint loads "

@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
+from longvivit.distributed import for_this_rank, gather_objects
+
 
 class StepsRichProgressBar(RichProgressBar):
     """Lightning's rich bar for runs that stop at ``max_steps``: "Epoch 2/7", not "Epoch 2/-2".
@@ -88,19 +90,25 @@ class RNGState(L.Callback):
     """Saves and restores Python, NumPy and torch RNG states so that a resumed run draws the same masks.
 
     Lightning restores model, optimizer, scheduler and loop counters; without the RNG states the random
-    tubelet masks after a resume would differ from an uninterrupted run.
+    tubelet masks after a resume would differ from an uninterrupted run. Each rank's states are kept
+    (``rng_states_per_rank``), and ranks draw apart: ``seed_everything`` gives every rank the same seed, which
+    would give the same tubelet masks to the i-th clip of every rank.
     """
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {
+        states = {
             "python": random.getstate(),
             "numpy": _numpy_state_to_tensors(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+        per_rank = gather_objects(states)
+        checkpoint["rng_states"] = per_rank[0]  # what earlier versions read
+        if len(per_rank) > 1:
+            checkpoint["rng_states_per_rank"] = per_rank
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
+        states = for_this_rank(checkpoint.get("rng_states_per_rank"), checkpoint.get("rng_states"))
         if not states:
             return
         # Restored at train start: Lightning seeds and builds loaders after loading the checkpoint.
@@ -109,6 +117,8 @@ class RNGState(L.Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         states = getattr(self, "_pending", None)
         if not states:
+            if trainer.world_size > 1:  # after the (identical) initialisation, which DDP broadcasts anyway
+                torch.manual_seed(torch.initial_seed() + 1_000_003 * trainer.global_rank)
             return
         random.setstate(_as_python_state(states["python"]))
         name, keys, pos, has_gauss, cached = states["numpy"]
