@@ -248,3 +248,17 @@ def test_the_checkpoint_names_its_encoder_by_an_absolute_path(setup, monkeypatch
     monkeypatch.chdir(encoder.parent)
     module = CaptioningModule(**{**tiny_model_kwargs(setup["encoder"], setup["lm"]), "encoder": encoder.name})
     assert module.hparams["encoder"] == str(encoder.resolve())
+
+
+def test_validation_masks_follow_the_video_not_its_batch(trained):
+    # Eval masks were seeded by batch index: a clip's mask (and so its caption and score) changed with the batch
+    # size and the number of ranks.
+    module = trained["module"].eval()
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randn(3, 4, 3, 32, 32, generator=gen)
+    batch = {"key": ["a", "b", "c"], "video": video, "captions": [["x"], ["y"], ["z"]]}
+    alone = {"key": ["c"], "video": video[2:], "captions": [["z"]]}
+    with torch.no_grad():
+        together = module.model.visual_tokens(video, mask_ratio=0.3, generator=module._eval_generators(batch))
+        single = module.model.visual_tokens(video[2:], mask_ratio=0.3, generator=module._eval_generators(alone))
+    torch.testing.assert_close(together[2:], single)

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from longvivit.captioning.model import CaptionerConfig, VideoToText
+from longvivit.captioning.model import CaptionerConfig, VideoToText, video_generator
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
 from longvivit.distributed import stop_buffer_broadcast
@@ -148,9 +148,10 @@ class CaptioningModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation
-    def _eval_generator(self, batch_idx: int) -> torch.Generator:
-        # Masks on the model's device would need a device generator; CPU noise is moved by random_masking.
-        return torch.Generator().manual_seed(self.eval_seed * 1_000_003 + batch_idx)
+    def _eval_generators(self, batch: dict[str, Any]) -> list[torch.Generator]:
+        # One per video, from its key: its mask does not depend on the batch size, its place in the batch or the
+        # number of ranks, so validation scores compare across runs (CPU noise, moved to the model's device).
+        return [video_generator(self.eval_seed, key) for key in batch["key"]]
 
     def on_fit_start(self) -> None:
         stop_buffer_broadcast(self.trainer.strategy.model)
@@ -164,13 +165,13 @@ class CaptioningModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video, nvf = batch["video"], batch.get("num_valid_frames")
         first = [caps[0] for caps in batch["captions"]]
-        gen = self._eval_generator(batch_idx)
+        gen = self._eval_generators(batch)
         loss = self.model.caption_loss(video, first, nvf, self.eval_mask_ratio, gen)
         # summed here and gathered once at the epoch's end: a per-step sync_dist hangs DDP when a rank has no batch
         self._loss_sum, self._loss_count = self._loss_sum + float(loss) * len(first), self._loss_count + len(first)
         if self.val_generate:
             preds = self.model.generate(video, nvf, self.max_new_tokens, self.num_beams, self.eval_mask_ratio,
-                                        self._eval_generator(batch_idx))
+                                        self._eval_generators(batch))
             for key, pred, refs in zip(batch["key"], preds, batch["captions"], strict=True):
                 self._predictions[key], self._references[key] = pred, list(refs)
 
