@@ -197,7 +197,8 @@ class CaptioningModule(L.LightningModule):
         scores = caption_scores(preds, refs)
         self.last_scores = {**scores, "examples": dict(list(preds.items())[:5])}
         self.log_dict({f"{stage}/{k}": float(scores[k]) for k in ("CIDEr", "BLEU-4", "ROUGE-L")})
-        log.info("%s captioning: %s; e.g. %s", stage, scores, self.last_scores["examples"])
+        if self.trainer.is_global_zero:  # the same gathered scores on every rank
+            log.info("%s captioning: %s; e.g. %s", stage, scores, self.last_scores["examples"])
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

@@ -308,7 +308,8 @@ class ContrastiveModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             # the sanity check sees a couple of batches before any training: not this model's validation
             self.last_metrics = metrics
-            log.info("%s retrieval at step %d: %s", stage, self.global_step, "\n  ".join(format_metrics(metrics)))
+            if self.trainer.is_global_zero:  # every rank holds the same gathered metrics: print them once
+                log.info("%s retrieval at step %d: %s", stage, self.global_step, "\n  ".join(format_metrics(metrics)))
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
