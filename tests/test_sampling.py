@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from longvivit.data.sampling import frame_indices
+from longvivit.data.sampling import frame_indices, window_cuts_clip
 
 
 def test_fps_mode_from_first_frame_at_native_rate():
@@ -121,3 +121,11 @@ def test_the_last_frame_counts_while_it_is_shown():
     idx, valid = frame_indices(4, 0.5, 16, fps=1.0)
     assert valid == 8 and idx[:8] == [0, 1, 1, 2, 2, 3, 3, 3]
     assert frame_indices(20, 10.0, 6, fps=2.0)[1] == 4  # 2 s: 0, 0.5, 1, 1.5; the sample at 2.0 s is past it
+
+
+def test_a_window_cuts_a_clip_only_when_a_further_sample_would_fit():
+    assert not window_cuts_clip(16.0, 16, 1.0, "fps")  # frames 0..15 s, each shown for 1 s: all of it
+    assert not window_cuts_clip(16.9, 16, 1.0, "fps")
+    assert window_cuts_clip(17.0, 16, 1.0, "fps")  # a 17th frame at 16 s is left out
+    assert window_cuts_clip(600.0, 256, 1.0, "fps") and not window_cuts_clip(600.0, 256, 1.0, "uniform")
+    assert not window_cuts_clip(None, 16, 1.0, "fps")

@@ -232,12 +232,15 @@ def test_resume_does_not_need_the_previous_stage_checkpoint(shards, tmp_path, ca
         _fit("stage3_long.yaml", tmp_path / "s3b", shards, *common, "--model.init_from", str(moved))
 
 
-def test_captions_longer_than_the_text_budget_are_said(shards, tmp_path, caplog):
-    # The long videos' summaries are longer than 8 tokens: they were cut silently.
+def test_captions_longer_than_the_text_budget_and_clips_longer_than_the_window_are_said(shards, tmp_path, caplog):
+    # Captions longer than the text budget lost their later words, and clips longer than the frame window were
+    # trained on their first seconds only, both silently.
     with caplog.at_level(logging.WARNING, "longvivit"):
         _fit("stage2_short.yaml", tmp_path / "t", shards, "--model.init_from", "null", "--model.text.max_length",
-             "8", "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
-             "--data.val_shards", "null", "--trainer.max_steps", "2")
+             "8", "--model.video.num_frames", "8", "--data.train_shards", str(shards["clips_train"]),
+             "--data.image_shards", "null", "--data.val_shards", "null", "--trainer.max_steps", "2")
     said = [r.message for r in caplog.records if "longer than the text budget of 8 tokens" in r.message]
     assert len(said) == 1, said  # once per run, not per step
+    cut = [r.message for r in caplog.records if "are longer than 8 frames at 1 FPS (8 s)" in r.message]
+    assert len(cut) == 1 and "their first seconds only" in cut[0], cut  # 16 s clips, first-frame windows
     assert _logged(_metrics(tmp_path / "t"), "train/truncated_fraction")[0] > 0

@@ -43,6 +43,7 @@ class ClipIterator:
                 "num_valid_frames": int(item["num_valid_frames"]),
                 "meta": item.get("meta", {}),
                 "duration": item.get("duration"),
+                "cut": bool(item.get("cut", False)),
             }
 
 
@@ -79,8 +80,9 @@ def load_clips(
 
     Returns:
         An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
-        "num_valid_frames": int, "duration": float | None}`` (``duration``: the source's length in seconds when
-        the shard records it, as make_shards does); its ``skipped`` attribute lists the skipped samples and why.
+        "num_valid_frames": int, "duration": float | None, "cut": bool}`` (``duration``: the source's length in
+        seconds when the shard records it, as make_shards does; ``cut``: the window leaves part of it unseen); its
+        ``skipped`` attribute lists the skipped samples and why.
     """
     preprocess = preprocess or PreprocessConfig(
         num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start

@@ -62,13 +62,15 @@ def collate(
     Returns:
         ``{"key": [str], "video": (B, T, 3, H, W) | "image": (B, 3, H, W), "num_valid_frames": (B,) long,
         "captions": [[str]], "modality": str, ...}``; text tensors are padded to the longest caption, at most
-        ``max_text_length`` tokens; ``truncated_captions`` counts the captions cut to that budget.
+        ``max_text_length`` tokens; ``truncated_captions`` counts the captions cut to that budget, ``cut_clips``
+        the videos longer than the frame window (see :func:`~longvivit.data.sampling.window_cuts_clip`).
     """
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
         modality: torch.stack([s[modality] for s in samples]),
         "num_valid_frames": torch.tensor([s["num_valid_frames"] for s in samples], dtype=torch.long),
         "modality": modality,
+        "cut_clips": sum(bool(s.get("cut")) for s in samples),  # clips longer than the sampled window
     }
     if train:
         rng = rng or random.Random()

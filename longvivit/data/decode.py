@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from longvivit.config import PreprocessConfig
 from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
-from longvivit.data.sampling import frame_indices, variable_timestamps
+from longvivit.data.sampling import frame_indices, variable_timestamps, window_cuts_clip
 from longvivit.data.video_io import NoFramesError, mpeg_stream_kind, pyav_frame_times, pyav_read_frames
 
 Modality = Literal["video", "image"]
@@ -371,7 +371,8 @@ def decode_sample(
     """Raw webdataset sample -> ``{"key", "video" | "image", "num_valid_frames", "captions", "meta"}``.
 
     ``meta`` is the manifest's extra fields kept by the shard writer (e.g. ``split``, ``pair_id``), ``{}`` if none.
-    A video also carries ``duration`` (seconds) when the sample's json records it, as make_shards' does.
+    A video also carries ``duration`` (seconds) when the sample's json records it, as make_shards' does, and then
+    ``cut``: whether the sampled window leaves part of it unseen (:func:`~longvivit.data.sampling.window_cuts_clip`).
 
     Raises:
         DecodeError: Media bytes that do not decode.
@@ -384,9 +385,10 @@ def decode_sample(
         out["video"], out["num_valid_frames"] = decode_video(
             data, preprocess, rng=rng, num_threads=num_threads
         )
-        duration = info.get("duration")  # make_shards records it; evaluation says which clips the window cuts
+        duration = info.get("duration")  # make_shards records it: training and evaluation say what the window cuts
         if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0:
             out["duration"] = float(duration)
+            out["cut"] = window_cuts_clip(out["duration"], preprocess.num_frames, preprocess.fps, preprocess.sampling)
     else:
         out["image"], out["num_valid_frames"] = decode_image(data, preprocess), 1
     return out

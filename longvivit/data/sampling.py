@@ -54,6 +54,15 @@ def variable_timestamps(timestamps: Sequence[float], native_fps: float | None) -
     return rel if jitter > 0.5 * nominal or drift > nominal else None
 
 
+def window_cuts_clip(duration: float | None, num_frames: int, fps: float, mode: SamplingMode) -> bool:
+    """Whether a clip of ``duration`` seconds is longer than the window sampled from it, by a sampling step or more.
+
+    ``"fps"`` mode sees ``num_frames / fps`` seconds of the clip (from where ``start`` puts the window); ``"uniform"``
+    spreads the frames over the whole clip and cuts nothing. ``None`` (unknown duration) cuts nothing.
+    """
+    return mode == "fps" and duration is not None and duration >= (num_frames + 1) / fps
+
+
 def frame_indices(
     num_source_frames: int,
     native_fps: float | None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -165,14 +164,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
     text_budget = args.max_text_length or model.text_encoder.cfg.max_length
-    # a window of num_frames at fps sees this many seconds; a clip longer by a sampling step or more is cut
-    window = pre.num_frames / pre.fps if pre.sampling == "fps" else math.inf
     counts = {"padded": 0, "cut": 0, "truncated": 0}
 
     def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for sample in samples:  # clips shorter than the window: their last frame is repeated to fill it
             counts["padded"] += sample["num_valid_frames"] < pre.num_frames
-            counts["cut"] += (sample.get("duration") or 0.0) >= window + 1.0 / pre.fps
+            counts["cut"] += sample["cut"]  # longer than the window: only its first num_frames / fps seconds seen
             caps = list(sample["captions"])
             mask = model.text_encoder.tokenize(caps, max_length=text_budget)["attention_mask"]
             counts["truncated"] += num_truncated(model.text_encoder.tokenizer, caps, mask, text_budget)

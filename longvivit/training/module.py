@@ -150,7 +150,7 @@ class ContrastiveModule(L.LightningModule):
             self.model.video_encoder.freeze(trainable_last=trainable_last)
         self.evaluator = RetrievalEvaluator()
         self.last_batch_stats: dict[str, float] = {}
-        self._said_truncation = False
+        self._said_truncation = self._said_cut = False
 
     # ----------------------------------------------------------------- stage chaining
     def init_weights_from(self, source: str | Path) -> list[str]:
@@ -250,10 +250,23 @@ class ContrastiveModule(L.LightningModule):
                         "are cut (their later words are never seen); --model.text.max_length raises it "
                         "(train/truncated_fraction logs the share)", truncated, clips, self.model_cfg.text.max_length)
         self.log("train/truncated_fraction", truncated / max(clips, 1), batch_size=clips)
+        cut = int((parts.get("video") or {}).get("cut_clips", 0))
+        if cut and not self._said_cut:
+            self._said_cut = True
+            self._say_cut(cut, len(parts["video"]["key"]))
         self.log("train/loss", total, batch_size=clips)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
         self.last_batch_stats = {"clips": clips, "tokens": tokens}
         return total
+
+    def _say_cut(self, cut: int, clips: int) -> None:
+        pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        window = f"{pre.num_frames} frames at {pre.fps:g} FPS ({pre.num_frames / pre.fps:g} s)" if pre else "the window"
+        where = ("their first seconds only, every epoch" if pre is None or pre.start == "first"
+                 else "a window of them" if pre.start == "random" else "their middle only, every epoch")
+        log.warning("%d of %d clips in a training batch are longer than %s: training sees %s (--data.start random "
+                    "draws the window anywhere, --data.sampling uniform spreads the frames over the whole clip)",
+                    cut, clips, window, where)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
