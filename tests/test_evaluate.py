@@ -202,14 +202,18 @@ def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
     assert (pre.fps, pre.sampling, pre.start, pre.num_frames, pre.image_size) == (0.5, "uniform", "first", 8, 32)
 
 
+def _eval_metrics(setup, tmp_path, *args: str) -> dict:
+    """``longvivit eval`` of the setup's model on its shards with ``args``; the metrics JSON."""
+    _, shards, model_dir = setup
+    out = tmp_path / "m.json"
+    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), *args, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_eval_at_another_image_size_resizes_the_model_and_says_when_clips_are_padded(setup, tmp_path, capsys):
     # --image-size other than the trained size ended in a ValueError traceback (the frames were resized, the
     # model was not); --num-frames longer than the clips padded every clip without a word.
-    _, shards, model_dir = setup
-    out = tmp_path / "m.json"
-    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--image-size", "48",
-                     "--num-frames", "32", "--out", str(out)]) == 0
-    m = json.loads(out.read_text())
+    m = _eval_metrics(setup, tmp_path, "--image-size", "48", "--num-frames", "32")
     assert m["settings"]["image_size"] == 48 and m["num_videos"] == 8
     assert any("pos_embed_spatial resized" in a for a in m["settings"]["adaptations"])
     assert m["settings"]["padded_clips"] == 8  # 16 s clips, 32 frames at 1 FPS
@@ -222,18 +226,13 @@ def test_eval_says_which_clips_the_window_cuts_and_which_captions_the_text_budge
     from longvivit.data.collate import num_truncated
     from longvivit.models.text_encoder import TextEncoder
 
-    _, shards, model_dir = setup
-    out = tmp_path / "m.json"
-    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--num-frames", "8",
-                     "--max-text-length", "6", "--out", str(out)]) == 0
-    m = json.loads(out.read_text())
+    m = _eval_metrics(setup, tmp_path, "--num-frames", "8", "--max-text-length", "6")
     assert m["settings"]["cut_clips"] == 8 and m["settings"]["padded_clips"] == 0  # 16 s clips, 8 s windows
     assert m["settings"]["max_text_length"] == 6 and m["settings"]["truncated_captions"] == 8
     said = capsys.readouterr().out
     assert "8 of 8 clips are longer than 8 frames at 1 FPS: only their first 8 s are seen" in said
     assert "8 captions are longer than the text budget of 6 tokens and were cut" in said
-    assert cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), "--out", str(out)]) == 0
-    m = json.loads(out.read_text())
+    m = _eval_metrics(setup, tmp_path)
     assert m["settings"]["cut_clips"] == 8 and m["settings"]["truncated_captions"] == 0  # the model's 32 tokens
     # the count is exact: a caption that fills the budget exactly is not cut
     tok = TextEncoder(TextEncoderConfig(max_length=8)).tokenizer

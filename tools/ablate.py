@@ -45,7 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from ablate_report import write_report  # noqa: E402
-from bench_model import _rss_bytes  # noqa: E402  (the same RSS probe as the model benchmark)
+from bench_model import SavedActivations, _rss_bytes  # noqa: E402  (the model benchmark's probes)
 
 MIB = 1024**2
 
@@ -302,28 +302,19 @@ def measure_worker(job: dict[str, Any]) -> dict[str, Any]:
     text = F.normalize(torch.randn(b, cfg.embed_dim, device=device), dim=-1)
     kinds = job.get("order_negatives") or []
     base_rss = _rss_bytes()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:  # weights saved for backward are not activations
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
+    saved = SavedActivations(model)
     times = []
     for _ in range(job["steps"]):
-        saved.clear()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved:
             feats = F.normalize(model(video), dim=-1)
             extra = F.normalize(model(order_negatives(video, kinds, cfg.tubelet_size[0])), dim=-1) if kinds else None
         loss = NCELoss()(feats, text, 100.0, extra_video_features=extra)
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    act = sum(saved.values())
+    act = saved.nbytes
     gpu = {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / MIB} if device.type == "cuda" else {}
     return {
         **gpu,

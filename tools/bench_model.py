@@ -61,6 +61,36 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class SavedActivations:
+    """Counts the bytes of the tensors autograd saves for backward inside ``with`` (weights excluded): a step's
+    activation memory, exactly, whatever the allocator caches. Each ``with`` starts the count afresh."""
+
+    def __init__(self, model: object) -> None:
+        self._weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._saved: dict[int, int] = {}
+
+    def _pack(self, t: object) -> object:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self._weights:  # weights saved for backward are not activations
+            self._saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self) -> SavedActivations:
+        import torch
+
+        self._saved.clear()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._saved.values())
+
+
 def run_case(case: Case) -> dict:
     """Run one configuration in this process and return its figures."""
     import torch
@@ -101,23 +131,14 @@ def run_case(case: Case) -> dict:
     labels = torch.arange(case.batch)
     # without a warm-up step, estimate the state the first step allocates: grads (4 B) + AdamW moments (8 B)
     fixed = _rss_bytes() + 12 * n_train
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:  # weights saved for backward are not activations
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
+    saved = SavedActivations(model)
     times, cpu_times = [], []
     for i in range(case.warmup + case.steps):
         if i == case.warmup and i > 0:
             fixed = _rss_bytes()  # weights, grads and AdamW moments, all allocated by now
-        saved.clear()
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved:
             logits = 100.0 * F.normalize(embed(video), dim=-1) @ text.T
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         loss.backward()
@@ -133,7 +154,7 @@ def run_case(case: Case) -> dict:
         "peak_gib": peak / GIB,
         "fixed_gib": fixed / GIB,
         "act_gib": max(0, peak - fixed) / GIB,
-        "saved_gib": sum(saved.values()) / GIB,
+        "saved_gib": saved.nbytes / GIB,
         "trainable_params": n_train,
         "visible_tokens": visible,
         "tokens_per_s": case.batch * visible / min(times),
