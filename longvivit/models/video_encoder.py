@@ -16,11 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_encoder_folder, save_encoder_folder  # noqa: F401
 from longvivit.models.layers import Block
 from longvivit.models.masking import Generators, random_masking, scatter_kept
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class VideoEncoder(nn.Module):
@@ -465,14 +463,7 @@ class VideoEncoder(nn.Module):
         Returns:
             The directory.
         """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(directory / CONFIG_NAME)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        return directory
+        return save_encoder_folder(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: object) -> VideoEncoder:
@@ -488,24 +479,7 @@ class VideoEncoder(nn.Module):
             ``adaptations`` says what was changed to fit the overrides (also logged at INFO by
             ``longvivit.models.init``).
         """
-        from longvivit.models.init import load_pretrained, refuse_deepspeed_folder
-
-        refuse_deepspeed_folder(directory)
-        if Path(directory).is_file():
-            raise NotADirectoryError(
-                f"{directory} is a file: VideoEncoder.from_pretrained reads a folder; a training checkpoint loads "
-                "with longvivit.models.checkpoint.load_model(path), or becomes a folder with `longvivit export`"
-            )
-        cfg = VideoEncoderConfig.load(Path(directory) / CONFIG_NAME)
-        if overrides:
-            cfg = cfg.replace(**overrides)
-        model = cls(cfg)
-        model.adaptations = tuple(load_pretrained(model, directory))
-        # An export also says how its frames were sampled: extract_features takes the rate from it.
-        from longvivit.export import load_preprocess_config
-
-        model.preprocess = load_preprocess_config(directory)
-        return model.eval()
+        return load_encoder_folder(cls, directory, **overrides)
 
     # ----------------------------------------------------------------- features for fusion
     #: Sampling settings of the export this encoder was loaded from (``preprocessor_config.json``), if any.
@@ -534,30 +508,9 @@ class VideoEncoder(nn.Module):
             step starts, ``start + i * t / fps``; ``"grid"``: (T', H', W'); ``"cls"``: (B, width) with a class
             token.
         """
-        if fps is None:
-            if self.preprocess is not None and self.preprocess.sampling == "uniform":
-                raise ValueError("the export samples frames uniformly over each clip: pass fps=num_frames/seconds")
-            fps = self.preprocess.fps if self.preprocess is not None else 1.0
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        out: dict[str, torch.Tensor | tuple[int, int, int]] = {}
-        own = type(self)
-        if own.forward is VideoEncoder.forward and own.forward_tokens_grid is VideoEncoder.forward_tokens_grid:
-            # One pass: the embedding pools the very tokens the grid is cut from.
-            tokens = self.forward_features(video, mask_ratio=0.0)  # (B, [1 +] T'*H'*W', width)
-            out["embedding"] = self.head(self.pool(tokens))
-            if self.cls_token is not None:
-                out["cls"], tokens = tokens[:, 0], tokens[:, 1:]
-            gh, gw = self.cfg.grid_size
-            grid = rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)  # (B, T', H', W', width)
-        else:  # backbones with their own pooling path (frame-level ImageViT)
-            grid, out["embedding"] = self.forward_tokens_grid(video), self(video, mask_ratio=0.0)
-        steps = grid.shape[1]
-        stride = video.shape[1] // steps  # frames per temporal step: the tubelet's t, or 1 per frame
-        out["tokens"], out["grid"] = grid, tuple(grid.shape[1:4])
-        out["tubelet"] = (stride, *self.cfg.patch_size)
-        out["timestamps"] = start + torch.arange(steps, dtype=torch.float32, device=video.device) * (stride / fps)
-        return out
+        from longvivit.models.features import extract_features
+
+        return extract_features(self, video, fps, start)
 
 
 def _init_module(m: nn.Module) -> None:
