@@ -171,6 +171,15 @@ class VideoEncoderConfig:
         """Patch tokens of a full video, T' * H' * W' (class token excluded)."""
         return self.num_temporal_steps * self.num_spatial_tokens
 
+    def visible_tokens(self, num_frames: int, mask_ratio: float) -> int:
+        """Patch tokens the transformer sees for a clip of ``num_frames`` at ``mask_ratio``: T' steps (one per frame
+        for the frame-level backbone, which also masks each frame on its own) of H' * W' tokens."""
+        s = self.num_spatial_tokens
+        if self.backbone == "frame":
+            return num_frames * (s - int(s * mask_ratio))
+        n = num_frames // self.tubelet_size[0] * s
+        return n - int(n * mask_ratio)
+
     @property
     def head_dim(self) -> int:
         return self.width // self.heads

@@ -163,7 +163,8 @@ class _RecordMaskRng(L.Callback):
         torch.save(state, Path(self.out) / f"rng_rank{trainer.global_rank}_step{batch_idx}.pt")
 
 
-def _fit_two_ranks_with_checkpoint(out: str) -> None:
+def _fit_two_ranks_with_checkpoint(out: str, devices: int = 2, max_steps: int = 1, ckpt_path: str | None = None,
+                                   ) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from longvivit.training.callbacks import RNGState
@@ -173,11 +174,11 @@ def _fit_two_ranks_with_checkpoint(out: str) -> None:
                                text=TextEncoderConfig(max_length=16), modalities=["video"])
     loader = DataLoader(_Clips(), batch_size=N // 2,
                         collate_fn=functools.partial(_collate, module.model.text_encoder.tokenizer))
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[RNGState(), _RecordMaskRng(out),
-                                                         ModelCheckpoint(dirpath=out, save_last=True)])
-    trainer.fit(module, train_dataloaders=loader)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                        max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0,
+                        callbacks=[RNGState(), _RecordMaskRng(out), ModelCheckpoint(dirpath=out, save_last=True)])
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
 
 
 def test_ranks_draw_different_masks_and_the_checkpoint_keeps_every_ranks_rng(tmp_path):
@@ -190,3 +191,18 @@ def test_ranks_draw_different_masks_and_the_checkpoint_keeps_every_ranks_rng(tmp
     per_rank = ckpt["rng_states_per_rank"]
     assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
     assert torch.equal(ckpt["rng_states"]["torch"], per_rank[0]["torch"])
+
+
+def test_a_resume_on_another_number_of_ranks_still_draws_apart(tmp_path):
+    # Without this rank's own RNG state in the checkpoint (one saved by 1 process, or an older one), every rank
+    # restored rank 0's and drew the same masks again.
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _fit_two_ranks_with_checkpoint(str(tmp_path / "one"), devices=1, max_steps=1)
+    _fit_two_ranks_with_checkpoint(str(tmp_path / "two"), devices=2, max_steps=2,
+                                   ckpt_path=str(tmp_path / "one" / "last.ckpt"))
+    steps = sorted(f.name.split("_", 2)[2] for f in (tmp_path / "two").glob("rng_rank0_*.pt"))
+    assert steps
+    for step in steps:
+        r0, r1 = (torch.load(tmp_path / "two" / f"rng_rank{r}_{step}", weights_only=True) for r in (0, 1))
+        assert not torch.equal(r0, r1), step

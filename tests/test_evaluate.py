@@ -239,3 +239,9 @@ def test_eval_says_which_clips_the_window_cuts_and_which_captions_the_text_budge
     texts = ["a b c d e f", "a b c d e f g", "a"]  # 8, 9 and 3 tokens with [CLS] and [SEP]
     mask = tok(texts, truncation=True, max_length=8, padding=True, return_tensors="pt")["attention_mask"]
     assert num_truncated(tok, texts, mask, 8) == 1
+
+
+def test_eval_refuses_a_text_budget_beyond_the_text_towers_positions(setup, tmp_path):
+    # --max-text-length 1000 on a 512-position BERT ended in a tensor-size RuntimeError on the first long caption.
+    with pytest.raises(SystemExit, match="more than the text tower's 512 positions"):
+        _eval_metrics(setup, tmp_path, "--max-text-length", "1000")

@@ -315,7 +315,7 @@ def test_load_model_reads_a_checkpoint_once(trained, monkeypatch):
 def test_a_deepspeed_checkpoint_folder_is_named_with_the_command_that_consolidates_it(tmp_path, capsys):
     # Lightning's DeepSpeed strategy writes last.ckpt as a folder; export, eval, init_from and the captioner read
     # it as an export folder and said "not a saved model: no config.json".
-    from longvivit.captioning.model import load_encoder
+    from longvivit.captioning.model import load_captioner, load_encoder
     from longvivit.models.checkpoint import load_model
     from longvivit.training.module import ContrastiveModule
 
@@ -326,7 +326,7 @@ def test_a_deepspeed_checkpoint_folder_is_named_with_the_command_that_consolidat
     said = "is a DeepSpeed checkpoint folder"
     assert cli_main(["export", "--ckpt", str(ds), "--out", str(tmp_path / "out")]) == 1
     assert said in capsys.readouterr().err
-    for load in (lambda: load_model(ds), lambda: load_encoder(ds, 4, 32),
+    for load in (lambda: load_model(ds), lambda: load_encoder(ds, 4, 32), lambda: load_captioner(ds),
                  lambda: ContrastiveModule(video=VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4),
                                            init_from=str(ds))):
         with pytest.raises(ValueError, match=said) as err:

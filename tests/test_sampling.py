@@ -124,8 +124,8 @@ def test_the_last_frame_counts_while_it_is_shown():
 
 
 def test_a_window_cuts_a_clip_only_when_a_further_sample_would_fit():
-    assert not window_cuts_clip(16.0, 16, 1.0, "fps")  # frames 0..15 s, each shown for 1 s: all of it
-    assert not window_cuts_clip(16.9, 16, 1.0, "fps")
-    assert window_cuts_clip(17.0, 16, 1.0, "fps")  # a 17th frame at 16 s is left out
+    assert not window_cuts_clip(16.0, 16, 1.0, "fps")  # frames at 0..15 s, each shown for 1 s: all of it
+    assert window_cuts_clip(16.9, 16, 1.0, "fps")  # the frame_indices would take at 16 s is left out
+    assert frame_indices(int(16.9 * 25), 25.0, 17, 1.0)[1] == 17  # (it is a real frame)
     assert window_cuts_clip(600.0, 256, 1.0, "fps") and not window_cuts_clip(600.0, 256, 1.0, "uniform")
     assert not window_cuts_clip(None, 16, 1.0, "fps")

@@ -424,3 +424,12 @@ def test_from_pretrained_on_a_checkpoint_file_points_to_the_loaders(tmp_path):
     ckpt.write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="reads a folder; a training checkpoint loads with .*load_model"):
         VideoEncoder.from_pretrained(ckpt)
+
+
+def test_visible_tokens_count_what_each_backbone_encodes():
+    # The throughput counter divided the frame-level backbone's frames by the tubelet's time size (half its tokens).
+    for backbone in ("joint", "factorized", "frame"):
+        enc = VideoEncoder(small(backbone=backbone)).train()
+        x = video(enc.cfg)
+        tokens = enc.forward_features(x, mask_ratio=0.75)
+        assert enc.cfg.visible_tokens(x.shape[1], 0.75) == tokens.shape[1], backbone

@@ -8,9 +8,9 @@ not a crash. A step is forward + backward + AdamW on an NCE loss against fixed r
 Memory columns (of the measured step, which follows one warm-up step: AdamW allocates its two moments in its
 first step, after backward has freed the activations, so a first step's peak holds no optimizer state):
   peak    peak RSS of the process (includes the Python/torch runtime, ~0.3-0.5 GiB)
-  fixed   RSS after the warm-up step: weights, gradients and AdamW moments, the state that does not depend on
-          the input size
-  act     peak - fixed: activation memory of the step as the allocator saw it (RSS: noisy for small cases)
+  fixed   RSS after the warm-up step: weights, gradients and AdamW moments, plus what the allocator kept of the
+          warm-up's activations (the measured step frees the gradients before its forward, set_to_none)
+  act     peak - fixed: a lower bound of the step's activation memory (RSS: noisy for small cases)
   saved   bytes of the tensors autograd saved for backward (weights excluded), counted exactly: the activation
           memory ratios use this column
 

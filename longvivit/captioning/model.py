@@ -33,7 +33,7 @@ from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
-from longvivit.models.init import load_adapted, read_checkpoint
+from longvivit.models.init import load_adapted, read_checkpoint, refuse_deepspeed_folder
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -429,6 +429,7 @@ def load_captioner(source: str | Path, **overrides: Any) -> VideoToText:
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"no captioner at {source}")
+    refuse_deepspeed_folder(source)
     if source.is_dir():
         if not (source / CONFIG_NAME).is_file():
             hint = ""

@@ -131,9 +131,8 @@ class CaptioningModule(L.LightningModule):
         loss = self.model.caption_loss(batch["video"], captions, nvf, self.model_cfg.mask_ratio)
         bs = len(captions)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        enc = self.model.encoder.cfg
-        n_tok = batch["video"].shape[1] // enc.tubelet_size[0] * enc.num_spatial_tokens
-        self.last_batch_stats = {"clips": bs, "tokens": bs * (n_tok - int(n_tok * self.model_cfg.mask_ratio))}
+        visible = self.model.encoder.cfg.visible_tokens(batch["video"].shape[1], self.model_cfg.mask_ratio)
+        self.last_batch_stats = {"clips": bs, "tokens": bs * visible}
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -91,9 +91,9 @@ def collate(
         firsts = [c[0] for c in captions]
         first = tok(firsts)
         batch["input_ids"], batch["attention_mask"] = first["input_ids"], first["attention_mask"]
-        # Counted so that a budget too small for the data is said, not silently paid for in accuracy.
-        batch["truncated_captions"] = num_truncated(tokenizer, firsts, first["attention_mask"], max_text_length)
-        if not train:
+        if train:  # counted so that a budget too small for the data is said, not silently paid for in accuracy
+            batch["truncated_captions"] = num_truncated(tokenizer, firsts, first["attention_mask"], max_text_length)
+        else:
             flat = [c for caps in captions for c in caps]
             every = tok(flat)
             batch["truncated_captions"] = num_truncated(tokenizer, flat, every["attention_mask"], max_text_length)

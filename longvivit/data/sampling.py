@@ -55,12 +55,13 @@ def variable_timestamps(timestamps: Sequence[float], native_fps: float | None) -
 
 
 def window_cuts_clip(duration: float | None, num_frames: int, fps: float, mode: SamplingMode) -> bool:
-    """Whether a clip of ``duration`` seconds is longer than the window sampled from it, by a sampling step or more.
+    """Whether a clip of ``duration`` seconds holds more than the window sampled from it.
 
-    ``"fps"`` mode sees ``num_frames / fps`` seconds of the clip (from where ``start`` puts the window); ``"uniform"``
-    spreads the frames over the whole clip and cuts nothing. ``None`` (unknown duration) cuts nothing.
+    ``"fps"`` mode takes frame ``k`` at ``k / fps`` while that is inside the clip (:func:`frame_indices`): the clip
+    is cut when a further frame, at ``num_frames / fps``, would still be inside it. ``"uniform"`` spreads the frames
+    over the whole clip and cuts nothing; ``None`` (unknown duration) cuts nothing.
     """
-    return mode == "fps" and duration is not None and duration >= (num_frames + 1) / fps
+    return mode == "fps" and duration is not None and num_frames / fps < duration - 1e-6
 
 
 def frame_indices(

@@ -164,6 +164,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
     text_budget = args.max_text_length or model.text_encoder.cfg.max_length
+    positions = getattr(model.text_encoder.model.config, "max_position_embeddings", None)
+    if positions and text_budget > positions:
+        raise SystemExit(f"longvivit eval: --max-text-length {text_budget} is more than the text tower's {positions} "
+                         "positions")
     counts = {"padded": 0, "cut": 0, "truncated": 0}
 
     def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

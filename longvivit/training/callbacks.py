@@ -108,25 +108,29 @@ class RNGState(L.Callback):
             checkpoint["rng_states_per_rank"] = per_rank
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        states = for_this_rank(checkpoint.get("rng_states_per_rank"), checkpoint.get("rng_states"))
+        own = for_this_rank(checkpoint.get("rng_states_per_rank"), None)
+        states = own or checkpoint.get("rng_states")
         if not states:
             return
-        # Restored at train start: Lightning seeds and builds loaders after loading the checkpoint.
-        self._pending = states
+        # Restored at train start: Lightning seeds and builds loaders after loading the checkpoint. Without this
+        # rank's own states (an older checkpoint, another world size) every rank gets rank 0's: drawn apart then.
+        self._pending, self._exact = states, own is not None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         states = getattr(self, "_pending", None)
-        if not states:
-            if trainer.world_size > 1:  # after the (identical) initialisation, which DDP broadcasts anyway
-                torch.manual_seed(torch.initial_seed() + 1_000_003 * trainer.global_rank)
-            return
-        random.setstate(_as_python_state(states["python"]))
-        name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        self._pending = None
+        if states:
+            random.setstate(_as_python_state(states["python"]))
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            self._pending = None
+            if self._exact:
+                return
+        if trainer.world_size > 1:  # after the (identical) initialisation, which DDP broadcasts anyway
+            base = int(torch.randint(2**31, (1,))) if states else torch.initial_seed()
+            torch.manual_seed(base + 1_000_003 * trainer.global_rank)
 
 
 def _numpy_state_to_tensors() -> tuple:

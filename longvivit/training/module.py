@@ -198,13 +198,13 @@ class ContrastiveModule(L.LightningModule):
                 attention_mask=batch["attention_mask"],
                 mask_ratio=self.image_mask_ratio,
             )
-            feats, n_tok = out["image_features"], enc.cfg.num_spatial_tokens
-            ratio = self.image_mask_ratio
+            feats = out["image_features"]
+            s = enc.cfg.num_spatial_tokens
+            per_clip = s - int(s * self.image_mask_ratio)
         else:
             out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             feats = out["video_features"]
-            n_tok = batch["video"].shape[1] // enc.cfg.tubelet_size[0] * enc.cfg.num_spatial_tokens
-            ratio = enc.cfg.mask_ratio
+            per_clip = enc.cfg.visible_tokens(batch["video"].shape[1], enc.cfg.mask_ratio)
             if self.order_negatives:
                 reordered = order_negatives(batch["video"], self.order_negatives, step=enc.cfg.tubelet_size[0])
                 extra = self.model.encode_video(reordered)  # (K*B, D)
@@ -214,7 +214,7 @@ class ContrastiveModule(L.LightningModule):
             feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra, **extra_text
         )
         encoded = feats.shape[0] + (0 if extra is None else extra.shape[0])
-        visible = encoded * (n_tok - int(n_tok * ratio))
+        visible = encoded * per_clip
         return res["loss"], res, visible
 
     def _reordered_captions(self, batch: dict[str, Any]) -> dict[str, Tensor]:
