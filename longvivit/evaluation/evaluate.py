@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     max_text_length: int | None = None,
+    stats: Counter[str] | None = None,
 ) -> tuple[RetrievalEvaluator, dict[str, str]]:
     """Embed every clip and caption of ``samples`` with ``model``.
 
@@ -105,6 +106,8 @@ def evaluate(
         device: Where to run.
         max_text_length: Token budget of a caption (default: the text tower's ``max_length``). Comparing
             models trained with different budgets at one budget keeps their numbers comparable.
+        stats: Filled, when given, with what the inputs lost: ``padded_clips`` (shorter than the window),
+            ``cut_clips`` (longer than it) and ``truncated_captions`` (longer than the text budget).
 
     Returns:
         ``(evaluator holding the embeddings, {video key: pair id} for order-only pairs)``.
@@ -122,6 +125,12 @@ def evaluate(
         owners = [s["key"] for s in batch for _ in s["captions"]]
         tok = model.text_encoder.tokenize(captions, max_length=max_text_length)
         text = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+        if stats is not None:
+            budget = max_text_length or model.text_encoder.cfg.max_length
+            stats["padded_clips"] += int((valid < video.shape[1]).sum())  # last frame repeated to fill the window
+            stats["cut_clips"] += sum(bool(s.get("cut")) for s in batch)  # only the window's seconds seen
+            stats["truncated_captions"] += num_truncated(model.text_encoder.tokenizer, captions, tok["attention_mask"],
+                                                         budget)
         ev.add_videos(emb, keys)
         ev.add_texts(text, owners, captions)
         for s in batch:
@@ -168,21 +177,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if positions and text_budget > positions:
         raise SystemExit(f"longvivit eval: --max-text-length {text_budget} is more than the text tower's {positions} "
                          "positions")
-    counts = {"padded": 0, "cut": 0, "truncated": 0}
-
-    def counted(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for sample in samples:  # clips shorter than the window: their last frame is repeated to fill it
-            counts["padded"] += sample["num_valid_frames"] < pre.num_frames
-            counts["cut"] += sample["cut"]  # longer than the window: only its first num_frames / fps seconds seen
-            caps = list(sample["captions"])
-            mask = model.text_encoder.tokenize(caps, max_length=text_budget)["attention_mask"]
-            counts["truncated"] += num_truncated(model.text_encoder.tokenizer, caps, mask, text_budget)
-            yield sample
-
+    counts: Counter[str] = Counter()
     try:
-        ev, pair_of = evaluate(model, counted(clips), batch_size=args.batch_size, mask_ratio=args.mask_ratio,
+        ev, pair_of = evaluate(model, clips, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
                                frame_order=args.frame_order, seed=args.seed, device=args.device,
-                               max_text_length=text_budget)
+                               max_text_length=text_budget, stats=counts)
     except TooManyFailuresError as err:
         raise SystemExit(f"longvivit eval: {err}. With --max-fail-fraction 1 the clips that decode are evaluated "
                          "and the others listed in the JSON's `skipped`") from err
@@ -206,8 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
-        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": counts["padded"],
-        "cut_clips": counts["cut"], "max_text_length": text_budget, "truncated_captions": counts["truncated"],
+        "image_size": pre.image_size, "adaptations": msgs, "padded_clips": counts["padded_clips"],
+        "cut_clips": counts["cut_clips"], "max_text_length": text_budget,
+        "truncated_captions": counts["truncated_captions"],
     }
     if args.embeddings:
         ev.save_embeddings(args.embeddings)
