@@ -245,3 +245,24 @@ def test_eval_refuses_a_text_budget_beyond_the_text_towers_positions(setup, tmp_
     # --max-text-length 1000 on a 512-position BERT ended in a tensor-size RuntimeError on the first long caption.
     with pytest.raises(SystemExit, match="more than the text tower's 512 positions"):
         _eval_metrics(setup, tmp_path, "--max-text-length", "1000")
+
+
+@pytest.mark.parametrize("frame_order, mask_ratio", [("shuffled", 0.0), ("original", 0.5), ("shuffled", 0.5)])
+def test_shuffled_and_masked_evaluation_does_not_move_with_the_batch_size(setup, frame_order, mask_ratio):
+    """Each clip draws its shuffle and its mask from its own key: batches of 1, 3 and 8 give one set of
+    embeddings (a batch-level RNG gave every clip another draw at another batch size or shard order)."""
+    from longvivit.data import load_clips
+    from longvivit.evaluation.evaluate import evaluate
+
+    _, shards, model_dir = setup
+    model = VideoTextModel.from_pretrained(model_dir).eval()
+    clips = list(load_clips(sorted(str(p) for p in shards.glob("*.tar")), num_frames=8, image_size=32))
+    runs = []
+    for batch_size, order in ((1, clips), (3, clips), (8, clips[::-1])):
+        ev, _ = evaluate(model, order, batch_size=batch_size, mask_ratio=mask_ratio, frame_order=frame_order)
+        emb = dict(zip(ev.video_keys, torch.cat(ev._video_emb), strict=True))
+        runs.append(torch.stack([emb[c["key"]] for c in clips]))
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(runs[2], runs[0], rtol=0, atol=1e-5)
+    plain, _ = evaluate(model, clips, batch_size=8)
+    assert not torch.allclose(torch.cat(plain._video_emb), runs[0], atol=1e-4)  # the probe did change them

@@ -32,6 +32,7 @@ from longvivit.evaluation.retrieval import (
     retrieval_metrics,
 )
 from longvivit.logs import setup_logging
+from longvivit.models.masking import video_generator
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def evaluate(
         batch_size: Clips per forward pass.
         mask_ratio: Tubelet mask ratio at inference (0: exact).
         frame_order: ``original``, ``shuffled``, ``reversed`` or ``single`` (probes).
-        seed: Seed of the shuffled probe and of masking.
+        seed: Seed of the shuffled probe and of masking (with each clip's key: ``masking.video_generator``).
         device: Where to run.
         max_text_length: Token budget of a caption (default: the text tower's ``max_length``). Comparing
             models trained with different budgets at one budget keeps their numbers comparable.
@@ -112,15 +113,16 @@ def evaluate(
     Returns:
         ``(evaluator holding the embeddings, {video key: pair id} for order-only pairs)``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     ev, pair_of = RetrievalEvaluator(), {}
     for batch in _batches(samples, batch_size):
         video = torch.stack([s["video"] for s in batch])  # (B, T, 3, H, W)
         valid = torch.tensor([s["num_valid_frames"] for s in batch])
-        video = apply_frame_order(video, valid, frame_order, generator=gen)
-        emb = model.encode_video(video.to(device), mask_ratio=mask_ratio)
         keys = [s["key"] for s in batch]
+        # Each clip draws its shuffle, then its mask, from its own RNG: the figures do not move with the batch
+        # size or the order of the shards.
+        gens = [video_generator(seed, key) for key in keys]
+        video = apply_frame_order(video, valid, frame_order, generator=gens)
+        emb = model.encode_video(video.to(device), mask_ratio=mask_ratio, generator=gens)
         captions = [c for s in batch for c in s["captions"]]
         owners = [s["key"] for s in batch for _ in s["captions"]]
         tok = model.text_encoder.tokenize(captions, max_length=max_text_length)

@@ -11,11 +11,13 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from longvivit.models.masking import Generators, mask_noise
+
 FrameOrder = Literal["original", "shuffled", "reversed", "single"]
 FRAME_ORDERS: tuple[str, ...] = get_args(FrameOrder)
 
 
-def _frame_index(num_valid: Tensor, num_frames: int, order: str, generator: torch.Generator | None) -> Tensor:
+def _frame_index(num_valid: Tensor, num_frames: int, order: str, generator: Generators) -> Tensor:
     """(B, T) source frame index for every output position."""
     batch = num_valid.shape[0]
     device = num_valid.device
@@ -31,9 +33,7 @@ def _frame_index(num_valid: Tensor, num_frames: int, order: str, generator: torc
     if order == "shuffled":
         # Random keys in [0, 1) for valid frames and 2 for padding: sorting them gives a uniform permutation
         # of the valid frames followed by the padding, which the stable sort keeps in its original order.
-        key_device = generator.device if generator is not None else device
-        keys = torch.rand(batch, num_frames, generator=generator, device=key_device).to(device)  # (B, T)
-        keys = keys.masked_fill(~valid, 2.0)
+        keys = mask_noise(batch, num_frames, generator, device).masked_fill(~valid, 2.0)  # (B, T)
         return keys.sort(dim=1, stable=True).indices
     raise ValueError(f"order must be one of {FRAME_ORDERS}, got {order!r}")
 
@@ -42,7 +42,7 @@ def apply_frame_order(
     video: Tensor,
     num_valid_frames: Tensor | None = None,
     order: FrameOrder = "original",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Reorder the frames of a batch of videos for a temporal probe.
 
@@ -51,8 +51,8 @@ def apply_frame_order(
 
     * ``"original"``: unchanged (a copy).
     * ``"shuffled"``: a uniformly random permutation of the valid frames, drawn independently per sample
-      from ``generator`` (deterministic for a seeded generator). It may be the identity, which is likely
-      for very short clips.
+      from ``generator``, or from each sample's own generator when one per sample is given (deterministic
+      for seeded generators). It may be the identity, which is likely for very short clips.
     * ``"reversed"``: valid frames in reverse order.
     * ``"single"``: the middle valid frame (index ``(n - 1) // 2``) repeated over *all* T positions,
       padding included, so the clip is static whichever ``num_valid_frames`` the model is later given.
@@ -61,7 +61,7 @@ def apply_frame_order(
         video: (B, T, ...) frames, e.g. (B, T, C, H, W).
         num_valid_frames: (B,) number of real frames per sample, in [1, T]; ``None`` means all T.
         order: One of ``"original"``, ``"shuffled"``, ``"reversed"``, ``"single"``.
-        generator: Random source for ``"shuffled"``; must live on the CPU or on ``video``'s device.
+        generator: Random source for ``"shuffled"``, or one per sample; on the CPU or on ``video``'s device.
 
     Returns:
         A new tensor shaped like ``video``.

@@ -6,6 +6,7 @@ still works; the count kept is ``ceil((1 - r) * N)`` so that a ratio never empti
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -21,6 +22,14 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def video_generator(seed: int, name: str) -> torch.Generator:
+    """The RNG of one video at inference (its mask, its shuffled frames), from the seed and the video's name
+    (path or key) only: a video draws the same whichever place it has among the inputs or in a batch, so
+    masked or shuffled evaluations do not move with the batch size, the world size or the data order."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def mask_noise(rows: int, n: int, generator: Generators, device: torch.device) -> torch.Tensor:

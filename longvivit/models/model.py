@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvivit.config import VideoTextConfig
+from longvivit.models.masking import Generators
 from longvivit.models.text_encoder import TextEncoder
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -70,15 +71,16 @@ class VideoTextModel(nn.Module):
         """
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
 
-    def encode_video(self, video: Tensor, mask_ratio: float | None = None) -> Tensor:
+    def encode_video(self, video: Tensor, mask_ratio: float | None = None, generator: Generators = None) -> Tensor:
         """(B, T, 3, H, W) normalised frames -> (B, embed_dim) L2-normalised features.
 
         Args:
             video: Frames.
             mask_ratio: Fraction of tubelets dropped; ``None`` uses the encoder's training ratio in training mode
                 and none in eval mode.
+            generator: Optional RNG of the masks, or one per video (``masking.video_generator``).
         """
-        return F.normalize(self.video_encoder(video, mask_ratio=mask_ratio), dim=-1)
+        return F.normalize(self.video_encoder(video, mask_ratio=mask_ratio, generator=generator), dim=-1)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, embed_dim) L2-normalised features (2D patch path)."""

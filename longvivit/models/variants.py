@@ -430,7 +430,7 @@ class FrameVideoEncoder(VideoEncoder):
         return self.temporal_pool(frame_embeddings)
 
     def forward(
-        self, video: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+        self, video: torch.Tensor, mask_ratio: float | None = None, generator: Generators = None
     ) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, embed_dim): per-frame image embeddings pooled over time, then the head."""
         b, t = video.shape[:2]

@@ -306,14 +306,14 @@ class VideoEncoder(nn.Module):
         self,
         video: torch.Tensor,
         mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """Embed videos into the joint space.
 
         Args:
             video: (B, T, C, H, W) normalised frames.
             mask_ratio: See :meth:`forward_features`.
-            generator: Optional RNG for reproducible masks.
+            generator: Optional RNG for reproducible masks, or one per video.
 
         Returns:
             (B, embed_dim) embeddings, not L2-normalised.

@@ -18,6 +18,7 @@ from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
 from longvivit.loss import NCELoss
 from longvivit.models.checkpoint import load_weights_into
 from longvivit.models.init import inflate_patch_kernel
+from longvivit.models.masking import video_generator
 from longvivit.models.model import VideoTextModel
 from longvivit.negatives import ORDER_NEGATIVES, order_negatives, reorder_caption
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
@@ -298,7 +299,9 @@ class ContrastiveModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio)
+        # A clip's mask comes from its key (masked validation scores do not move with the batch or world size)
+        gens = [video_generator(0, key) for key in batch["key"]] if self.eval_mask_ratio > 0 else None
+        video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio, generator=gens)
         captions = [c for caps in batch["captions"] for c in caps]
         owners = [k for k, caps in zip(batch["key"], batch["captions"], strict=True) for _ in caps]
         tok = self.model.text_encoder.tokenize(captions)
