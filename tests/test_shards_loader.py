@@ -334,6 +334,23 @@ def test_training_stream_is_infinite_and_deterministic(tmp_path, clip_cache):
     assert [s["key"] for s, _ in zip(ds_r1, range(20), strict=False)] != a
 
 
+def test_image_and_video_streams_of_one_seed_are_not_in_lockstep(tmp_path, clip_cache):
+    """Stage 1 mixes an image and a video stream with one seed; image shards are often frames of the same
+    videos, in the same order. The streams must not draw the same shard indices and shuffles (they did: the
+    i-th image of every batch came from the i-th clip's position)."""
+    videos = video_shards(tmp_path / "v", 4, 4, prefix="s", cache=clip_cache)
+    images = []
+    for s in range(4):
+        samples = [{"key": f"s{s:02d}{i:02d}", "media": png_bytes(s * 10 + i), "ext": "png", "captions": ["x"]}
+                   for i in range(4)]
+        images.append(str(write_shard(tmp_path / "i" / f"s-{s:06d}.tar", samples)))
+    common = {"train": True, "shuffle_buffer": 8, "seed": 3, "rank": 0, "world_size": 1}
+    video_keys = [s["key"] for s, _ in zip(ShardDataset(videos, "video", SMALL, **common), range(24), strict=False)]
+    image_keys = [s["key"] for s, _ in zip(ShardDataset(images, "image", PreprocessConfig(image_size=8), **common),
+                                           range(24), strict=False)]
+    assert sum(a == b for a, b in zip(video_keys, image_keys, strict=True)) < 8
+
+
 def test_weighted_mixing_of_datasets(tmp_path):
     def image_shard(name: str, n: int) -> str:
         return str(

@@ -6,7 +6,7 @@ Two regimes share one :class:`ShardDataset`:
   mixes datasets by weight, shuffles raw samples in a buffer (bytes, before decoding, so the buffer is
   cheap; with ``group_by`` adjacent samples sharing that metadata value move through it as one unit, so
   hard-negative pairs land in the same batch), decodes, picks one caption at random and tokenises. Every
-  random choice comes from an RNG seeded with ``(seed, rank, worker, epoch, purpose)``, so a run is
+  random choice comes from an RNG seeded with ``(seed, modality, rank, worker, epoch, purpose)``, so a run is
   reproducible given its seed and world size, and each epoch draws a fresh stream.
 * **eval** (finite, ordered): every sample is yielded exactly once across all ranks and workers,
   whatever the number of shards: whole shards are dealt to (rank, worker) slots when there are at
@@ -241,7 +241,7 @@ class ShardDataset(IterableDataset):
         """Training units of raw samples: runs of adjacent samples with the same ``group_by`` value, else single
         samples. Several datasets are mixed unit by unit, so a group never interleaves with another set."""
         rank, _, worker, _ = slot
-        base = (self.seed, rank, worker, self.epoch)
+        base = (self.seed, self.modality, rank, worker, self.epoch)
         streams = [
             self._resampled(urls, _rng(*base, "shards", i), skip_log) for i, urls in enumerate(self.datasets)
         ]
@@ -302,7 +302,9 @@ class ShardDataset(IterableDataset):
         # what worker (worker + done) % W of the uninterrupted run would have served next: it plays that
         # worker's stream (its "role": seeds, shards, resume position).
         role = (worker + done) % num_workers
-        base = (self.seed, rank, role, self.epoch)
+        # The modality keeps an image and a video stream of one run apart (with one seed they drew the same
+        # shard indices and shuffles: the i-th image and clip of each batch came from aligned positions).
+        base = (self.seed, self.modality, rank, role, self.epoch)
         first_batch, start = 0, 0
         if self.train:
             units = self._train_raw((rank, world_size, role, num_workers), skip_log)
