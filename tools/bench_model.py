@@ -12,7 +12,9 @@ first step, after backward has freed the activations, so a first step's peak hol
           warm-up's activations (the measured step frees the gradients before its forward, set_to_none)
   act     peak - fixed: a lower bound of the step's activation memory (RSS: noisy for small cases)
   saved   bytes of the tensors autograd saved for backward (weights excluded), counted exactly: the activation
-          memory ratios use this column
+          memory ratios use this column. With gradient checkpointing (cases ``*_gc``) the blocks save nothing
+          through autograd's hooks (their inputs are held by the checkpoint, their activations recomputed in
+          backward): the column then misses the block inputs, and ``act`` is the figure to compare
 
 Time: the measured step. Ratios use the step's CPU time (all threads of the process), which other processes on
 a shared machine disturb far less than wall time; wall time is printed beside it. CPU only (the memory columns
@@ -49,6 +51,7 @@ class Case:
     batch: int = 8
     mask: float = 0.0
     trainable_last: int | None = None
+    grad_checkpointing: bool = False
     preset: str = "vit-b16"
     image_size: int = 256
     warmup: int = 1
@@ -104,6 +107,7 @@ def run_case(case: Case) -> dict:
         model = VideoEncoder(cfg)
         if case.trainable_last is not None:
             model.freeze(trainable_last=case.trainable_last)
+        model.set_grad_checkpointing(case.grad_checkpointing)
 
         def embed(video: torch.Tensor) -> torch.Tensor:
             return model(video, mask_ratio=case.mask)
@@ -198,6 +202,9 @@ def grid(quick: bool, preset: str, image_size: int) -> list[Case]:
     cases += [Case(f"mask0.75_{f}f_b1", frames=f, batch=1, mask=0.75) for f in frames]
     cases += [Case(f"mask0_{f}f_b1", frames=f, batch=1, mask=0.0) for f in ((16,) if quick else (16, 64))]
     cases.append(Case(f"mask0.75_{frames[-1]}f_b1_last4", frames=frames[-1], batch=1, mask=0.75, trainable_last=4))
+    # gradient checkpointing (stage 3 turns it on): memory saved against the recompute's time
+    cases.append(Case(f"mask0_16f_b{b}_gc", batch=b, grad_checkpointing=True))
+    cases.append(Case(f"mask0.75_{frames[-1]}f_b1_gc", frames=frames[-1], batch=1, mask=0.75, grad_checkpointing=True))
     for c in cases:
         c.preset, c.image_size = preset, image_size
     return cases
@@ -226,6 +233,13 @@ def ratios(results: dict[str, dict], quick: bool) -> list[tuple[str, float | Non
          f"{top // 16} +- 25% (linear)"),
         (f"{top}f mask0.75 last-4 trained: peak GiB", results.get(f"mask0.75_{top}f_b1_last4", {}).get("peak_gib"),
          "<= 4"),
+        ("16f mask0: act mem (RSS) plain / grad checkpointing", r(m0, f"{m0}_gc", "act_gib"), "(no target)"),
+        ("16f mask0: step CPU time grad checkpointing / plain", r(f"{m0}_gc", m0, "step_cpu_s"),
+         "(expected ~1.3: one more forward)"),
+        (f"{top}f mask0.75: act mem (RSS) plain / grad checkpointing",
+         r(f"mask0.75_{top}f_b1", f"mask0.75_{top}f_b1_gc", "act_gib"), "(no target)"),
+        (f"{top}f mask0.75: step CPU time grad checkpointing / plain",
+         r(f"mask0.75_{top}f_b1_gc", f"mask0.75_{top}f_b1", "step_cpu_s"), "(expected ~1.3: one more forward)"),
     ]
 
 
@@ -296,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{name:<28}{res['step_s']:>9.2f}{res['step_cpu_s']:>9.2f}{res['peak_gib']:>10.2f}{res['fixed_gib']:>8.2f}"
                   f"{res['act_gib']:>8.2f}{res['saved_gib']:>8.2f}{res['visible_tokens']:>8}{res['tokens_per_s']:>9.0f}")
-        print(f"\n{'ratio':<46}{'value':>8}  target")
+        print(f"\n{'ratio':<58}{'value':>8}  target")
         for label, value, target in rows:
             shown = f"{value:8.2f}" if value is not None else "     n/a"
-            print(f"{label:<46}{shown}  {target}")
+            print(f"{label:<58}{shown}  {target}")
     if args.plot:
         plot(results, args.plot)
     return 0
