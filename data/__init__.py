@@ -39,19 +39,41 @@ def index_videos(root: str | Path, extensions: Iterable[str] = VIDEO_EXTENSIONS)
         ``{stem: path}``; when a stem exists with several extensions the earliest in ``extensions`` wins.
     """
     if not Path(root).is_dir():
-        # os.walk of a missing folder yields nothing: every video would be reported missing, exit 0
+        # a missing folder would list no video: every video reported missing, exit 0
         raise SystemExit(f"--videos {root}: no such folder (an empty one lets --keep-missing write a manifest "
                          "before the download)")
     rank = {ext.lower(): i for i, ext in enumerate(extensions)}
     found: dict[str, tuple[int, Path]] = {}
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            stem, ext = os.path.splitext(name)
+    # Linked sub-folders are followed (split folders linked in from other disks are common) and a folder reached
+    # twice (a link cycle) is read once. A link to a blob that is not there (git-annex or a Hugging Face snapshot
+    # before the fetch) is no video. Name order makes the winner of a stem found in two folders the same on every
+    # machine: the first in a depth-first walk.
+    stack = [os.fspath(root)]
+    seen: set[str] = set()
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            print(f"--videos: cannot read {folder} ({err.strerror}); skipped", file=sys.stderr)
+            continue
+        subfolders = []
+        for item in items:
+            if item.is_dir():
+                subfolders.append(item.path)
+                continue
+            stem, ext = os.path.splitext(item.name)
             r = rank.get(ext.lower())
-            if r is None:
+            if r is None or (item.is_symlink() and not os.path.exists(item.path)):
                 continue
             if stem not in found or r < found[stem][0]:
-                found[stem] = (r, Path(dirpath) / name)
+                found[stem] = (r, Path(item.path))
+        stack.extend(reversed(subfolders))
     return {stem: path for stem, (_r, path) in found.items()}
 
 
@@ -59,10 +81,11 @@ def media_ref(path: str | Path, manifest: str | Path) -> str:
     """Path to write in a manifest: relative to the manifest's folder when the file lies under it.
 
     Relative paths keep a dataset folder movable as a whole; files elsewhere stay absolute so the
-    manifest does not break when only it is moved.
+    manifest does not break when only it is moved. Links are not resolved: a video that is a link to a
+    content-addressed blob (Hugging Face snapshots, git-annex) keeps its own name and extension.
     """
-    path = Path(path).resolve()
-    base = Path(manifest).resolve().parent
+    path = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(manifest)).parent
     try:
         return path.relative_to(base).as_posix()
     except ValueError:

@@ -271,3 +271,27 @@ def test_real_world_annotation_files_bom_short_rows_other_layouts_nested_summari
     entries = howto100m.build_asr_entries(uneven, 0)
     assert [e["video_id"] for e in entries] == ["v2"]
     assert "v1: start, end and text lists of different lengths" in capsys.readouterr().err
+
+
+def test_videos_behind_symlinks_keep_their_names_and_are_found(tmp_path, capsys):
+    # Hugging Face snapshots and git-annex store each video as a link to an extension-less blob, and clusters link
+    # split folders in from other disks: the linked folder was never walked (every video "missing") and the manifest
+    # named the blob ("../blobs/3f2a...", no extension, so make_shards re-encoded every clip) instead of the video.
+    blobs = tmp_path / "blobs"
+    touch(blobs, "3f2a9c", "77b0e1")
+    other_disk = tmp_path / "disk2" / "test_videos"
+    touch(other_disk, "video7725.webm")
+    videos = tmp_path / "ds" / "videos"
+    videos.mkdir(parents=True)
+    (videos / "video9770.mp4").symlink_to(blobs / "3f2a9c")
+    (videos / "video7579.mp4").symlink_to(blobs / "77b0e1")
+    (videos / "linked_split").symlink_to(other_disk, target_is_directory=True)
+    (videos / "loop").symlink_to(videos, target_is_directory=True)  # a link cycle must not hang the walk
+    (videos / "video8938.mp4").symlink_to(blobs / "not_fetched_yet")  # git-annex before `get`: no video
+    out = tmp_path / "ds" / "m.jsonl"
+    rc = msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_JSFUSION_test.csv"), "--videos", str(videos),
+                      "--out", str(out)])
+    assert rc == 0
+    assert [e["video"] for e in read_manifest(out)] == ["videos/video9770.mp4", "videos/video7579.mp4",
+                                                        "videos/linked_split/video7725.webm"]
+    assert "1 videos missing (skipped): video8938" in capsys.readouterr().err
