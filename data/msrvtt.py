@@ -65,10 +65,11 @@ def read_annotation_json(paths: Sequence[str | Path]) -> tuple[dict[str, dict[st
 
     Returns:
         ``(videos, captions)``: video records by ``video_id`` (file order kept) and each video's captions
-        ordered by ``sen_id``.
+        ordered by ``sen_id``. A sentence found in several files (``MSRVTT_data.json`` is the union of the
+        ``*_videodatainfo.json`` files) counts once.
     """
     videos: dict[str, dict[str, Any]] = {}
-    sentences: dict[str, list[tuple[int, str]]] = {}
+    sentences: dict[str, dict[tuple[int, str], None]] = {}  # an ordered set per video
     for path in paths:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -79,7 +80,7 @@ def read_annotation_json(paths: Sequence[str | Path]) -> tuple[dict[str, dict[st
         for sen in data["sentences"]:
             caption = str(sen.get("caption") or "").strip()
             if caption:  # a blank caption is no query
-                sentences.setdefault(sen["video_id"], []).append((int(sen.get("sen_id", 0)), caption))
+                sentences.setdefault(sen["video_id"], {})[(int(sen.get("sen_id", 0)), caption)] = None
     captions = {vid: [c for _, c in sorted(items, key=lambda x: x[0])] for vid, items in sentences.items()}
     return videos, captions
 

@@ -295,3 +295,21 @@ def test_videos_behind_symlinks_keep_their_names_and_are_found(tmp_path, capsys)
     assert [e["video"] for e in read_manifest(out)] == ["videos/video9770.mp4", "videos/video7579.mp4",
                                                         "videos/linked_split/video7725.webm"]
     assert "1 videos missing (skipped): video8938" in capsys.readouterr().err
+
+
+def test_msrvtt_overlapping_annotation_files_do_not_repeat_captions(tmp_path):
+    # MSRVTT_data.json is train_val_videodatainfo.json + test_videodatainfo.json: giving it next to one of them
+    # (the README invites several JSONs) listed every caption of those videos twice (40 "captions" per video).
+    data = json.loads((FIX / "msrvtt/MSRVTT_data.json").read_text(encoding="utf-8"))
+    test_ids = {v["video_id"] for v in data["videos"] if v["split"] == "test"}
+    test_only = {"info": data["info"], "videos": [v for v in data["videos"] if v["video_id"] in test_ids],
+                 "sentences": [s for s in data["sentences"] if s["video_id"] in test_ids]}
+    test_json = tmp_path / "test_videodatainfo.json"
+    test_json.write_text(json.dumps(test_only), encoding="utf-8")
+    videos = tmp_path / "videos"
+    touch(videos, "video9770.mp4")
+    out = tmp_path / "m.jsonl"
+    msrvtt.main(["--annotations", str(FIX / "msrvtt/MSRVTT_JSFUSION_test.csv"), str(FIX / "msrvtt/MSRVTT_data.json"),
+                 str(test_json), "--videos", str(videos), "--out", str(out)])
+    (entry,) = read_manifest(out)
+    assert entry["caption"] == [f"a person plugs a cable into a computer take {k}" for k in range(20)]
