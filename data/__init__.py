@@ -4,25 +4,31 @@ Each module is a script (``python data/<name>.py --help``) with ``main(argv=None
 dataset's official annotation files plus a folder of downloaded videos into a JSONL manifest in the
 project's format (one object a line, ``{"video": ..., "caption": ..., ...}``; see the README, "Data").
 
-This file holds the pieces every builder shares: finding a video by id under a folder, writing the
-manifest with paths relative to its own folder, and the missing-video summary on stderr.
+This file holds the pieces every builder shares: finding a video by id under a folder, reading a JSON object
+too large to load at once, attaching videos to entries, writing the manifest with paths relative to its own
+folder as the entries come (a builder never holds the whole manifest), and the missing-video summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # Order = preference when one id exists with several extensions (mp4 decodes fastest with decord).
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg")
 
 _MISSING_SHOWN = 10
 _CORE_KEYS = ("video", "image", "caption", "start", "end")
+_JSON_SPACE = " \t\n\r"
+_NUMBER_CHARS = "0123456789+-.eE"
+JSON_CHUNK_CHARS = 1 << 20  # characters iter_json_object reads at a time
 
 
 def index_videos(root: str | Path, extensions: Iterable[str] = VIDEO_EXTENSIONS) -> dict[str, Path]:
@@ -77,6 +83,91 @@ def index_videos(root: str | Path, extensions: Iterable[str] = VIDEO_EXTENSIONS)
     return {stem: path for stem, (_r, path) in found.items()}
 
 
+class _JsonReader:
+    """A JSON text read piece by piece: one value at a time is decoded, never the whole file."""
+
+    def __init__(self, f: IO[str], chunk_chars: int) -> None:
+        self.f, self.chunk, self.buf, self.pos, self.eof = f, chunk_chars, "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self, at_least: int) -> bool:
+        data = self.f.read(max(self.chunk, at_least))
+        if not data:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + data
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end of the file)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _JSON_SPACE:
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill(0):
+                return ""
+
+    def take(self, char: str, where: str) -> None:
+        got = self.peek()
+        if got != char:
+            raise ValueError(f"expected {char!r} {where}, got {got or 'the end of the file'!r}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """Decode the next value; a value cut by the end of the buffer is retried with twice as much text."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+                # a number cut by the end of the buffer ("1e" of "1e5") decodes too: take it once a character
+                # that cannot go on a number follows
+                if self.eof or (end < len(self.buf) and self.buf[end] not in _NUMBER_CHARS):
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as err:
+                if self.eof:
+                    raise ValueError(f"{err.msg} ({len(self.buf) - err.pos} characters before the end)") from None
+            self._fill(len(self.buf) - self.pos)
+
+
+def iter_json_object(path: str | Path, chunk_chars: int | None = None) -> Iterator[tuple[str, Any]]:
+    """The ``(key, value)`` pairs of a file holding one JSON object, read piece by piece.
+
+    HowTo100M's ``caption.json`` / ``raw_caption.json`` hold one record per video for 1.2M videos (several GB of
+    text, tens of GB as Python objects): ``json.load`` would exhaust the memory of most machines. Memory here is
+    bounded by the largest single value.
+
+    Args:
+        path: The JSON file (UTF-8, with or without a BOM).
+        chunk_chars: Characters read at a time (default :data:`JSON_CHUNK_CHARS`).
+
+    Yields:
+        Each key and its decoded value, in file order.
+
+    Raises:
+        ValueError: When the file is not one JSON object (with the file name).
+    """
+    with open(path, encoding="utf-8-sig") as f:
+        reader = _JsonReader(f, chunk_chars or JSON_CHUNK_CHARS)
+        try:
+            reader.take("{", "at the start of the file")
+            if reader.peek() == "}":
+                return
+            while True:
+                key = reader.value()
+                if not isinstance(key, str):
+                    raise ValueError(f"expected a key string, got {key!r}")
+                reader.take(":", f"after the key {key!r}")
+                yield key, reader.value()
+                if reader.peek() == "}":
+                    return
+                reader.take(",", f"after the value of {key!r}")
+        except ValueError as err:
+            raise ValueError(f"{path}: not a JSON object: {err}") from None
+
+
 def media_ref(path: str | Path, manifest: str | Path) -> str:
     """Path to write in a manifest: relative to the manifest's folder when the file lies under it.
 
@@ -93,14 +184,23 @@ def media_ref(path: str | Path, manifest: str | Path) -> str:
 
 
 def write_jsonl(entries: Iterable[Mapping[str, Any]], out: str | Path) -> int:
-    """Write one JSON object a line (UTF-8, no ASCII escaping); returns the number of lines."""
+    """Write one JSON object a line (UTF-8, no ASCII escaping); returns the number of lines.
+
+    The lines go to a temporary file renamed at the end, so a build that fails half-way (entries are written as
+    they are produced) leaves no truncated manifest behind.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with out.open("w", encoding="utf-8") as f:
-        for entry in entries:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            n += 1
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for entry in entries:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n
 
 
@@ -123,31 +223,68 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="stop after this many entries (for smoke runs)")
 
 
-def finish(
-    name: str,
-    args: argparse.Namespace,
-    entries: list[dict[str, Any]],
-    missing: list[str],
-    num_videos: int,
-) -> int:
-    """Write the manifest, print the summary on stderr and return the exit code.
+@dataclass
+class VideoTally:
+    """The distinct videos the annotations asked for, and those not found (first-seen order)."""
+
+    asked: set[str] = field(default_factory=set)
+    missing: dict[str, None] = field(default_factory=dict)  # an ordered set
+
+    def add(self, video_id: str, found: bool) -> None:
+        """Count one lookup of ``video_id``."""
+        self.asked.add(video_id)
+        if not found:
+            self.missing.setdefault(video_id)
+
+
+def attach_videos(
+    entries: Iterable[dict[str, Any]],
+    tally: VideoTally,
+    find: Callable[[dict[str, Any]], Path | None],
+    expected: Callable[[dict[str, Any]], Path],
+    keep_missing: bool,
+    key: str = "video_id",
+) -> Iterator[dict[str, Any]]:
+    """Give each entry its video (``"video"`` first); the ones whose video is missing are dropped or kept.
+
+    Args:
+        entries: Entries without a path; ``entry[key]`` names the video.
+        tally: Counts videos asked for and missing.
+        find: The video file of an entry, or ``None``.
+        expected: Where the video of an entry would be (written with ``--keep-missing``).
+        keep_missing: Write entries whose video is missing, at the expected path.
+        key: Field naming the video in the summary.
+
+    Yields:
+        ``{"video": path, **entry}`` without the fields whose value is ``None``.
+    """
+    for entry in entries:
+        path = find(entry)
+        tally.add(str(entry[key]), path is not None)
+        if path is None:
+            if not keep_missing:
+                continue
+            path = expected(entry)
+        yield {"video": str(path), **{k: v for k, v in entry.items() if v is not None}}
+
+
+def finish(name: str, args: argparse.Namespace, entries: Iterable[dict[str, Any]], tally: VideoTally) -> int:
+    """Write the manifest as the entries come, print the summary on stderr and return the exit code.
 
     Args:
         name: Dataset name for the summary line.
-        args: Parsed arguments (uses ``out``, ``strict``, ``limit``).
+        args: Parsed arguments (uses ``out``, ``strict``, ``keep_missing``, ``limit``).
         entries: Manifest entries whose ``"video"`` is an absolute or cwd-relative path; rewritten here
-            relative to the manifest folder.
-        missing: Ids of videos that were not found (each once).
-        num_videos: Number of distinct videos the annotations asked for.
+            relative to the manifest folder. A generator is read only as far as ``--limit`` needs.
+        tally: Filled while ``entries`` is read; with ``--limit`` it covers what was read.
 
     Returns:
         0, or 1 when ``--strict`` and some video is missing.
     """
     if args.limit is not None:
-        entries = entries[: args.limit]
-    for entry in entries:
-        entry["video"] = media_ref(entry["video"], args.out)
-    n = write_jsonl((_core_first(e) for e in entries), args.out)
+        entries = itertools.islice(entries, args.limit)
+    n = write_jsonl((_core_first({**e, "video": media_ref(e["video"], args.out)}) for e in entries), args.out)
+    missing, num_videos = list(tally.missing), len(tally.asked)
     print(f"{name}: wrote {n} entries to {args.out} ({num_videos - len(missing)}/{num_videos} videos found)",
           file=sys.stderr)
     if missing:
@@ -156,4 +293,3 @@ def finish(
         action = "kept" if args.keep_missing else "skipped"
         print(f"{name}: {len(missing)} videos missing ({action}): {shown}{more}", file=sys.stderr)
     return 1 if (args.strict and missing) else 0
-

@@ -22,14 +22,14 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python data/howto100m.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import add_common_args, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, attach_videos, finish, index_videos, iter_json_object  # noqa: E402
 
 _ID_KEYS = ("video_id", "videoid", "id", "video")
 _TEXT_KEYS = ("summary", "caption", "text")
@@ -112,19 +112,29 @@ def read_summaries(path: str | Path) -> dict[str, str]:
     return out
 
 
-def build_asr_entries(captions: dict[str, dict[str, Sequence[Any]]], min_duration: float) -> list[dict[str, Any]]:
-    """One entry per (merged) ASR segment: ``{"id", "video_id", "caption", "start", "end"}``."""
-    entries = []
-    for vid, record in captions.items():
+def build_asr_entries(
+    captions: Mapping[str, Mapping[str, Sequence[Any]]] | Iterable[tuple[str, Mapping[str, Sequence[Any]]]],
+    min_duration: float,
+) -> Iterator[dict[str, Any]]:
+    """One entry per (merged) ASR segment: ``{"id", "video_id", "caption", "start", "end"}``.
+
+    Args:
+        captions: ``{video_id: {"start", "end", "text"}}`` or its ``(video_id, record)`` pairs as
+            :func:`data.iter_json_object` reads them from a file too large to load.
+        min_duration: See :func:`merge_segments`.
+
+    Yields:
+        Entries in file order, one video after the other.
+    """
+    for vid, record in captions.items() if isinstance(captions, Mapping) else captions:
         try:
             segments = asr_segments(record)
-        except ValueError as err:  # one broken record must not stop the build; it is named, not dropped silently
+        except (KeyError, TypeError, ValueError) as err:  # one broken record must not stop the build; it is named
             print(f"howto100m: {vid}: {err}; video skipped", file=sys.stderr)
             continue
         for i, (start, end, text) in enumerate(merge_segments(segments, min_duration)):
-            entries.append({"id": f"{vid}_{i:04d}", "video_id": vid, "caption": text,
-                            "start": round(start, 3), "end": round(end, 3)})
-    return entries
+            yield {"id": f"{vid}_{i:04d}", "video_id": vid, "caption": text,
+                   "start": round(start, 3), "end": round(end, 3)}
 
 
 def build_summary_entries(summaries: dict[str, str]) -> list[dict[str, Any]]:
@@ -145,28 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.captions is not None:
-        with args.captions.open(encoding="utf-8") as f:
-            entries = build_asr_entries(json.load(f), args.min_duration)
+        entries: Iterable[dict[str, Any]] = build_asr_entries(iter_json_object(args.captions), args.min_duration)
     else:
         entries = build_summary_entries(read_summaries(args.summaries))
+    if args.split:
+        entries = ({**e, "split": args.split} for e in entries)
 
     found = index_videos(args.videos)
-    kept: list[dict[str, Any]] = []
-    missing: list[str] = []
-    for entry in entries:
-        vid = entry["video_id"]
-        path = found.get(vid)
-        if path is None:
-            if not missing or missing[-1] != vid:  # entries of one video are contiguous
-                missing.append(vid)
-            if not args.keep_missing:
-                continue
-            path = args.videos / f"{vid}.mp4"
-        if args.split:
-            entry["split"] = args.split
-        kept.append({"video": str(path), **entry})
-    return finish("howto100m", args, kept, missing, num_videos=len({e["video_id"] for e in entries}))
-
+    tally = VideoTally()
+    kept = attach_videos(entries, tally, find=lambda e: found.get(e["video_id"]),
+                         expected=lambda e: args.videos / f"{e['video_id']}.mp4", keep_missing=args.keep_missing)
+    return finish("howto100m", args, kept, tally)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/msrvtt.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import add_common_args, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, attach_videos, finish, index_videos  # noqa: E402
 
 SPLITS = ("train", "validate", "test", "all")
 
@@ -150,17 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = build_entries(csv_rows, videos, captions, split)
 
     found = index_videos(args.videos)
-    kept, missing = [], []
-    for entry in entries:
-        path = found.get(entry["id"])
-        if path is None:
-            missing.append(entry["id"])
-            if not args.keep_missing:
-                continue
-            path = args.videos / f"{entry['id']}.mp4"
-        kept.append({"video": str(path), **entry})
-    return finish("msrvtt", args, kept, missing, num_videos=len(entries))
-
+    tally = VideoTally()
+    kept = attach_videos(entries, tally, find=lambda e: found.get(e["id"]),
+                         expected=lambda e: args.videos / f"{e['id']}.mp4", keep_missing=args.keep_missing, key="id")
+    return finish("msrvtt", args, kept, tally)
 
 if __name__ == "__main__":
     sys.exit(main())

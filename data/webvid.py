@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/webvid.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import add_common_args, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, finish, index_videos  # noqa: E402
 
 _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?T?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 REQUIRED_COLUMNS = ("videoid", "page_dir", "name")
@@ -60,10 +60,53 @@ def find_video(videos: Path, row: dict[str, str], found: dict[str, Path] | None 
     """The row's video under ``videos``: the release's ``page_dir/videoid.mp4`` or flat layout first, else any
     video of that id in any sub-folder and with any extension (``found``, from :func:`data.index_videos`)."""
     vid = row["videoid"].strip()
-    for path in (videos / row["page_dir"].strip() / f"{vid}.mp4", videos / f"{vid}.mp4"):
+    # a row may lack page_dir (the release's own download script drops such rows)
+    for path in (videos / (row.get("page_dir") or "").strip() / f"{vid}.mp4", videos / f"{vid}.mp4"):
         if path.is_file():
             return path
     return (found or {}).get(vid)
+
+
+def build_entries(rows: Iterator[dict[str, str]], videos: Path, tally: VideoTally, keep_missing: bool,
+                  split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Manifest entries of WebVid rows, produced one at a time (``results_10M_train.csv`` has 10.7M rows).
+
+    Args:
+        rows: Rows of a results CSV.
+        videos: The video folder.
+        tally: Counts videos asked for and missing.
+        keep_missing: Write the rows whose video is missing, at the release layout's path.
+        split: Label written into each entry's ``"split"``.
+
+    Yields:
+        ``{"video", "caption", "id", "duration"?, "split"?}`` in CSV order.
+    """
+    seen: set[str] = set()
+    found: dict[str, Path] | None = None
+    for row in rows:
+        vid = (row.get("videoid") or "").strip()
+        caption = (row.get("name") or "").strip()
+        # The 10M CSV lists a few videos twice (re-crawled with a new title): keep the first.
+        if not vid or vid in seen or not caption:
+            continue
+        seen.add(vid)
+        path = find_video(videos, row)
+        if path is None:
+            if found is None:  # one walk of the tree, only once the release layout misses a video
+                found = index_videos(videos)
+            path = find_video(videos, row, found)
+        tally.add(vid, path is not None)
+        if path is None:
+            if not keep_missing:
+                continue
+            path = videos / (row.get("page_dir") or "").strip() / f"{vid}.mp4"
+        entry: dict[str, Any] = {"video": str(path), "caption": caption, "id": vid}
+        duration = parse_duration(row.get("duration") or "")
+        if duration is not None:
+            entry["duration"] = duration
+        if split:
+            entry["split"] = split
+        yield entry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,38 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    kept: list[dict[str, Any]] = []
-    missing: list[str] = []
-    seen: set[str] = set()
-    found: dict[str, Path] | None = None
-    for row in read_rows(args.annotations):
-        vid = row["videoid"].strip()
-        caption = (row.get("name") or "").strip()
-        # The 10M CSV lists a few videos twice (re-crawled with a new title): keep the first.
-        if vid in seen or not caption:
-            continue
-        seen.add(vid)
-        path = find_video(args.videos, row)
-        if path is None:
-            if found is None:  # one walk of the tree, only once the release layout misses a video
-                found = index_videos(args.videos)
-            path = find_video(args.videos, row, found)
-        if path is None:
-            missing.append(vid)
-            if not args.keep_missing:
-                continue
-            path = args.videos / row["page_dir"].strip() / f"{vid}.mp4"
-        entry: dict[str, Any] = {"video": str(path), "caption": caption, "id": vid}
-        duration = parse_duration(row.get("duration", ""))
-        if duration is not None:
-            entry["duration"] = duration
-        if args.split:
-            entry["split"] = args.split
-        kept.append(entry)
-        if args.limit is not None and len(kept) >= args.limit:
-            break
-    return finish("webvid", args, kept, missing, num_videos=len(seen))
-
+    tally = VideoTally()
+    entries = build_entries(read_rows(args.annotations), args.videos, tally, args.keep_missing, args.split)
+    return finish("webvid", args, entries, tally)
 
 if __name__ == "__main__":
     sys.exit(main())

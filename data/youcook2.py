@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/youcook2.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import add_common_args, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, attach_videos, finish, index_videos  # noqa: E402
 
 _SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                   "test": "testing", "testing": "testing", "all": "all"}
@@ -98,23 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = build_entries(database, _SPLIT_ALIASES[args.split], args.mode)
 
     found = index_videos(args.videos)
-    kept: list[dict[str, Any]] = []
-    missing: list[str] = []
-    seen_missing: set[str] = set()
-    for entry in entries:
-        vid = entry["video_id"]
-        path = found.get(vid)
-        if path is None:
-            if vid not in seen_missing:
-                seen_missing.add(vid)
-                missing.append(vid)
-            if not args.keep_missing:
-                continue
-            path = args.videos / str(entry["split"]) / str(entry["recipe_type"]) / f"{vid}.mp4"
-        kept.append({"video": str(path), **{k: v for k, v in entry.items() if v is not None}})
-    num_videos = len({e["video_id"] for e in entries})
-    return finish("youcook2", args, kept, missing, num_videos=num_videos)
-
+    tally = VideoTally()
+    kept = attach_videos(
+        entries, tally, find=lambda e: found.get(e["video_id"]),
+        # the official downloader's layout: raw_videos/{training,validation,testing}/{recipe_type}/{id}.{ext}
+        expected=lambda e: args.videos / str(e["split"]) / str(e["recipe_type"]) / f"{e['video_id']}.mp4",
+        keep_missing=args.keep_missing)
+    return finish("youcook2", args, kept, tally)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -313,3 +313,77 @@ def test_msrvtt_overlapping_annotation_files_do_not_repeat_captions(tmp_path):
                  str(test_json), "--videos", str(videos), "--out", str(out)])
     (entry,) = read_manifest(out)
     assert entry["caption"] == [f"a person plugs a cable into a computer take {k}" for k in range(20)]
+
+
+def test_howto100m_captions_are_streamed_not_loaded(tmp_path, monkeypatch):
+    # raw_caption.json holds 1.2M videos (GBs of text, tens of GB once json.load made Python objects of it): the
+    # builder loaded it whole. Streamed, the peak stays a fraction of the file's own size (pieces of 16k
+    # characters here, 1M by default, so a small file shows it).
+    import tracemalloc
+
+    import data
+
+    monkeypatch.setattr(data, "JSON_CHUNK_CHARS", 1 << 14)
+    captions = tmp_path / "raw_caption.json"
+    with captions.open("w", encoding="utf-8") as f:
+        f.write("{")
+        for v in range(300):
+            times = [round(i * 2.5, 2) for i in range(101)]
+            record = {"start": times[:-1], "end": times[1:], "text": [f"step {i} of video {v}" for i in range(100)]}
+            f.write(("," if v else "") + json.dumps(f"vid{v:05d}") + ":" + json.dumps(record))
+        f.write("}")
+    size = captions.stat().st_size
+    videos = tmp_path / "ht"
+    touch(videos, "vid00007.mp4")
+    out = tmp_path / "asr.jsonl"
+    tracemalloc.start()
+    try:
+        rc = howto100m.main(["--captions", str(captions), "--videos", str(videos), "--out", str(out),
+                             "--min-duration", "10"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 0
+    entries = read_manifest(out)
+    assert len(entries) == 25 and {e["video_id"] for e in entries} == {"vid00007"}
+    assert peak < size / 4, (peak, size)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 1 << 20])
+def test_iter_json_object_matches_json_load_whatever_the_pieces(tmp_path, chunk):
+    from data import iter_json_object
+
+    doc = {"-0AtVtZxX3g": {"start": [0.5, 1e5, -2.25e-3, 12], "end": [1, 2.0, 3, 4],
+                           "text": ['a "quoted" } {, ', "é漢字\n", "", None]},
+           "empty": {}, "list": [], "t": True, "n": None, "big": 1.5e10, "last": "tail"}
+    path = tmp_path / "c.json"
+    path.write_text("\ufeff \n" + json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    assert list(iter_json_object(path, chunk_chars=chunk)) == list(doc.items())
+    path.write_text("{ }", encoding="utf-8")
+    assert list(iter_json_object(path, chunk_chars=chunk)) == []
+
+
+@pytest.mark.parametrize(("text", "message"), [('[{"a": 1}]', "expected '{'"), ('{"a": [1, 2}', "not a JSON object"),
+                                               ('{"a": 1 "b": 2}', "expected ','"), ('{"a": 1', "expected ','"),
+                                               ("", "expected '{'")])
+def test_iter_json_object_names_the_file_when_it_is_not_one_object(tmp_path, text, message):
+    from data import iter_json_object
+
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as err:
+        list(iter_json_object(path, chunk_chars=4))
+    assert "bad.json" in str(err.value)
+
+
+def test_a_build_that_fails_half_way_leaves_no_manifest(tmp_path):
+    from data import write_jsonl
+
+    def entries():
+        yield {"video": "a.mp4", "caption": "a"}
+        raise RuntimeError("broken record")
+
+    out = tmp_path / "m.jsonl"
+    with pytest.raises(RuntimeError):
+        write_jsonl(entries(), out)
+    assert list(tmp_path.iterdir()) == []
