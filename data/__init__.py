@@ -16,7 +16,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -166,6 +166,62 @@ def iter_json_object(path: str | Path, chunk_chars: int | None = None) -> Iterat
                 reader.take(",", f"after the value of {key!r}")
         except ValueError as err:
             raise ValueError(f"{path}: not a JSON object: {err}") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file small enough to load (UTF-8; a BOM, as editors on Windows write it, is accepted)."""
+    with open(path, encoding="utf-8-sig") as f:
+        return json.load(f)
+
+
+def summarise_steps(sentences: Sequence[str]) -> str:
+    """Join step sentences in order into one summary: ``"cut the onion. fry it."``."""
+    steps = [s.strip().rstrip(".").strip() for s in sentences]
+    return " ".join(f"{s}." for s in steps if s)
+
+
+def paragraph_fields(steps: Sequence[tuple[float, float, str]]) -> dict[str, Any]:
+    """Fields of a whole-video entry made of timed steps (YouCook2 full videos, ActivityNet and DiDeMo paragraphs).
+
+    Args:
+        steps: ``(start, end, sentence)`` in time order, sentences not blank.
+
+    Returns:
+        ``{"caption", "summary", "steps", "segments"}``: caption = summary = the sentences joined in order; the
+        steps and their ``[start, end]`` kept for dense captioning and temporal probes.
+    """
+    summary = summarise_steps([text for _, _, text in steps])
+    return {"caption": summary, "summary": summary, "steps": [text.strip() for _, _, text in steps],
+            "segments": [[float(start), float(end)] for start, end, _ in steps]}
+
+
+def qa_entry(question: Any, options: Sequence[Any], answer: Any, qid: str) -> dict[str, Any]:
+    """A multiple-choice record as ``longvivit.captioning.qa.read_qa_jsonl`` reads it (without its video).
+
+    Args:
+        question: The question text.
+        options: Candidate answers in order.
+        answer: Index of the right option (an int or a string of digits), or ``None`` when unknown.
+        qid: The question's id.
+
+    Returns:
+        ``{"question", "options", "answer", "id"}`` (``answer`` left out when unknown).
+
+    Raises:
+        ValueError: For a blank question or option, fewer than 2 options, or an answer that is no index into them.
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("no question")
+    texts = [o.strip() if isinstance(o, str) else "" for o in options]
+    if len(texts) < 2 or not all(texts):
+        raise ValueError(f"needs 2 or more non-blank options, got {list(options)!r}")
+    entry: dict[str, Any] = {"question": question.strip(), "options": texts, "id": qid}
+    if answer is not None:
+        index = answer if type(answer) is int else int(answer) if str(answer).strip().isdigit() else -1
+        if not 0 <= index < len(texts):
+            raise ValueError(f"answer {answer!r} is not an index into {len(texts)} options")
+        entry["answer"] = index
+    return entry
 
 
 def media_ref(path: str | Path, manifest: str | Path) -> str:

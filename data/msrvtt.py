@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/msrvtt.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, attach_videos, finish, index_videos, read_json  # noqa: E402
 
 SPLITS = ("train", "validate", "test", "all")
 
@@ -71,8 +70,7 @@ def read_annotation_json(paths: Sequence[str | Path]) -> tuple[dict[str, dict[st
     videos: dict[str, dict[str, Any]] = {}
     sentences: dict[str, dict[tuple[int, str], None]] = {}  # an ordered set per video
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path)
         if "videos" not in data or "sentences" not in data:
             raise ValueError(f"{path}: not an MSR-VTT annotation file (needs 'videos' and 'sentences')")
         for video in data["videos"]:

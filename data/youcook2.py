@@ -20,7 +20,6 @@ mkv,webm}``; any layout works here because videos are found by id anywhere under
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,16 +28,18 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/youcook2.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos  # noqa: E402
+from data import (  # noqa: E402
+    VideoTally,
+    add_common_args,
+    attach_videos,
+    finish,
+    index_videos,
+    paragraph_fields,
+    read_json,
+)
 
 _SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                   "test": "testing", "testing": "testing", "all": "all"}
-
-
-def summarise_steps(sentences: Sequence[str]) -> str:
-    """Join step sentences in order into one summary: ``"cut the onion. fry it."``."""
-    steps = [s.strip().rstrip(".").strip() for s in sentences]
-    return " ".join(f"{s}." for s in steps if s)
 
 
 def _ordered_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,10 +76,8 @@ def build_entries(database: dict[str, dict[str, Any]], split: str, mode: str) ->
                 entries.append({"id": f"{vid}_{ann.get('id', len(entries))}", "caption": ann["sentence"].strip(),
                                 "start": start, "end": end, **common})
         else:
-            summary = summarise_steps([a["sentence"] for a in steps])
-            entries.append({"id": vid, "caption": summary, "summary": summary,
-                            "steps": [a["sentence"].strip() for a in steps],
-                            "segments": [[float(t) for t in a["segment"]] for a in steps], **common})
+            timed = [(float(a["segment"][0]), float(a["segment"][1]), a["sentence"]) for a in steps]
+            entries.append({"id": vid, **paragraph_fields(timed), **common})
     return entries
 
 
@@ -93,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    with args.annotations.open(encoding="utf-8") as f:
-        database = json.load(f)["database"]
+    database = read_json(args.annotations)["database"]
     entries = build_entries(database, _SPLIT_ALIASES[args.split], args.mode)
 
     found = index_videos(args.videos)

@@ -1,6 +1,7 @@
 """Manifest builders under data/ on fixtures that reproduce the official annotation formats.
 
-The video folders hold placeholder files: the builders only check that a video exists, they never decode.
+The video folders hold placeholder files: the builders only check that a video exists, they never decode
+(tests/test_dataset_builders_more.py covers the evaluation builders).
 """
 
 from __future__ import annotations
@@ -8,33 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from builder_helpers import FIX, ROOT, read_manifest, resolve, touch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `data` is a top-level folder of the repo, not part of the installed package
-    sys.path.insert(0, str(ROOT))
-
-from data import howto100m, msrvtt, webvid, youcook2  # noqa: E402
-
-FIX = Path(__file__).parent / "fixtures"
-
-
-def touch(root: Path, *relpaths: str) -> None:
-    for rel in relpaths:
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x00\x00\x00\x18ftypisom placeholder")
-
-
-def read_manifest(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def resolve(manifest: Path, entry: dict) -> Path:
-    return (manifest.parent / entry["video"]).resolve()
-
+from data import howto100m, msrvtt, webvid, youcook2
 
 # ---------------------------------------------------------------- MSR-VTT
 
