@@ -1,0 +1,82 @@
+"""The evaluation builders under data/ (ActivityNet Captions, VATEX, DiDeMo, EgoSchema, NExT-QA) on small fixtures
+hand-written in each dataset's published format."""
+
+from __future__ import annotations
+
+import pytest
+from builder_helpers import FIX, read_manifest, resolve, touch
+
+from data import activitynet
+
+# ---------------------------------------------------------------- ActivityNet Captions
+
+
+def test_activitynet_paragraphs_join_events_in_time_order_with_or_without_the_v_prefix(tmp_path, capsys):
+    videos = tmp_path / "anet"
+    # the ActivityNet download keeps the v_ prefix, a youtube-dl download does not; v_K6Tm5xHkJ5c is missing
+    touch(videos, "v1-3/train_val/v_uqiMw7tQ1Cc.mp4", "bXdq2zI1Ms0.mkv", "FsS_NCZEfaI.webm")
+    out = tmp_path / "para.jsonl"
+    rc = activitynet.main(["--annotations", str(FIX / "activitynet/val_1.json"), "--videos", str(videos),
+                           "--out", str(out)])
+    assert rc == 0
+    entries = {e["id"]: e for e in read_manifest(out)}
+    assert list(entries) == ["v_uqiMw7tQ1Cc", "v_bXdq2zI1Ms0", "v_FsS_NCZEfaI"]
+    assert entries["v_bXdq2zI1Ms0"]["video"] == "anet/bXdq2zI1Ms0.mkv"
+    assert entries["v_uqiMw7tQ1Cc"]["video"] == "anet/v1-3/train_val/v_uqiMw7tQ1Cc.mp4"
+    mow = entries["v_FsS_NCZEfaI"]
+    # events out of order in the file, padded with spaces, one ending after the video, one without length
+    assert mow["caption"] == mow["summary"] == ("A man is seen speaking to the camera in his yard. A man is cutting "
+                                                "the grass with a lawn mower. He finishes mowing and walks back to "
+                                                "the house.")
+    assert mow["segments"] == [[0.0, 64.51], [64.51, 159.48], [159.48, 226.23]]
+    assert mow["steps"][0] == "A man is seen speaking to the camera in his yard."
+    assert mow["split"] == "val_1" and mow["duration"] == 226.23 and "start" not in mow
+    err = capsys.readouterr().err
+    assert "1 events without a length" in err and "v_K6Tm5xHkJ5c" in err
+
+
+def test_activitynet_two_annotation_passes_give_one_video_two_paragraphs(tmp_path):
+    videos = tmp_path / "anet"
+    touch(videos, "v_uqiMw7tQ1Cc.mp4", "v_bXdq2zI1Ms0.mp4", "v_FsS_NCZEfaI.mp4", "v_K6Tm5xHkJ5c.mp4")
+    out = tmp_path / "para.jsonl"
+    activitynet.main(["--annotations", str(FIX / "activitynet/val_1.json"), str(FIX / "activitynet/val_2.json"),
+                      "--videos", str(videos), "--out", str(out)])
+    entries = {e["id"]: e for e in read_manifest(out)}
+    assert len(entries) == 4  # one entry per video: retrieval must not see a video twice
+    assert entries["v_bXdq2zI1Ms0"]["caption"] == [
+        "Three men are standing on a mat. The man in front begins to do karate on the mat. He gets down on the "
+        "ground and flips around.",
+        "Three men practice karate moves on a blue mat.",
+    ]
+    assert isinstance(entries["v_K6Tm5xHkJ5c"]["caption"], str)
+
+
+def test_activitynet_segments_one_clip_per_event(tmp_path):
+    videos = tmp_path / "anet"
+    touch(videos, "v_uqiMw7tQ1Cc.mp4", "v_FsS_NCZEfaI.mp4")
+    out = tmp_path / "seg.jsonl"
+    rc = activitynet.main(["--annotations", str(FIX / "activitynet/val_1.json"), str(FIX / "activitynet/val_2.json"),
+                           "--mode", "segments", "--videos", str(videos), "--out", str(out), "--strict"])
+    assert rc == 1  # two videos missing
+    entries = read_manifest(out)
+    got = [(e["id"], e["start"], e["end"], e["split"]) for e in entries]
+    assert got == [("v_uqiMw7tQ1Cc_0", 0.28, 55.15, "val_1"), ("v_uqiMw7tQ1Cc_1", 13.79, 54.32, "val_1"),
+                   ("v_FsS_NCZEfaI_0", 0.0, 64.51, "val_1"), ("v_FsS_NCZEfaI_1", 64.51, 159.48, "val_1"),
+                   ("v_FsS_NCZEfaI_2", 159.48, 226.23, "val_1"), ("v_uqiMw7tQ1Cc_2", 0.0, 54.0, "val_2")]
+    assert entries[1]["caption"] == ("The coach helps the guy in red with the proper body placement and lifting "
+                                     "technique.")
+    assert list(entries[0])[:4] == ["video", "caption", "start", "end"]
+    assert all(resolve(out, e).is_file() for e in entries)
+
+
+def test_activitynet_keep_missing_and_a_file_in_another_format(tmp_path):
+    videos = tmp_path / "anet"
+    videos.mkdir()
+    out = tmp_path / "m.jsonl"
+    activitynet.main(["--annotations", str(FIX / "activitynet/val_2.json"), "--videos", str(videos), "--out",
+                      str(out), "--keep-missing", "--limit", "1"])
+    (entry,) = read_manifest(out)
+    assert entry["video"] == "anet/v_uqiMw7tQ1Cc.mp4"
+    with pytest.raises(SystemExit):
+        activitynet.main(["--annotations", str(FIX / "youcook2/youcookii_annotations_trainval.json"),
+                          "--videos", str(videos), "--out", str(out)])
