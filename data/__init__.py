@@ -306,7 +306,8 @@ def attach_videos(
     Args:
         entries: Entries without a path; ``entry[key]`` names the video.
         tally: Counts videos asked for and missing.
-        find: The video file of an entry, or ``None``.
+        find: The video file of an entry, or ``None``; it may add fields to the entry (``start`` / ``end`` when
+            the file found is the longer video the entry is cut from).
         expected: Where the video of an entry would be (written with ``--keep-missing``).
         keep_missing: Write entries whose video is missing, at the expected path.
         key: Field naming the video in the summary.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from builder_helpers import FIX, read_manifest, resolve, touch
 
-from data import activitynet
+from data import activitynet, vatex
 
 # ---------------------------------------------------------------- ActivityNet Captions
 
@@ -80,3 +80,45 @@ def test_activitynet_keep_missing_and_a_file_in_another_format(tmp_path):
     with pytest.raises(SystemExit):
         activitynet.main(["--annotations", str(FIX / "youcook2/youcookii_annotations_trainval.json"),
                           "--videos", str(videos), "--out", str(out)])
+
+
+# ---------------------------------------------------------------- VATEX
+
+
+def test_vatex_trimmed_clips_or_full_videos_cut_by_start_end(tmp_path, capsys):
+    videos = tmp_path / "vatex"
+    # a trimmed clip named by videoID, a full YouTube video named by its id; k_x9LbD2S6c is missing
+    touch(videos, "val/Ptf_2VRj-V0_000122_000132.mp4", "full/-_hbPLsZvvo.webm")
+    out = tmp_path / "vatex_val.jsonl"
+    rc = vatex.main(["--annotations", str(FIX / "vatex/vatex_validation_v1.0.json"), "--videos", str(videos),
+                     "--out", str(out)])
+    assert rc == 0
+    clip, full = read_manifest(out)
+    assert clip["id"] == "Ptf_2VRj-V0_000122_000132" and clip["video"] == "vatex/val/Ptf_2VRj-V0_000122_000132.mp4"
+    assert len(clip["caption"]) == 9 and clip["caption"][8] == "A man plays guitar for a crowd of people."
+    assert all(c.isascii() for c in clip["caption"])  # English only
+    assert "start" not in clip and clip["split"] == "val" and clip["youtube_id"] == "Ptf_2VRj-V0"
+    assert full["video"] == "vatex/full/-_hbPLsZvvo.webm"
+    assert (full["start"], full["end"]) == (19.0, 29.0)
+    assert list(full)[:4] == ["video", "caption", "start", "end"]
+    assert "k_x9LbD2S6c_000000_000010" in capsys.readouterr().err
+
+
+def test_vatex_test_files_english_only_and_private_test_without_captions(tmp_path, capsys):
+    videos = tmp_path / "vatex"
+    touch(videos, "0lh_UWF9ZP4_000062_000072.mp4", "zRkRWQ3X9Zk_000030_000040.mp4")
+    out = tmp_path / "t.jsonl"
+    rc = vatex.main(["--annotations", str(FIX / "vatex/vatex_public_test_english_v1.1.json"),
+                     str(FIX / "vatex/vatex_private_test_without_annotations.json"), "--videos", str(videos),
+                     "--out", str(out), "--strict"])
+    assert rc == 0
+    (entry,) = read_manifest(out)
+    assert entry["split"] == "test" and len(entry["caption"]) == 10
+    assert "2 clips without English captions skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("video_id", "parsed"), [("Ptf_2VRj-V0_000122_000132", ("Ptf_2VRj-V0", 122.0, 132.0)),
+                                                  ("--33Lscn6sk_000004_000014", ("--33Lscn6sk", 4.0, 14.0)),
+                                                  ("a_b_c", None), ("x_000010_000005", None), ("noclip", None)])
+def test_vatex_clip_ids(video_id, parsed):
+    assert vatex.parse_clip_id(video_id) == parsed
