@@ -174,6 +174,43 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def add_annotation_args(parser: argparse.ArgumentParser, files: str) -> None:
+    """``--annotations`` (one or more files, named in ``files``) and ``--split`` (the label of every entry)."""
+    parser.add_argument("--annotations", nargs="+", required=True, type=Path, help=files)
+    parser.add_argument("--split", default=None, help="label written into each entry (default: from the file name)")
+
+
+def read_annotation_files(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    shape: type[dict] | type[list],
+    fields: Sequence[str],
+    label: Callable[[Path], str] = lambda path: path.stem,
+) -> list[tuple[str, Any]]:
+    """Each ``--annotations`` file's split label and decoded JSON.
+
+    Args:
+        parser: For the usage error a file of another dataset gets (checked on its first records).
+        args: Parsed arguments (``annotations``, ``split``).
+        shape: ``dict`` for ``{id: record}`` files, ``list`` for a list of records.
+        fields: Keys every record has.
+        label: Split label of a file when ``--split`` is not given.
+
+    Returns:
+        ``[(split label, data)]`` in the order given.
+    """
+    files = []
+    for path in args.annotations:
+        data = read_json(path)
+        records = data.values() if isinstance(data, dict) else data
+        if not isinstance(data, shape) or not all(isinstance(r, dict) and all(f in r for f in fields)
+                                                  for r in itertools.islice(records, 10)):
+            kind = "{id: record}" if shape is dict else "a list of records"
+            parser.error(f"{path}: not the expected format ({kind} with {', '.join(fields)})")
+        files.append((args.split or label(path), data))
+    return files
+
+
 def summarise_steps(sentences: Sequence[str]) -> str:
     """Join step sentences in order into one summary: ``"cut the onion. fry it."``."""
     steps = [s.strip().rstrip(".").strip() for s in sentences]

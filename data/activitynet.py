@@ -30,7 +30,6 @@ anywhere under ``--videos``: both names are looked up.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,12 +41,13 @@ if __package__ in (None, ""):  # run as `python data/activitynet.py`: the packag
 
 from data import (  # noqa: E402
     VideoTally,
+    add_annotation_args,
     add_common_args,
     attach_videos,
     finish,
     index_videos,
     paragraph_fields,
-    read_json,
+    read_annotation_files,
 )
 
 PREFIX = "v_"
@@ -137,21 +137,12 @@ def build_entries(files: Sequence[tuple[str, Mapping[str, Any]]], mode: str) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build an ActivityNet Captions manifest; see the module docstring. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotations", nargs="+", required=True, type=Path,
-                        help="train.json, val_1.json and/or val_2.json")
+    add_annotation_args(parser, "train.json, val_1.json and/or val_2.json")
     parser.add_argument("--mode", choices=("paragraphs", "segments"), default="paragraphs",
                         help="paragraphs: whole videos, caption = events in time order; segments: one clip per event")
-    parser.add_argument("--split", default=None, help="label written into each entry (default: the file's name)")
     add_common_args(parser)
     args = parser.parse_args(argv)
-
-    files = []
-    for path in args.annotations:
-        data = read_json(path)
-        if not isinstance(data, dict) or not all(isinstance(v, dict) and "sentences" in v
-                                                 for v in itertools.islice(data.values(), 10)):
-            parser.error(f"{path}: not an ActivityNet Captions file ({{'v_<id>': {{'timestamps', 'sentences'}}}})")
-        files.append((args.split or path.stem, data))
+    files = read_annotation_files(parser, args, dict, ("timestamps", "sentences"))
 
     found = index_videos(args.videos)
     tally = VideoTally()

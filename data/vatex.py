@@ -31,7 +31,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/vatex.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos, read_json  # noqa: E402
+from data import (  # noqa: E402
+    VideoTally,
+    add_annotation_args,
+    add_common_args,
+    attach_videos,
+    finish,
+    index_videos,
+    read_annotation_files,
+)
 
 _CLIP_ID = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d+)_(?P<end>\d+)$")
 # a split label from the release's file names
@@ -87,19 +95,11 @@ def build_entries(files: Sequence[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Build a VATEX manifest; see the module docstring. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotations", nargs="+", required=True, type=Path,
-                        help="vatex_training_v1.0.json, vatex_validation_v1.0.json and/or "
-                             "vatex_public_test_english_v1.1.json")
-    parser.add_argument("--split", default=None, help="label written into each entry (default: from the file name)")
+    add_annotation_args(parser, "vatex_training_v1.0.json, vatex_validation_v1.0.json and/or "
+                                "vatex_public_test_english_v1.1.json")
     add_common_args(parser)
     args = parser.parse_args(argv)
-
-    files = []
-    for path in args.annotations:
-        data = read_json(path)
-        if not isinstance(data, list) or not all(isinstance(r, dict) and "videoID" in r for r in data[:10]):
-            parser.error(f"{path}: not a VATEX file (a list of {{'videoID', 'enCap', 'chCap'}})")
-        files.append((args.split or split_of(path), data))
+    files = read_annotation_files(parser, args, list, ("videoID",), label=split_of)
 
     found = index_videos(args.videos)
     tally = VideoTally()
