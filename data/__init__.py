@@ -12,6 +12,7 @@ folder as the entries come (a builder never holds the whole manifest), and the m
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
@@ -174,6 +175,20 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def read_csv_rows(path: str | Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Rows of an annotation CSV as dicts (quoted fields may hold commas and line breaks).
+
+    Raises:
+        ValueError: When the header lacks one of the ``required`` columns (with the file and the header).
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by Excel starts with a BOM
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; header is {reader.fieldnames}")
+        yield from reader
+
+
 def add_annotation_args(parser: argparse.ArgumentParser, files: str) -> None:
     """``--annotations`` (one or more files, named in ``files``) and ``--split`` (the label of every entry)."""
     parser.add_argument("--annotations", nargs="+", required=True, type=Path, help=files)
@@ -252,12 +267,13 @@ def qa_entry(question: Any, options: Sequence[Any], answer: Any, qid: str) -> di
     texts = [o.strip() if isinstance(o, str) else "" for o in options]
     if len(texts) < 2 or not all(texts):
         raise ValueError(f"needs 2 or more non-blank options, got {list(options)!r}")
-    entry: dict[str, Any] = {"question": question.strip(), "options": texts, "id": qid}
+    entry: dict[str, Any] = {"question": question.strip(), "options": texts}
     if answer is not None:
         index = answer if type(answer) is int else int(answer) if str(answer).strip().isdigit() else -1
         if not 0 <= index < len(texts):
             raise ValueError(f"answer {answer!r} is not an index into {len(texts)} options")
         entry["answer"] = index
+    entry["id"] = qid
     return entry
 
 

@@ -7,7 +7,7 @@ Official format (source: WebVid release, https://github.com/m-bain/webvid, ``res
     21179416,https://ak.picdn.net/shutterstock/videos/21179416/preview/stock-footage-....mp4,PT00H00M11S,\
 006001_006050,Aerial shot winter forest
 
-``duration`` is ISO 8601 (``PT00H00M11S``). The reference download script writes
+``duration`` is ISO 8601 (``PT00H00M11S``); names holding commas are quoted. The reference download script writes
 ``{videos}/{page_dir}/{videoid}.mp4``; a flat ``{videos}/{videoid}.mp4`` is accepted as well.
 
     python data/webvid.py --annotations results_2M_val.csv --videos webvid/videos --out webvid_val.jsonl
@@ -16,7 +16,6 @@ Official format (source: WebVid release, https://github.com/m-bain/webvid, ``res
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/webvid.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, finish, index_videos  # noqa: E402
+from data import VideoTally, add_common_args, finish, index_videos, read_csv_rows  # noqa: E402
 
 _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?T?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 REQUIRED_COLUMNS = ("videoid", "page_dir", "name")
@@ -44,16 +43,6 @@ def parse_duration(value: str) -> float | None:
         return None
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
-    """Rows of a WebVid CSV (names with commas are quoted in the release; the csv module handles them)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by Excel starts with a BOM
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing}; header is {reader.fieldnames}")
-        yield from reader
 
 
 def find_video(videos: Path, row: dict[str, str], found: dict[str, Path] | None = None) -> Path | None:
@@ -118,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tally = VideoTally()
-    entries = build_entries(read_rows(args.annotations), args.videos, tally, args.keep_missing, args.split)
+    rows = read_csv_rows(args.annotations, REQUIRED_COLUMNS)
+    entries = build_entries(rows, args.videos, tally, args.keep_missing, args.split)
     return finish("webvid", args, entries, tally)
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ hand-written in each dataset's published format."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from builder_helpers import FIX, read_manifest, resolve, touch
 
-from data import activitynet, vatex
+from data import activitynet, egoschema, nextqa, vatex
 
 # ---------------------------------------------------------------- ActivityNet Captions
 
@@ -122,3 +124,86 @@ def test_vatex_test_files_english_only_and_private_test_without_captions(tmp_pat
                                                   ("a_b_c", None), ("x_000010_000005", None), ("noclip", None)])
 def test_vatex_clip_ids(video_id, parsed):
     assert vatex.parse_clip_id(video_id) == parsed
+
+
+# ---------------------------------------------------------------- EgoSchema (multiple-choice QA)
+
+
+def test_egoschema_questions_with_the_public_answers_read_back_by_the_qa_reader(tmp_path, capsys):
+    from longvivit.captioning.qa import read_qa_jsonl
+
+    videos = tmp_path / "egoschema" / "videos"
+    touch(videos, "0074f737-11cb-497d-8d07-77c3a8127391.mp4", "00b9a0de-c59e-49cb-a127-6081e2fb8c8e.mp4",
+          "001934bb-81bd-4cd8-a574-0472ef3f6678.mp4")
+    out = tmp_path / "egoschema" / "all.jsonl"
+    rc = egoschema.main(["--questions", str(FIX / "egoschema/questions.json"), "--answers",
+                         str(FIX / "egoschema/subset_answers.json"), "--videos", str(videos), "--out", str(out)])
+    assert rc == 0
+    lines = read_manifest(out)
+    assert [line.get("answer") for line in lines] == [3, 4, None]  # outside the public subset: no answer
+    assert lines[0] == {"video": "videos/0074f737-11cb-497d-8d07-77c3a8127391.mp4",
+                        "question": "Taking into account all the actions performed by c, what can you deduce "
+                                    "about the primary objective and focus within the video content?",
+                        "options": ["C is cooking.", "C is doing laundry.", "C is cleaning the kitchen.",
+                                    "C is cleaning dishes.", "C is cleaning the bathroom."],
+                        "id": "0074f737-11cb-497d-8d07-77c3a8127391", "answer": 3}
+    assert "005651d6-f710-4909-b76d-acf7306fb72a: no question; skipped" in capsys.readouterr().err
+    items = read_qa_jsonl(out)
+    assert [i.answer for i in items] == [3, 4, None] and len(items[1].options) == 5
+    assert all(Path(i.video).is_file() for i in items) and items[2].key == "001934bb-81bd-4cd8-a574-0472ef3f6678"
+
+
+def test_egoschema_subset_keeps_the_answered_questions(tmp_path):
+    videos = tmp_path / "v"
+    touch(videos, "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
+    out = tmp_path / "subset.jsonl"
+    rc = egoschema.main(["--questions", str(FIX / "egoschema/questions.json"), "--answers",
+                         str(FIX / "egoschema/subset_answers.json"), "--subset", "--videos", str(videos),
+                         "--out", str(out), "--keep-missing", "--strict"])
+    assert rc == 1
+    lines = read_manifest(out)
+    assert [line["id"] for line in lines] == ["0074f737-11cb-497d-8d07-77c3a8127391",
+                                             "00b9a0de-c59e-49cb-a127-6081e2fb8c8e"]
+    assert lines[1]["video"] == "v/00b9a0de-c59e-49cb-a127-6081e2fb8c8e.mp4"
+    with pytest.raises(SystemExit):
+        egoschema.main(["--questions", str(FIX / "egoschema/questions.json"), "--subset", "--videos", str(videos),
+                        "--out", str(out)])
+
+
+# ---------------------------------------------------------------- NExT-QA (multiple-choice QA)
+
+
+def test_nextqa_multiple_choice_with_the_video_map(tmp_path, capsys):
+    from longvivit.captioning.qa import read_qa_jsonl
+
+    videos = tmp_path / "NExTVideo"
+    touch(videos, "1025/4010069381.mp4", "0030/4882821564.mp4", "1101/7508439506.mp4")
+    out = tmp_path / "nextqa_val.jsonl"
+    rc = nextqa.main(["--annotations", str(FIX / "nextqa/val.csv"), "--map", str(FIX / "nextqa/map_vid_vidorID.json"),
+                      "--videos", str(videos), "--out", str(out)])
+    assert rc == 0
+    lines = read_manifest(out)
+    assert [(line["id"], line["answer"], line["type"]) for line in lines] == [
+        ("4010069381_6", 2, "CH"), ("4010069381_3", 0, "CW"), ("4882821564_1", 1, "TN"), ("7508439506_4", 4, "DL")]
+    assert lines[0]["video"] == "NExTVideo/1025/4010069381.mp4"
+    assert lines[2]["options"][1] == "walk to the sofa, then sit"  # a quoted comma stays in its option
+    assert lines[0]["video_id"] == "4010069381" and lines[0]["qid"] == "6"
+    err = capsys.readouterr().err
+    assert "7508439506_5: answer '7' is not an index into 5 options" in err
+    assert "6018490041_6: needs 2 or more non-blank options" in err
+    assert len(read_qa_jsonl(out)) == 4
+
+
+def test_nextqa_answers_given_as_text_and_keep_missing_at_the_mapped_path(tmp_path):
+    # NExT-GQA's CSVs give the answer as the option's text
+    gqa = tmp_path / "train.csv"
+    gqa.write_text("video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n"
+                   "4882821564,2697,640,480,why did the boy pick up the present,Unwrap  it,1,CW,share with the girl,"
+                   "approach the lady,unwrap it,play with the train,gesture\n", encoding="utf-8")
+    videos = tmp_path / "NExTVideo"
+    videos.mkdir()
+    out = tmp_path / "q.jsonl"
+    nextqa.main(["--annotations", str(gqa), "--map", str(FIX / "nextqa/map_vid_vidorID.json"), "--videos",
+                 str(videos), "--out", str(out), "--keep-missing"])
+    (line,) = read_manifest(out)
+    assert line["answer"] == 2 and line["video"] == "NExTVideo/0030/4882821564.mp4"
