@@ -277,6 +277,11 @@ def qa_entry(question: Any, options: Sequence[Any], answer: Any, qid: str) -> di
     return entry
 
 
+def first_found(found: Mapping[str, Path], names: Iterable[str]) -> Path | None:
+    """The video of the first of ``names`` (file stems a dataset's videos go by) in an :func:`index_videos` map."""
+    return next((found[name] for name in names if name in found), None)
+
+
 def media_ref(path: str | Path, manifest: str | Path) -> str:
     """Path to write in a manifest: relative to the manifest's folder when the file lies under it.
 

@@ -45,6 +45,7 @@ from data import (  # noqa: E402
     add_common_args,
     attach_videos,
     finish,
+    first_found,
     index_videos,
     paragraph_fields,
     read_annotation_files,
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tally = VideoTally()
     kept = attach_videos(
         build_entries(files, args.mode), tally,
-        find=lambda e: next((found[n] for n in video_names(e["video_id"]) if n in found), None),
+        find=lambda e: first_found(found, video_names(e["video_id"])),
         expected=lambda e: args.videos / f"{e['video_id']}.mp4", keep_missing=args.keep_missing)
     return finish("activitynet", args, kept, tally)
 

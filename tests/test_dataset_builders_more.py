@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from builder_helpers import FIX, read_manifest, resolve, touch
 
-from data import activitynet, egoschema, nextqa, vatex
+from data import activitynet, didemo, egoschema, nextqa, vatex
 
 # ---------------------------------------------------------------- ActivityNet Captions
 
@@ -124,6 +124,49 @@ def test_vatex_test_files_english_only_and_private_test_without_captions(tmp_pat
                                                   ("a_b_c", None), ("x_000010_000005", None), ("noclip", None)])
 def test_vatex_clip_ids(video_id, parsed):
     assert vatex.parse_clip_id(video_id) == parsed
+
+
+# ---------------------------------------------------------------- DiDeMo
+
+
+def test_didemo_paragraphs_in_moment_order_whatever_the_video_file_is_called(tmp_path, capsys):
+    videos = tmp_path / "didemo"
+    # the AWS download script appends .mp4 to the Flickr name; a Flickr download keeps the original .avi
+    touch(videos, "54445519@N00_2495737481_9cf5b6e23f.mov.mp4", "flickr/10298573@N06_6530945397_1a153ab3e7.avi")
+    out = tmp_path / "para.jsonl"
+    rc = didemo.main(["--annotations", str(FIX / "didemo/test_data.json"), "--videos", str(videos), "--out", str(out)])
+    assert rc == 0
+    girl, dog = read_manifest(out)
+    assert girl["id"] == "54445519@N00_2495737481_9cf5b6e23f" and girl["split"] == "test"
+    assert girl["video"] == "didemo/54445519@N00_2495737481_9cf5b6e23f.mov.mp4"
+    assert girl["caption"] == ("a girl climbs onto the bed. the girl jumps off the bed. the camera pans to the "
+                               "window.")
+    assert girl["segments"] == [[0.0, 10.0], [15.0, 20.0], [25.0, 30.0]]  # the pair most annotators chose
+    assert dog["video"] == "didemo/flickr/10298573@N06_6530945397_1a153ab3e7.avi"
+    assert dog["caption"] == "a dog runs across the yard." and dog["segments"] == [[5.0, 15.0]]  # a tie: the first
+    err = capsys.readouterr().err
+    assert "1 annotations without a video, description or valid times" in err
+    assert "24662369@N07_4505539716_acafca9298.mp4" in err
+
+
+def test_didemo_segments_keep_the_annotators_times(tmp_path):
+    videos = tmp_path / "didemo"
+    videos.mkdir()
+    out = tmp_path / "seg.jsonl"
+    didemo.main(["--annotations", str(FIX / "didemo/test_data.json"), "--mode", "segments", "--videos", str(videos),
+                 "--out", str(out), "--keep-missing"])
+    entries = read_manifest(out)
+    assert [(e["id"], e["start"], e["end"]) for e in entries] == [
+        ("3170", 15.0, 20.0), ("3171", 0.0, 10.0), ("3172", 25.0, 30.0), ("4410", 5.0, 15.0), ("5120", 0.0, 5.0)]
+    assert entries[0]["times"] == [[3, 3], [3, 3], [2, 3], [3, 3]]
+    assert entries[3]["video"] == "didemo/10298573@N06_6530945397_1a153ab3e7.avi"
+
+
+@pytest.mark.parametrize(("times", "span"), [([[3, 3], [3, 3], [2, 3], [3, 3]], (15.0, 20.0)),
+                                             ([[1, 2], [0, 2], [0, 2], [1, 2]], (5.0, 15.0)),
+                                             ([[2, 1], [4, 4]], (20.0, 25.0)), ([], None), ([["a", 1]], None)])
+def test_didemo_moment_of_the_annotators(times, span):
+    assert didemo.moment(times) == span
 
 
 # ---------------------------------------------------------------- EgoSchema (multiple-choice QA)
