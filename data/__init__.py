@@ -383,6 +383,38 @@ def attach_videos(
         yield {"video": str(path), **{k: v for k, v in entry.items() if v is not None}}
 
 
+def build_manifest(
+    name: str,
+    args: argparse.Namespace,
+    entries: Iterable[dict[str, Any]],
+    key: str = "video_id",
+    find: Callable[[dict[str, Any], Mapping[str, Path]], Path | None] | None = None,
+    expected: Callable[[dict[str, Any]], Path] | None = None,
+) -> int:
+    """Find each entry's video under ``--videos``, write the manifest and the summary; the exit code.
+
+    Args:
+        name: Dataset name for the summary line.
+        args: Parsed common arguments (:func:`add_common_args`).
+        entries: Entries without a path; ``entry[key]`` names the video.
+        key: Field naming the video.
+        find: The video of an entry given the :func:`index_videos` map of ``--videos`` (default: the file whose
+            stem is ``entry[key]``); it may add fields to the entry, as in :func:`attach_videos`.
+        expected: Where a missing video would be (default: ``--videos/<entry[key]>.mp4``).
+
+    Returns:
+        0, or 1 when ``--strict`` and some video is missing.
+    """
+    found = index_videos(args.videos)
+    tally = VideoTally()
+    kept = attach_videos(
+        entries, tally,
+        find=(lambda e: found.get(str(e[key]))) if find is None else (lambda e: find(e, found)),
+        expected=expected or (lambda e: args.videos / f"{e[key]}.mp4"),
+        keep_missing=args.keep_missing, key=key)
+    return finish(name, args, kept, tally)
+
+
 def finish(name: str, args: argparse.Namespace, entries: Iterable[dict[str, Any]], tally: VideoTally) -> int:
     """Write the manifest as the entries come, print the summary on stderr and return the exit code.
 

@@ -40,13 +40,10 @@ if __package__ in (None, ""):  # run as `python data/activitynet.py`: the packag
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data import (  # noqa: E402
-    VideoTally,
     add_annotation_args,
     add_common_args,
-    attach_videos,
-    finish,
+    build_manifest,
     first_found,
-    index_videos,
     paragraph_fields,
     read_annotation_files,
 )
@@ -145,13 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = read_annotation_files(parser, args, dict, ("timestamps", "sentences"))
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-    kept = attach_videos(
-        build_entries(files, args.mode), tally,
-        find=lambda e: first_found(found, video_names(e["video_id"])),
-        expected=lambda e: args.videos / f"{e['video_id']}.mp4", keep_missing=args.keep_missing)
-    return finish("activitynet", args, kept, tally)
+    return build_manifest("activitynet", args, build_entries(files, args.mode),
+                          find=lambda e, found: first_found(found, video_names(e["video_id"])))
 
 
 if __name__ == "__main__":

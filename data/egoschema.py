@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/egoschema.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos, qa_entry, read_json  # noqa: E402
+from data import add_common_args, build_manifest, qa_entry, read_json  # noqa: E402
 
 _OPTION = re.compile(r"^option (\d+)$")
 
@@ -88,12 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.subset and not answers:
         parser.error("--subset needs --answers")
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-    kept = attach_videos(build_entries(questions, answers, args.subset), tally,
-                         find=lambda e: found.get(e["id"]), expected=lambda e: args.videos / f"{e['id']}.mp4",
-                         keep_missing=args.keep_missing, key="id")
-    return finish("egoschema", args, kept, tally)
+    return build_manifest("egoschema", args, build_entries(questions, answers, args.subset), key="id")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/howto100m.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos, iter_json_object  # noqa: E402
+from data import add_common_args, build_manifest, iter_json_object  # noqa: E402
 
 _ID_KEYS = ("video_id", "videoid", "id", "video")
 _TEXT_KEYS = ("summary", "caption", "text")
@@ -161,11 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.split:
         entries = ({**e, "split": args.split} for e in entries)
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-    kept = attach_videos(entries, tally, find=lambda e: found.get(e["video_id"]),
-                         expected=lambda e: args.videos / f"{e['video_id']}.mp4", keep_missing=args.keep_missing)
-    return finish("howto100m", args, kept, tally)
+    return build_manifest("howto100m", args, entries)
+
 
 if __name__ == "__main__":
     sys.exit(main())

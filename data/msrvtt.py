@@ -33,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/msrvtt.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import VideoTally, add_common_args, attach_videos, finish, index_videos, read_json  # noqa: E402
+from data import add_common_args, build_manifest, read_json  # noqa: E402
 
 SPLITS = ("train", "validate", "test", "all")
 
@@ -147,11 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.split if (args.split or csv_rows is not None) else "test"
     entries = build_entries(csv_rows, videos, captions, split)
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-    kept = attach_videos(entries, tally, find=lambda e: found.get(e["id"]),
-                         expected=lambda e: args.videos / f"{e['id']}.mp4", keep_missing=args.keep_missing, key="id")
-    return finish("msrvtt", args, kept, tally)
+    return build_manifest("msrvtt", args, entries, key="id")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,16 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/nextqa.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import (  # noqa: E402
-    VideoTally,
-    add_common_args,
-    attach_videos,
-    finish,
-    index_videos,
-    qa_entry,
-    read_csv_rows,
-    read_json,
-)
+from data import add_common_args, build_manifest, qa_entry, read_csv_rows, read_json  # noqa: E402
 
 OPTION_COLUMNS = ("a0", "a1", "a2", "a3", "a4")
 REQUIRED_COLUMNS = ("video", "question", "answer", "qid", *OPTION_COLUMNS)
@@ -90,18 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     where: dict[str, str] = {str(k): str(v) for k, v in read_json(args.map).items()} if args.map else {}
-    found = index_videos(args.videos)
-
-    def find(entry: dict[str, Any]) -> Path | None:
-        # the map names the file (<folder>/<vidor id>); its stem is what the index knows
-        return found.get(Path(where.get(entry["video_id"], entry["video_id"])).name)
-
-    tally = VideoTally()
-    kept = attach_videos(
-        build_entries(read_csv_rows(args.annotations, REQUIRED_COLUMNS)), tally, find=find,
-        expected=lambda e: args.videos / f"{where.get(e['video_id'], e['video_id'])}.mp4",
-        keep_missing=args.keep_missing)
-    return finish("nextqa", args, kept, tally)
+    # the map names the file (<folder>/<vidor id>); its stem is what the index knows
+    return build_manifest(
+        "nextqa", args, build_entries(read_csv_rows(args.annotations, REQUIRED_COLUMNS)),
+        find=lambda e, found: found.get(Path(where.get(e["video_id"], e["video_id"])).name),
+        expected=lambda e: args.videos / f"{where.get(e['video_id'], e['video_id'])}.mp4")
 
 
 if __name__ == "__main__":

@@ -24,22 +24,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python data/vatex.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import (  # noqa: E402
-    VideoTally,
-    add_annotation_args,
-    add_common_args,
-    attach_videos,
-    finish,
-    index_videos,
-    read_annotation_files,
-)
+from data import add_annotation_args, add_common_args, build_manifest, read_annotation_files  # noqa: E402
 
 _CLIP_ID = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d+)_(?P<end>\d+)$")
 # a split label from the release's file names
@@ -101,10 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = read_annotation_files(parser, args, list, ("videoID",), label=split_of)
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-
-    def find(entry: dict[str, Any]) -> Path | None:
+    def find(entry: dict[str, Any], found: Mapping[str, Path]) -> Path | None:
         # the trimmed clip first; the full video next, cut by start/end at shard time
         if entry["id"] in found:
             return found[entry["id"]]
@@ -113,9 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry.update(start=entry["clip_start"], end=entry["clip_end"])
         return full
 
-    kept = attach_videos(build_entries(files), tally, find=find, expected=lambda e: args.videos / f"{e['id']}.mp4",
-                         keep_missing=args.keep_missing, key="id")
-    return finish("vatex", args, kept, tally)
+    return build_manifest("vatex", args, build_entries(files), key="id", find=find)
 
 
 if __name__ == "__main__":

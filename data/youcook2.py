@@ -28,15 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data/youcook2.py`: the package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import (  # noqa: E402
-    VideoTally,
-    add_common_args,
-    attach_videos,
-    finish,
-    index_videos,
-    paragraph_fields,
-    read_json,
-)
+from data import add_common_args, build_manifest, paragraph_fields, read_json  # noqa: E402
 
 _SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                   "test": "testing", "testing": "testing", "all": "all"}
@@ -95,14 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     database = read_json(args.annotations)["database"]
     entries = build_entries(database, _SPLIT_ALIASES[args.split], args.mode)
 
-    found = index_videos(args.videos)
-    tally = VideoTally()
-    kept = attach_videos(
-        entries, tally, find=lambda e: found.get(e["video_id"]),
-        # the official downloader's layout: raw_videos/{training,validation,testing}/{recipe_type}/{id}.{ext}
-        expected=lambda e: args.videos / str(e["split"]) / str(e["recipe_type"]) / f"{e['video_id']}.mp4",
-        keep_missing=args.keep_missing)
-    return finish("youcook2", args, kept, tally)
+    # the official downloader's layout: raw_videos/{training,validation,testing}/{recipe_type}/{id}.{ext}
+    return build_manifest("youcook2", args, entries, expected=lambda e: (
+        args.videos / str(e["split"]) / str(e["recipe_type"]) / f"{e['video_id']}.mp4"))
+
 
 if __name__ == "__main__":
     sys.exit(main())
