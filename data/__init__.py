@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-# Order = preference when one id exists with several extensions (mp4 decodes fastest with decord).
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg")
+# Order = preference when one id exists with several extensions (mp4 decodes fastest with decord). The tail is
+# what phones and camcorders uploaded to Flickr (DiDeMo keeps the original files).
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg",
+                                     ".3gp", ".wmv", ".mts", ".m2ts", ".ogv")
 
 _MISSING_SHOWN = 10
 _CORE_KEYS = ("video", "image", "caption", "start", "end")

@@ -3,6 +3,7 @@ hand-written in each dataset's published format."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,20 @@ def test_didemo_segments_keep_the_annotators_times(tmp_path):
         ("3170", 15.0, 20.0), ("3171", 0.0, 10.0), ("3172", 25.0, 30.0), ("4410", 5.0, 15.0), ("5120", 0.0, 5.0)]
     assert entries[0]["times"] == [[3, 3], [3, 3], [2, 3], [3, 3]]
     assert entries[3]["video"] == "didemo/10298573@N06_6530945397_1a153ab3e7.avi"
+
+
+def test_didemo_videos_in_phone_and_camcorder_formats(tmp_path):
+    annotations = tmp_path / "val_data.json"
+    annotations.write_text(json.dumps([
+        {"annotation_id": 1, "description": "a boat passes", "video": "36721326@N00_3253225426_1ea0f3a3cb.3gp",
+         "times": [[0, 1]] * 4, "download_link": "", "num_segments": 6},
+        {"annotation_id": 2, "description": "kids wave", "video": "51035553780@N01_3860274631_9a419b7b8b.MTS",
+         "times": [[2, 2]] * 4, "download_link": "", "num_segments": 6}]), encoding="utf-8")
+    videos = tmp_path / "v"
+    touch(videos, "36721326@N00_3253225426_1ea0f3a3cb.3gp", "51035553780@N01_3860274631_9a419b7b8b.MTS")
+    out = tmp_path / "m.jsonl"
+    assert didemo.main(["--annotations", str(annotations), "--videos", str(videos), "--out", str(out), "--strict"]) == 0
+    assert [e["split"] for e in read_manifest(out)] == ["val", "val"]
 
 
 @pytest.mark.parametrize(("times", "span"), [([[3, 3], [3, 3], [2, 3], [3, 3]], (15.0, 20.0)),
