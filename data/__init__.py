@@ -1,4 +1,5 @@
-"""Manifest builders for public video-text datasets (MSR-VTT, YouCook2, WebVid, HowTo100M).
+"""Manifest builders for public video-text datasets (MSR-VTT, YouCook2, WebVid, HowTo100M, ActivityNet Captions,
+VATEX, DiDeMo) and multiple-choice QA files (EgoSchema, NExT-QA).
 
 Each module is a script (``python data/<name>.py --help``) with ``main(argv=None) -> int`` that turns the
 dataset's official annotation files plus a folder of downloaded videos into a JSONL manifest in the
