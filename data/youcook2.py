@@ -20,6 +20,7 @@ mkv,webm}``; any layout works here because videos are found by id anywhere under
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    database = read_json(args.annotations)["database"]
+    data = read_json(args.annotations)
+    database = data.get("database") if isinstance(data, dict) else None
+    if not isinstance(database, dict) or not all(isinstance(r, dict) and "annotations" in r and "subset" in r
+                                                 for r in itertools.islice(database.values(), 10)):
+        parser.error(f"{args.annotations}: not the YouCook2 format ({{\"database\": {{id: record}}}} with "
+                     "annotations, subset)")
     entries = build_entries(database, _SPLIT_ALIASES[args.split], args.mode)
 
     # the official downloader's layout: raw_videos/{training,validation,testing}/{recipe_type}/{id}.{ext}

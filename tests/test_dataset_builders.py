@@ -366,3 +366,12 @@ def test_a_build_that_fails_half_way_leaves_no_manifest(tmp_path):
     with pytest.raises(RuntimeError):
         write_jsonl(entries(), out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_youcook2_names_a_file_of_another_dataset(tmp_path, capsys):
+    """An ActivityNet file (or any JSON without YouCook2's "database") is a usage error, not a bare KeyError."""
+    other = tmp_path / "val_1.json"
+    other.write_text(json.dumps({"v_x": {"duration": 3.0, "timestamps": [[0, 1]], "sentences": ["a"]}}))
+    with pytest.raises(SystemExit) as exit_info:
+        youcook2.main(["--annotations", str(other), "--videos", str(tmp_path), "--out", str(tmp_path / "m.jsonl")])
+    assert exit_info.value.code == 2 and "not the YouCook2 format" in capsys.readouterr().err
