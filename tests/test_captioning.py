@@ -263,6 +263,31 @@ def test_a_videos_inference_mask_does_not_depend_on_its_place(parts, make_video,
     assert rows[0]["scores"] == rows[1]["scores"]
 
 
+def test_a_video_files_mask_follows_its_content_not_how_its_path_is_spelled(parts, make_video, tmp_path,
+                                                                            monkeypatch):
+    # The mask was seeded with the path as typed: `caption --video a.mp4`, `./a.mp4`, its absolute path, a copy on
+    # another machine, or a QA file read from another folder each gave the same video another mask (and caption).
+    import shutil
+
+    from longvivit.captioning.qa import QAItem, evaluate_qa
+
+    model = make_model(parts)
+    open_gates(model)
+    clip = make_video("q.mp4", num_frames=16, fps=8.0)
+    copy = tmp_path / "elsewhere" / "renamed.mp4"
+    copy.parent.mkdir()
+    shutil.copy(clip, copy)
+    monkeypatch.chdir(tmp_path)
+    pre = PreprocessConfig(num_frames=4, fps=2.0, image_size=32)
+    spellings = ["q.mp4", "./q.mp4", str(clip), str(copy)]
+    items = [QAItem(key=str(i), video=v, question="what moves?", options=["a square", "a rabbit"])
+             for i, v in enumerate(spellings)]
+    rows = evaluate_qa(model, items, pre, mask_ratio=0.5)["items"]
+    assert all(r["scores"] == rows[0]["scores"] for r in rows), [r["scores"] for r in rows]
+    other = evaluate_qa(model, items[:1], pre, mask_ratio=0.5, seed=1)["items"]
+    assert other[0]["scores"] != rows[0]["scores"], "the seed still changes the mask"
+
+
 # ------------------------------------------------------------------------------------------ QA
 def test_qa_accuracy_counts_matches():
     assert qa_accuracy([0, 2, 1, 1], [0, 1, 1, 3]) == 50.0

@@ -75,7 +75,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
 
-    from longvivit.captioning.model import video_generator
+    from longvivit.captioning.model import file_generator
     from longvivit.data.decode import DecodeError, decode_video_file
 
     captions: dict[str, str] = {}
@@ -88,7 +88,7 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
             log.warning("skipped %s", e)
             continue
         dev = next(model.resampler.parameters()).device
-        gen = video_generator(args.seed, path)
+        gen = file_generator(args.seed, path)
         caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
                                  args.beams, args.mask_ratio, gen, args.prompt)[0]
         captions[path] = caption

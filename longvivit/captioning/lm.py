@@ -40,10 +40,8 @@ def _gguf_cache_path(folder: str, gguf_file: str) -> Path:
     # and a key with it left one ~500 MB conversion behind per install. Hashing ~100 MB takes a fraction of a
     # second against the ~40 s conversion it saves.
     path = Path(folder) / gguf_file
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(f, "sha256")
     return lm_cache_dir() / "lm" / f"{path.stem}-{digest.hexdigest()[:16]}"
 
 

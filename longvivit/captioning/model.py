@@ -98,10 +98,20 @@ class CaptionerConfig:
 
 
 def video_generator(seed: int, name: str) -> torch.Generator:
-    """The mask RNG of one video at inference, from the seed and the video's name (path or key) only: a video
+    """The mask RNG of one video at inference, from the seed and the video's name (shard key) only: a video
     gets the same mask whichever place it has among the inputs or in a batch."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def file_generator(seed: int, path: str | Path) -> torch.Generator:
+    """The mask RNG of a video file, from the seed and the file's content.
+
+    Not from the path: ``a.mp4``, ``./a.mp4``, its absolute path or a copy elsewhere are the same video and get
+    the same mask (and so the same caption or QA scores) from any working directory or machine.
+    """
+    with Path(path).open("rb") as f:
+        return video_generator(seed, hashlib.file_digest(f, "sha256").hexdigest())
 
 
 def load_encoder(

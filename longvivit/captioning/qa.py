@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longvivit.captioning.model import VideoToText, video_generator
+from longvivit.captioning.model import VideoToText, file_generator
 from longvivit.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def evaluate_qa(
             skipped.append({"id": item.key, "video": item.video, "reason": str(err)})
             log.warning("question %s skipped: %s", item.key, err)
             continue
-        gen = video_generator(seed, item.video)  # the same video's mask whatever the question's place
+        gen = file_generator(seed, item.video)  # the same video's mask whatever the question's place or path
         scores = option_scores(
             model, video, item.question, item.options, nvf, template, normalize, mask_ratio, gen
         )  # (K,)
