@@ -78,6 +78,12 @@ def test_better_caption_scores_higher():
         ("mr. smith is gonna leave at 5 p.m.", "mr. smith is gon na leave at 5 p.m."),
         ("50% off #1 item", "50 % off # 1 item"),
         ("café déjà vu", "café déjà vu"),
+        # Unicode an LM writes (curly apostrophes and quotes, dashes, ellipsis, emoji) is normalised by PTB first
+        ("The dog’s ball… it’ll don’t", "the dog 's ball it 'll do n't"),
+        ("she said “hi” and ‘bye’ «ok»", "she said hi and bye ok"),
+        ("a man — running – fast", "a man running fast"),
+        ("wow!! what?! 😀 a ❤️ b", "wow !! what ?! a ❤ b"),
+        ("price €5 or £3", "price $ 5 or # 3"),
     ],
 )
 def test_simple_tokenizer_matches_ptb_outputs(raw, tokens):

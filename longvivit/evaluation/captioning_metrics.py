@@ -26,9 +26,18 @@ _TOKEN = re.compile(
     r"|\d+(?:[.,:]\d+)+"  # 3.5 1,000 10:30
     r"|n't|'(?:s|re|ll|ve|m|d)\b"  # contractions, already split off by _CONTRACTION
     r"|[^\W_]+(?:[-'/&_.][^\W_]+)*"  # well-known o'neil km/h at&t café (any Unicode letters/digits)
-    r"|\.\.\.|--|\S"  # any other symbol is its own token
+    r"|\.\.\.|--|[!?]{2,}|\S"  # "!!" and "?!" stay one token (and are not dropped); any other symbol is one
 )
 _CONTRACTION = re.compile(r"(?<=[^\W\d_])(n't|'(?:s|re|ll|ve|m|d))\b")
+# Unicode that PTBTokenizer rewrites before splitting: curly quotes and apostrophes as ASCII ones (so "it’s" gives
+# "it 's" and quotes are dropped), dashes as "--" and the ellipsis as "..." (both dropped), its lossy currency
+# mapping; an emoji's variation selector is deleted. Characters outside the BMP (emoji) are "untokenizable": deleted.
+_UNICODE = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"', "\u2039": '"',
+    "\u203a": '"', "\u2010": "-", "\u2013": " -- ", "\u2014": " -- ", "\u2026": " ... ", "\ufe0f": "",
+    "\u00a3": "#", "\u20ac": "$", "\u00a2": " cents ",
+})
+_OUTSIDE_BMP = re.compile("[\U00010000-\U0010ffff]")
 _SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "wanna": "wan na", "gotta": "got ta"}
 _SPLIT_WORDS_RE = re.compile(r"\b(" + "|".join(_SPLIT_WORDS) + r")\b")
 
@@ -45,7 +54,7 @@ def simple_tokenize(text: str) -> str:
     Returns:
         Space-separated tokens.
     """
-    text = text.lower().replace("\n", " ")
+    text = _OUTSIDE_BMP.sub("", text.translate(_UNICODE)).lower().replace("\n", " ")
     text = _CONTRACTION.sub(r" \1", text)  # can't -> ca n't, dog's -> dog 's, as PTB does
     text = _SPLIT_WORDS_RE.sub(lambda m: _SPLIT_WORDS[m.group(1)], text)
     for bracket, name in _BRACKETS.items():
