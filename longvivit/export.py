@@ -9,6 +9,9 @@ Folder (``docs/export.md``)::
     text/                     text tower: HF model + tokenizer + projection (safetensors)
     README.md                 model card with the checkpoint's own stages and numbers
 
+A captioning checkpoint (``task: captioning``) becomes the captioner folder instead
+(:mod:`longvivit.captioning.export`).
+
 Only safetensors and JSON: export and upload refuse a folder with a pickle file in it. Weights and configs
 are written by the models' own ``save_pretrained``, so the one loader (with its shape adaptation) reads them
 back; the card is a ``huggingface_hub.ModelCard``, the upload ``HfApi.upload_folder`` of the checked folder.
@@ -290,10 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_captioner(args: argparse.Namespace) -> int:
+    """A captioning checkpoint becomes the captioner folder; the encoder-export options do not apply to it."""
+    from longvivit.captioning.export import export_captioner
+
+    unused = [name for name, value in (("--dtype", args.dtype != "fp32"), ("--metrics", args.metrics),
+                                       ("--data-stats", args.data_stats), ("--push-to-hub", args.push_to_hub))
+              if value]
+    if unused:
+        print(f"longvivit export: {args.ckpt} is a captioner checkpoint: {', '.join(unused)} apply to video-text "
+              "models only", file=sys.stderr)
+        return 2
+    try:
+        folder = export_captioner(args.ckpt, args.out, overwrite=args.overwrite)
+    except FileExistsError as err:
+        print(f"longvivit export: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:  # e.g. the encoder it names is gone
+        print(f"longvivit export: {err}", file=sys.stderr)
+        return 1
+    print(f"exported the captioner {args.ckpt} -> {folder} (use it with `longvivit caption --model {folder}`)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``longvivit export`` entry point; returns the exit status (2 for an unusable destination)."""
     args = build_parser().parse_args(argv)
     setup_logging()
+    from longvivit.captioning.export import is_captioner_checkpoint
+
+    if is_captioner_checkpoint(args.ckpt):
+        return _export_captioner(args)
     try:
         folder = export_model(args.ckpt, args.out, dtype=args.dtype, metrics=args.metrics,
                               data_stats=args.data_stats, repo_id=args.push_to_hub, license=args.license,

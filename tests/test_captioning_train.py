@@ -229,7 +229,35 @@ def test_a_wrong_model_gets_one_line_saying_what_it_is(trained, setup, tmp_path)
         cli.main(["--model", str(trained["folder"]), "--shards", str(ASSETS / "bigbuckbunny.mp4")])
     with pytest.raises(SystemExit, match="no model at"):
         cli_main(["eval", "--model", str(tmp_path / "missing"), "--shards", shards])
-    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_export_turns_a_captioning_checkpoint_into_the_captioner_folder(trained, tmp_path, capsys):
+    # `longvivit export` refused a captioning checkpoint, and the full recipe has no save_dir: an 80k-step run left
+    # only checkpoints tied to the absolute path of their encoder, with no command to get the portable folder.
+    from safetensors.torch import load_file
+
+    out = tmp_path / "captioner"
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(out)]) == 0
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {"captioner_config.json", "captioner.safetensors", "preprocessor_config.json",
+                     "encoder/config.json", "encoder/model.safetensors"}
+    weights = load_file(str(out / "captioner.safetensors"))
+    for k, v in trained["module"].model.trainable_state_dict().items():
+        assert torch.equal(weights[k], v), k
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert (pre["fps"], pre["num_frames"], pre["image_size"]) == (0.25, 4, 32), "the training data's frames"
+    assert json.loads((out / "captioner_config.json").read_text())["encoder"] == "encoder"
+    capsys.readouterr()
+    video = ["--video", str(ASSETS / "bigbuckbunny.mp4"), "--max-new-tokens", "6"]
+    assert cli.main(["--model", str(out), *video]) == 0
+    from_folder = capsys.readouterr().out
+    assert cli.main(["--model", str(trained["ckpt"]), *video]) == 0
+    assert capsys.readouterr().out == from_folder
+    # an existing folder is kept unless --overwrite; the encoder-export options are refused, not ignored
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(out)]) == 2
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(out), "--overwrite"]) == 0
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "b"), "--dtype", "bf16"]) == 2
+    assert "--dtype apply to video-text models only" in capsys.readouterr().err
 
 
 def test_caption_of_shards_without_video_says_so_with_the_command_prefix(trained, tmp_path):
