@@ -269,6 +269,36 @@ def test_caption_of_shards_without_video_says_so_with_the_command_prefix(trained
         cli.main(["--model", str(trained["folder"]), "--shards", str(shard)])
 
 
+def test_fit_warns_when_the_data_samples_frames_unlike_the_encoders_training(setup, tmp_path, caplog):
+    # model.num_frames and image_size are linked into the data, but the frame rate was not checked at all: an encoder
+    # exported from 1 FPS training was silently fed 0.25 FPS clips.
+    import shutil
+
+    from longvivit.config import PreprocessConfig
+    from longvivit.export import preprocessor_dict
+    from longvivit.models.video_encoder import VideoEncoder
+
+    export = tmp_path / "export"
+    shutil.copytree(setup["encoder"], export)
+    cfg = VideoEncoder.from_pretrained(export).cfg
+    pre = PreprocessConfig(num_frames=4, fps=1.0, image_size=32)
+    (export / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(pre, cfg)))
+
+    def fit(encoder: Path) -> list[str]:
+        module = CaptioningModule(**{**tiny_model_kwargs(encoder, setup["lm"])}, val_generate=False)
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            default_root_dir=tmp_path)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="longvivit.captioning.module"):
+            trainer.fit(module, datamodule=_datamodule(setup, batch_size=2, steps=1))  # 0.25 FPS
+        return [r.getMessage() for r in caplog.records if r.name == "longvivit.captioning.module"]
+
+    warned = fit(export)
+    assert any("trained on frames sampled fps at 1 fps" in m and "--data.fps 1" in m for m in warned), warned
+    assert fit(setup["encoder"]) == [], "a folder that does not record its frame rate is not second-guessed"
+
+
 def test_the_checkpoint_names_its_encoder_by_an_absolute_path(setup, monkeypatch):
     # A relative --model.encoder was stored as given: `caption --model last.ckpt` from another folder failed with
     # "encoder: no exported folder or checkpoint at runs/demo/export".

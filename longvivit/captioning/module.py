@@ -23,6 +23,7 @@ from torch import Tensor
 from longvivit.captioning.model import CaptionerConfig, VideoToText, video_generator
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
+from longvivit.config import PreprocessConfig
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
 
@@ -34,6 +35,37 @@ _DEFAULT_OPTIM = OptimConfig(lr=4e-5, weight_decay=1e-4, warmup_steps=2000)
 
 def _as(cls: type, value: Any) -> Any:
     return cls(**value) if isinstance(value, dict) else dataclasses.replace(value)
+
+
+def _trained_sampling(source: str) -> tuple[str, float] | None:
+    """``(sampling, fps)`` of the frames an encoder source was trained on, where the source records it: an export's
+    ``preprocessor_config.json`` or a checkpoint's data hyperparameters (a bare saved folder records neither)."""
+    from longvivit.export import load_preprocess_config
+
+    if Path(source).is_dir():
+        pre = load_preprocess_config(source)
+        return None if pre is None else (pre.sampling, pre.fps)
+    ckpt = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
+    data = ckpt.get("datamodule_hyper_parameters")
+    return (data.get("sampling", "fps"), float(data.get("fps", 1.0))) if data else None
+
+
+def sampling_mismatch(source: str, data: PreprocessConfig) -> str | None:
+    """Why the captioning data's frames are not sampled as the frozen encoder's training frames were, or ``None``.
+
+    Args:
+        source: The encoder source (export folder or contrastive checkpoint).
+        data: The captioning data's preprocessing.
+    """
+    trained = _trained_sampling(source)
+    if trained is None:
+        return None
+    sampling, fps = trained
+    if sampling == data.sampling and (sampling == "uniform" or fps == data.fps):
+        return None
+    return (f"the frozen encoder from {source} was trained on frames sampled {sampling} at {fps:g} fps, the captioning "
+            f"data samples them {data.sampling} at {data.fps:g} fps: set --data.sampling {sampling} --data.fps "
+            f"{fps:g} unless this is intended")
 
 
 class CaptioningModule(L.LightningModule):
@@ -151,6 +183,14 @@ class CaptioningModule(L.LightningModule):
         # One per video, from its key: its mask does not depend on the batch size, its place in the batch or the
         # number of ranks, so validation scores compare across runs (CPU noise, moved to the model's device).
         return [video_generator(self.eval_seed, key) for key in batch["key"]]
+
+    def setup(self, stage: str) -> None:
+        # the recipe links frames and size into the data, but not the frame rate: say when it differs from the encoder's
+        data = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        if stage == "fit" and data is not None and self.model_cfg.encoder is not None:
+            message = sampling_mismatch(self.model_cfg.encoder, data)
+            if message:
+                log.warning(message)
 
     def on_fit_start(self) -> None:
         stop_buffer_broadcast(self.trainer.strategy.model)
