@@ -246,8 +246,8 @@ def test_a_saved_captioner_keeps_its_encoder_as_trained(parts, tmp_path):
 def test_a_videos_inference_mask_does_not_depend_on_its_place(parts, make_video, tmp_path):
     # Masks were drawn per batch (or from the input's index): the same question on the same video scored
     # differently on lines 1 and 2 of a QA file, and shard CIDEr depended on --batch-size.
-    from longvivit.captioning.model import video_generator
     from longvivit.captioning.qa import QAItem, evaluate_qa
+    from longvivit.models.masking import video_generator
 
     model = make_model(parts)
     open_gates(model)

@@ -104,9 +104,9 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
 def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from longvivit.captioning.model import video_generator
     from longvivit.data.clips import load_clips
     from longvivit.evaluation.captioning_metrics import caption_scores
+    from longvivit.models.masking import video_generator
 
     preds: dict[str, str] = {}
     refs: dict[str, list[str]] = {}

@@ -34,6 +34,7 @@ from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.init import load_adapted, read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.masking import video_generator
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -95,13 +96,6 @@ class CaptionerConfig:
         """Inverse of :meth:`to_dict`, also accepting a checkpoint's hyperparameters (extra keys ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def video_generator(seed: int, name: str) -> torch.Generator:
-    """The mask RNG of one video at inference, from the seed and the video's name (shard key) only: a video
-    gets the same mask whichever place it has among the inputs or in a batch."""
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def file_generator(seed: int, path: str | Path) -> torch.Generator:

@@ -20,11 +20,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from longvivit.captioning.model import CaptionerConfig, VideoToText, video_generator
+from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
 from longvivit.config import PreprocessConfig
 from longvivit.distributed import stop_buffer_broadcast
+from longvivit.models.masking import video_generator
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ def read_qa_jsonl(path: str | Path) -> list[QAItem]:
     """
     path = Path(path)
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
