@@ -244,3 +244,22 @@ def test_captions_longer_than_the_text_budget_and_clips_longer_than_the_window_a
     cut = [r.message for r in caplog.records if "are longer than 8 frames at 1 FPS (8 s)" in r.message]
     assert len(cut) == 1 and "their first seconds only" in cut[0], cut  # 16 s clips, first-frame windows
     assert _logged(_metrics(tmp_path / "t"), "train/truncated_fraction")[0] > 0
+
+
+def test_a_resume_names_the_model_values_its_checkpoint_replaces(shards, tmp_path, caplog):
+    # Lightning replaces the command line's model values by the checkpoint's on a resume, silently: a new
+    # learning rate or save folder given with --ckpt_path was not used and nothing said so.
+    common = ("--model.init_from", "null", "--data.train_shards", str(shards["clips_train"]),
+              "--data.image_shards", "null", "--data.val_shards", "null")
+    ckpt = _fit("stage2_short.yaml", tmp_path / "run", shards, *common, "--trainer.max_steps", "2")
+    with caplog.at_level(logging.WARNING, "longvivit"):
+        _fit("stage2_short.yaml", tmp_path / "run", shards, *common, "--trainer.max_steps", "3",
+             "--model.optim.lr", "0.5", "--ckpt_path", str(ckpt / "last.ckpt"))
+    said = [r.message for r in caplog.records if "the checkpoint's model settings replace" in r.message]
+    assert len(said) == 1 and "model.optim.lr: 0.5 -> " in said[0], said
+    assert "model.video" not in said[0]  # values the command line left as they were are not listed
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "longvivit"):
+        _fit("stage2_short.yaml", tmp_path / "run", shards, *common, "--trainer.max_steps", "4",
+             "--ckpt_path", str(ckpt / "last.ckpt"))
+    assert not [r for r in caplog.records if "the checkpoint's model settings replace" in r.message]

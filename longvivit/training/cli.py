@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,18 @@ from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.data.shard_specs import expand_shards
 from longvivit.training.callbacks import RNGState, Throughput, default_progress_bar
 from longvivit.training.module import RESUMING, ContrastiveModule
+
+log = logging.getLogger(__name__)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` of nested mappings (a jsonargparse Namespace once ``as_dict``-ed)."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 class LongViViTCLI(LightningCLI):
@@ -40,6 +53,23 @@ class LongViViTCLI(LightningCLI):
         if "data" in config and "seed" in config["data"] and config["data"]["seed"] is None:
             seed = config.get("seed_everything")
             config["data"]["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning lets a resumed checkpoint's hyperparameters replace every model value of the command line and
+        # the recipe (lightning#21455), silently: a new --model.save_dir wrote over the first run's folder, a new
+        # learning rate was not used. Say which values the checkpoint replaced.
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        given = _flat(model.as_dict()) if hasattr(model, "as_dict") else {}
+        super()._parse_ckpt_path()
+        model = self.config[sub].get("model") if sub else None
+        kept = _flat(model.as_dict()) if hasattr(model, "as_dict") else {}
+        replaced = [f"model.{k}: {given[k]!r} -> {kept[k]!r}" for k in sorted(kept)
+                    if k in given and given[k] != kept[k]]
+        if replaced:
+            log.warning("resuming %s: the checkpoint's model settings replace these values of the command line and "
+                        "recipe (a resume continues the run as it was; start a new run, or --model.init_from the "
+                        "checkpoint, to change them):\n  %s", self.config[sub].get("ckpt_path"), "\n  ".join(replaced))
 
     def instantiate_classes(self) -> None:
         # The typed configs check their values when built (batch_size 0, mask_ratio 1.0, fps 0...), and the
