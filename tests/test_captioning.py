@@ -65,7 +65,7 @@ def test_encoder_reads_a_checkpoint_once(parts, tmp_path, monkeypatch):
     import dataclasses
 
     from longvivit.captioning import model as cap_model
-    from longvivit.models import checkpoint, init
+    from longvivit.models import checkpoint, files, init
 
     saved = VideoEncoder.from_pretrained(parts["encoder"])
     ckpt = tmp_path / "contrastive.ckpt"
@@ -73,7 +73,7 @@ def test_encoder_reads_a_checkpoint_once(parts, tmp_path, monkeypatch):
     torch.save({"hyper_parameters": hparams,
                 "state_dict": {f"model.video_encoder.{k}": v for k, v in saved.state_dict().items()}}, ckpt)
     calls = []
-    real = init.read_checkpoint
+    real = files.read_checkpoint
     for module in (cap_model, checkpoint, init):
         monkeypatch.setattr(module, "read_checkpoint", lambda p: calls.append(p) or real(p))
     load_encoder(ckpt, num_frames=4, image_size=32)

@@ -33,7 +33,8 @@ from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
-from longvivit.models.init import load_adapted, read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.files import read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.init import load_adapted
 from longvivit.models.masking import video_generator
 from longvivit.models.model import CONFIG_NAME as VIDEO_TEXT_CONFIG_NAME
 from longvivit.models.video_encoder import VideoEncoder

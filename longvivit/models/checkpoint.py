@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
-from longvivit.models.init import load_pretrained, read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.files import read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.init import load_pretrained
 from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
 from longvivit.models.model import TEXT_SUBDIR, VideoTextModel
 from longvivit.models.text_encoder import CONFIG_NAME as TEXT_CONFIG_NAME
@@ -43,7 +44,7 @@ def source_config(source: str | Path, checkpoint: Mapping[str, Any] | None = Non
 
     Args:
         source: Lightning ``.ckpt`` written by ``longvivit fit`` or a folder from ``save_pretrained`` / export.
-        checkpoint: The ``.ckpt`` already read (:func:`~longvivit.models.init.read_checkpoint`), so that it is
+        checkpoint: The ``.ckpt`` already read (:func:`~longvivit.models.files.read_checkpoint`), so that it is
             not read again.
 
     Returns:

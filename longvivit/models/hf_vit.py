@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from longvivit.config import VideoEncoderConfig
-from longvivit.models.init import StateDict, _note, load_adapted, no_progress_bars, saved_without_pooler
+from longvivit.models.files import no_progress_bars, saved_without_pooler
+from longvivit.models.init import StateDict, _note, load_adapted
 
 if TYPE_CHECKING:
     from longvivit.models.video_encoder import VideoEncoder

@@ -32,7 +32,8 @@ def load_encoder_folder(cls: type[VideoEncoder], directory: str | Path, **overri
     """An encoder of class ``cls`` built from the folder's config (with ``overrides``) and its weights adapted to
     fit, in eval mode, with ``adaptations`` and the export's ``preprocess`` settings set."""
     from longvivit.export import load_preprocess_config
-    from longvivit.models.init import load_pretrained, refuse_deepspeed_folder
+    from longvivit.models.files import refuse_deepspeed_folder
+    from longvivit.models.init import load_pretrained
 
     refuse_deepspeed_folder(directory)
     if Path(directory).is_file():

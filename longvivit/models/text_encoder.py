@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from longvivit.config import TextEncoderConfig
-from longvivit.models.init import no_progress_bars, saved_without_pooler
+from longvivit.models.files import no_progress_bars, saved_without_pooler
 from longvivit.paths import resolve_text_model
 
 CONFIG_NAME = "text_encoder_config.json"
