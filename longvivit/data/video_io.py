@@ -180,7 +180,10 @@ def transcode_video(
             if turns:
                 upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
                 frame = av.VideoFrame.from_ndarray(upright, format="rgb24")
-            vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+            # Limited range out: a full-range source (MJPEG, many phones' H.264) keeps its range tag through
+            # reformat, but the stream is written untagged (= limited), so its colours came back stretched.
+            vf = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA",
+                                dst_color_range="MPEG")
             vf.pts, vf.time_base = count, time_base
             # The frame keeps the source's picture type, which x264 follows. Letting x264 decide (NONE) made
             # the same pixels encode to different bytes from run to run far more often in our tests.
