@@ -93,6 +93,20 @@ def output_size(height: int, width: int, short_side: int | None, even: bool = Tr
     return height, width
 
 
+def video_stream(container: Any) -> Any:
+    """The video stream FFmpeg takes for the main one, the one decord (the loader) reads.
+
+    Not simply the first: a file can hold a thumbnail or cover-picture track ahead of the video.
+
+    Raises:
+        NoFramesError: The file has no video stream (audio only?).
+    """
+    stream = container.streams.best("video")
+    if stream is None:
+        raise NoFramesError("no video stream (audio only?)")
+    return stream
+
+
 def _decoded_frames(src: Path, start: float) -> Iterator[tuple[float, Any]]:
     """Yield ``(t, av.VideoFrame)``, ``t`` in seconds from the stream's start time (what a player shows).
 
@@ -103,7 +117,7 @@ def _decoded_frames(src: Path, start: float) -> Iterator[tuple[float, Any]]:
 
     for use_seek in (start > 10.0, False):
         with av.open(str(src)) as inp:
-            ist = inp.streams.video[0]
+            ist = video_stream(inp)
             ist.thread_type = "AUTO"
             tb = float(ist.time_base)
             t0 = ist.start_time * tb if ist.start_time is not None else 0.0
@@ -156,7 +170,7 @@ def transcode_video(
     start = start or 0.0
     end = float("inf") if end is None else end
     with av.open(str(src)) as probe:
-        ist = probe.streams.video[0]
+        ist = video_stream(probe)
         native = Fraction(ist.average_rate or ist.guessed_rate or 25)
         turns = _quarter_turns(next(probe.decode(ist), None))
         coded = (ist.codec_context.height, ist.codec_context.width)
@@ -258,9 +272,7 @@ def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> 
         NoFramesError: No video stream, or no frame decodes.
     """
     with _open_source(source) as c:
-        if not c.streams.video:
-            raise NoFramesError("no video stream (audio only?)")
-        ist = c.streams.video[0]
+        ist = video_stream(c)
         rate = float(ist.average_rate or ist.guessed_rate or 25)
         times = []
         for frame in c.decode(ist):
@@ -287,7 +299,7 @@ def pyav_read_frames(source: bytes | str | Path, indices: list[int]) -> np.ndarr
     wanted = set(indices)
     picked: dict[int, np.ndarray] = {}
     with _open_source(source) as c:
-        for i, frame in enumerate(c.decode(c.streams.video[0])):
+        for i, frame in enumerate(c.decode(video_stream(c))):
             if i in wanted:
                 turns = _quarter_turns(frame)
                 picked[i] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
