@@ -58,14 +58,20 @@ def frame_ids(frames: np.ndarray) -> list[int]:
 
 
 def encode_frames(frames: np.ndarray, fmt: str, codec: str = "libx264", rate: int = 10,
-            pts_ms: list[int] | None = None, pix_fmt: str = "yuv420p") -> bytes:
-    """Encode ``frames`` to a ``fmt`` container with PyAV, at ``rate`` or at explicit times (ms) of each frame."""
+            pts_ms: list[int] | None = None, pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
+            gop: int | None = None) -> bytes:
+    """Encode ``frames`` to a ``fmt`` container with PyAV, at ``rate`` or at explicit times (ms) of each frame.
+
+    ``options`` go to the muxer (e.g. ``{"movflags": "faststart"}``); ``gop`` sets the keyframe interval.
+    """
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as c:
+    with av.open(buf, "w", format=fmt, options=options or {}) as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if gop is not None:
+            s.gop_size = gop
         for i, f in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(f, format="rgb24")
             if pts_ms is not None:

@@ -13,6 +13,7 @@ import pytest
 from conftest import encode_frames, frame_ids, numbered_frames
 from test_make_shards import _frames, _media, _read_samples
 
+from longvivit.data.decode import DecodeError, read_frames
 from longvivit.data.make_shards import main
 from longvivit.data.video_io import pyav_frame_times, pyav_read_frames
 
@@ -65,3 +66,50 @@ def test_a_thumbnail_track_ahead_of_the_video_is_not_taken_for_it(tmp_path):
     (tmp_path / "thumb.mkv").write_bytes(data)
     (sample,), rejects = _shard_one(tmp_path, {"video": "thumb.mkv", "caption": "a cut", "start": 1.0, "end": 2.0})
     assert rejects == [] and frame_ids(_frames(_media(sample)[1])) == list(range(10, 20))
+
+
+def _noisy_frames(n: int = 30, size: int = 32) -> np.ndarray:
+    """Numbered frames with noise on top: packets big enough that damage lands inside the picture data."""
+    noise = np.random.default_rng(0).integers(0, 24, (n, size, size, 3))
+    return np.clip(numbered_frames(n, size, size).astype(int) + noise - 12, 0, 255).astype(np.uint8)
+
+
+def _damaged_inputs(tmp_path: Path) -> dict[str, str]:
+    """name -> how it is damaged; each was in the shards (or crashed the loader) before it was rejected."""
+    frames = _noisy_frames()
+    mkv = encode_frames(frames, "matroska")
+    mp4 = encode_frames(frames, "mp4")  # moov at the end
+    avi = encode_frames(frames, "avi", "mpeg4")
+    hole = bytearray(encode_frames(frames, "mp4", options={"movflags": "frag_keyframe+empty_moov"}))
+    hole[len(hole) // 2 : len(hole) // 2 + len(hole) // 8] = bytes(len(hole) // 8)  # a run of zeros mid-file
+    tail = bytearray(mkv)
+    tail[len(tail) // 2 :] = bytes(len(tail) - len(tail) // 2)  # a preallocated download that stopped half-way
+    files = {"cut.mkv": mkv[: len(mkv) // 2], "cut.mp4": mp4[: len(mp4) * 9 // 10], "cut.avi": avi[: len(avi) // 2],
+             "hole.mp4": bytes(hole), "zero_tail.mkv": bytes(tail)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {"cut.mkv": "cut off: the Matroska segment", "cut.mp4": "cut off: the mp4 box 'moov'",
+            "cut.avi": "cut off: the AVI chunk", "hole.mp4": "decoding stops after frame",
+            "zero_tail.mkv": "its frames cover 1.10 s of the 3.00 s the container states"}
+
+
+def test_damaged_videos_are_rejected_with_what_is_wrong(tmp_path):
+    # A cut-off Matroska/WebM/AVI was stored as a shorter video (its caption still about the whole one), and the
+    # loader crashed (SIGSEGV in decord) on a cut-off AVI; an mp4 with a damaged middle passed a check of its first
+    # and last frames and then failed at every load; a half-written mkv was stored as half a video.
+    expected = _damaged_inputs(tmp_path)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"video": n, "caption": n}) + "\n" for n in expected))
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")]) == 1
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert {r["source"]: r["reason"] for r in rejects} == dict.fromkeys(expected, "damaged")
+    for r in rejects:
+        assert r["detail"].startswith(expected[r["source"]]), r
+
+
+def test_the_loader_refuses_cut_off_bytes_instead_of_reading_or_crashing_on_them(tmp_path):
+    # Shards from other tools can hold cut-off files: decord read a cut-off mkv as a shorter video, and crashed
+    # the process on some cut-off AVIs.
+    _damaged_inputs(tmp_path)
+    with pytest.raises(DecodeError, match=r"the video is cut off \(\d+ bytes\): the Matroska segment at byte"):
+        read_frames((tmp_path / "cut.mkv").read_bytes(), 4)
+

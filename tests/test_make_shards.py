@@ -98,7 +98,7 @@ GOOD = {  # line -> (key, ext) of every input that must land in the shards
     17: ("000017_city_cut", "mp4"),
 }
 REJECTED = {
-    6: "unreadable", 7: "unreadable", 8: "unreadable", 9: "missing_file", 10: "empty_caption",
+    6: "damaged", 7: "unreadable", 8: "unreadable", 9: "missing_file", 10: "empty_caption",
     11: "malformed_line", 12: "zero_frames", 13: "too_short", 14: "segment_out_of_range", 15: "bad_segment",
 }
 
@@ -156,7 +156,7 @@ def test_rejects_and_stats_name_every_bad_input(built):
     assert stats["written"] == len(GOOD) and stats["rejected"] == len(REJECTED)
     assert stats["rejected_by_reason"] == {
         "bad_segment": 1, "empty_caption": 1, "malformed_line": 1, "missing_file": 1,
-        "segment_out_of_range": 1, "too_short": 1, "unreadable": 3, "zero_frames": 1,
+        "segment_out_of_range": 1, "too_short": 1, "unreadable": 2, "damaged": 1, "zero_frames": 1,
     }
     assert (stats["videos"], stats["images"], stats["shards"]) == (5, 2, 3)  # 7 samples, 3 a shard
     shards = sorted(built.glob("shard-*.tar"))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from longvivit.config import PreprocessConfig
 from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 from longvivit.data.sampling import frame_indices, variable_timestamps, window_cuts_clip
+from longvivit.data.truncation import cut_off
 from longvivit.data.video_io import NoFramesError, mpeg_stream_kind, pyav_frame_times, pyav_read_frames
 
 Modality = Literal["video", "image"]
@@ -156,7 +157,7 @@ def read_frames(
         ``(frames, num_valid)``: (num_frames, H, W, 3) uint8, padded by repeating the last real frame.
 
     Raises:
-        DecodeError: If the bytes cannot be opened or the frames cannot be decoded.
+        DecodeError: If the bytes cannot be opened, are cut off, or the frames cannot be decoded.
     """
     if not data:
         raise DecodeError("empty video bytes")
@@ -165,6 +166,9 @@ def read_frames(
         # decord would print the whole file to stderr (an HTML error page saved as .mp4 is a classic of scraped
         # video sets)
         raise DecodeError(f"not a video: the {len(data)} bytes are text ({text!r}...)")
+    why_cut = cut_off(data)
+    if why_cut:  # decord has crashed the process (SIGSEGV) on cut-off AVI bytes
+        raise DecodeError(f"the video is cut off ({len(data)} bytes): {why_cut}")
     pick = dict(num_frames=num_frames, fps=fps, mode=sampling, start=start, rng=rng)
     if mpeg_stream_kind(data):
         return _read_frames_pyav(data, pick, None)

@@ -13,7 +13,9 @@ How a run goes, and why it can be interrupted and rerun safely:
 
 1. Stale ``*.tmp`` files of an earlier, interrupted run are removed.
 2. Every manifest entry is probed (in parallel with ``--workers``): decord opens it, counts frames and decodes
-   the first and last frame the sample needs. Videos are stored byte for byte unless they must be re-encoded:
+   the first and last frame the sample needs; PyAV decodes every frame once (pictures not converted, about as
+   long as a playback at a few hundred frames a second). A video cut off, damaged part-way or shorter than its
+   container states is rejected as ``damaged``. Videos are stored byte for byte unless they must be re-encoded:
    a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), a
    container outside the list above, or ``--reencode`` (normalises everything to H.264 mp4, e.g. for MPEG-PS,
    where decord skips the first GOP). Re-encoded videos stream through PyAV (never the whole video in RAM)

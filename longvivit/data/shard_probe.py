@@ -18,9 +18,12 @@ from longvivit.data.decode import decoder_message, rgb_image, still_image_format
 from longvivit.data.formats import IMAGE_EXTS, STORED_VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
 from longvivit.data.sampling import variable_timestamps
+from longvivit.data.truncation import cut_off
 from longvivit.data.video_io import EPS as _EPS
 from longvivit.data.video_io import (
+    DamagedVideoError,
     NoFramesError,
+    declared_seconds,
     mpeg_stream_kind,
     output_size,
     pyav_frame_times,
@@ -35,6 +38,7 @@ ZERO_FRAMES = "zero_frames"
 TOO_SHORT = "too_short"
 OUT_OF_RANGE = "segment_out_of_range"
 TRANSCODE_FAILED = "transcode_failed"
+DAMAGED = "damaged"
 
 
 @dataclass(frozen=True)
@@ -136,54 +140,69 @@ class _Timing:
         return self.times[-1] - self.times[0] + gaps[len(gaps) // 2]
 
 
-def _timing(src: Path) -> _Timing:
-    """Frame times and size of ``src``, with decord where the loader's decord reads the file right, else PyAV.
-
-    Raises:
-        NoFramesError: No video stream or no frame.
-        Exception: Neither decoder reads the file (the decord error, PyAV's chained to it).
-    """
+def _decord_timing(src: Path) -> _Timing:
+    """How decord, the loader's decoder, sees ``src``: frame times, rate, size (raises what decord raises)."""
     import decord
     import numpy as np
 
+    vr = decord.VideoReader(str(src), num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise NoFramesError("the video stream has no frames")
+    fps = float(vr.get_avg_fps())
+    if not fps > 0:
+        raise ValueError(f"no usable frame rate ({fps})")
+    ts = [float(t) for t in vr.get_frame_timestamp(np.arange(n))[:, 0]]  # presentation times, stream-relative
+    first, last = vr[0].asnumpy(), vr[n - 1].asnumpy()  # decord decodes the first and the last GOP
+    del vr, last
+    variable = variable_timestamps(ts, fps) is not None
+    return _Timing(ts, fps, int(first.shape[0]), int(first.shape[1]), "variable frame rate" if variable else None,
+                   variable)
+
+
+def _timing(src: Path) -> _Timing:
+    """Frame times and size of ``src``, with decord where the loader's decord reads the file right, else PyAV.
+
+    Every frame is decoded once with PyAV (pictures are not converted): a file whose decoding stops part-way
+    passed a check of its first and last frames, then failed wherever the loader sampled in between.
+
+    Raises:
+        NoFramesError: No video stream or no frame.
+        DamagedVideoError: Cut off, or decoding stops part-way.
+        Exception: Neither decoder reads the file (the decord error, PyAV's chained to it).
+    """
     with open(src, "rb") as f:
         head = f.read(1024)
     text = text_head(head)
     if text is not None:
         raise ValueError(f"the file is text ({text!r}...)")
+    why_cut = cut_off(src)
+    if why_cut:
+        raise DamagedVideoError(f"cut off: {why_cut}")
     kind = mpeg_stream_kind(head)
+    seen: _Timing | None = None
     decord_error: Exception | None = None
     if kind is None:
         try:
-            vr = decord.VideoReader(str(src), num_threads=1)
-            n = len(vr)
-            if n == 0:
-                raise NoFramesError("the video stream has no frames")
-            fps = float(vr.get_avg_fps())
-            ts = [float(t) for t in vr.get_frame_timestamp(np.arange(n))[:, 0]]  # presentation times, stream-relative
-            first, last = vr[0].asnumpy(), vr[n - 1].asnumpy()  # the whole stream decodes, to its last frame
-            del vr, last
-            if fps > 0:
-                variable = variable_timestamps(ts, fps) is not None
-                why = "variable frame rate" if variable else None
-                return _Timing(ts, fps, int(first.shape[0]), int(first.shape[1]), why, variable)
-            decord_error = ValueError(f"no usable frame rate ({fps})")
+            seen = _decord_timing(src)
         except NoFramesError:
             raise
         except Exception as err:
             decord_error = err
-    # PyAV: an MPEG stream (decord misplaces its frames) or a file decord cannot read to its end
-    still = still_image_format(src)
-    if still:
-        raise ValueError(f"a still image ({still}), not a video: list it as {{\"image\": ...}}")
+    if seen is None:
+        still = still_image_format(src)
+        if still:
+            raise ValueError(f"a still image ({still}), not a video: list it as {{\"image\": ...}}")
     try:
-        times, fps = pyav_frame_times(src)
-        height, width = pyav_read_frames(src, [0]).shape[1:3]
-    except NoFramesError:
+        times, fps = pyav_frame_times(src)  # what FFmpeg shows, and the proof that every frame decodes
+    except (NoFramesError, DamagedVideoError):
         raise
     except Exception as err:
         raise err from decord_error
+    if seen is not None:
+        return seen
     why = f"MPEG {kind}" if kind else "decord cannot read it"
+    height, width = pyav_read_frames(src, [0]).shape[1:3]
     return _Timing(times, fps, int(height), int(width), why, variable_timestamps(times, fps) is not None)
 
 
@@ -195,8 +214,11 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
 
     try:
         timing = _timing(src)
+        _check_declared_length(src, timing)
     except NoFramesError as err:
         return reject(ZERO_FRAMES, str(err))
+    except DamagedVideoError as err:
+        return reject(DAMAGED, str(err))
     except Exception as err:
         return reject(UNREADABLE, f"cannot read it as a video: {decoder_message(err)}")
     n, fps, ts = len(timing.times), timing.fps, np.asarray(timing.times)
@@ -245,6 +267,19 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
     if timing.reencode:
         info["reencoded_because"] = timing.reencode
     return _sample(entry, src, opts, Path(media), ext, info)
+
+
+def _check_declared_length(src: Path, timing: _Timing) -> None:
+    """Raise :class:`DamagedVideoError` when the frames end well before the length the container states.
+
+    Damaged bytes inside a Matroska, WebM or AVI file (a download with a hole, a preallocated file never filled)
+    make the demuxer skip or stop without an error: the file decoded as a shorter video. The slack (1 s or 5%)
+    lets a long last frame the frame times do not show pass.
+    """
+    declared = declared_seconds(src)
+    if declared is not None and declared - timing.duration > max(1.0, 0.05 * declared):
+        raise DamagedVideoError(f"its frames cover {timing.duration:.2f} s of the {declared:.2f} s the container "
+                                "states (bytes missing or damaged)")
 
 
 def _cfr_rate(timing: _Timing) -> float:

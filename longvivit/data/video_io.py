@@ -233,6 +233,39 @@ class NoFramesError(ValueError):
     """A readable file with no video stream (audio only, an image container) or with a stream of no frames."""
 
 
+class DamagedVideoError(ValueError):
+    """A video whose bytes are cut off or damaged: decoding stops part-way, or it holds less than it declares."""
+
+
+# Containers whose video stream states its own length (mp4/mov track duration, AVI stream header, Matroska
+# track DURATION tag); FFmpeg only estimates it for the others (MPEG-PS/TS from timestamps, ...).
+_DECLARING_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
+
+
+def declared_seconds(path: str | Path) -> float | None:
+    """The length in seconds the container states for its video stream (headers only), ``None`` when it states none.
+
+    Args:
+        path: A video file.
+    """
+    import av
+
+    with av.open(str(path)) as c:
+        if not set(c.format.name.split(",")) & set(_DECLARING_FORMATS):
+            return None
+        ist = video_stream(c)
+        if ist.duration and ist.time_base:
+            return float(ist.duration * ist.time_base)
+        # Matroska, per track: "00:01:02.500000000", the end of its last frame (counted from 0, not its start)
+        tag = ist.metadata.get("DURATION", "")
+        start = float(ist.start_time * ist.time_base) if ist.start_time and ist.time_base else 0.0
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds) - start
+    except ValueError:  # no tag, or not h:m:s
+        return None
+
+
 def mpeg_stream_kind(data: bytes) -> str | None:
     """``"program stream"`` / ``"transport stream"`` for MPEG-PS (.mpg, .vob) / MPEG-TS (.ts, .mts, .m2ts) bytes.
 
@@ -270,16 +303,25 @@ def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> 
 
     Raises:
         NoFramesError: No video stream, or no frame decodes.
+        DamagedVideoError: Decoding stops with an error after some frames (damaged bytes).
     """
+    import av
+
     with _open_source(source) as c:
         ist = video_stream(c)
         rate = float(ist.average_rate or ist.guessed_rate or 25)
-        times = []
-        for frame in c.decode(ist):
-            t = frame.time
-            times.append(times[-1] + 1.0 / rate if t is None and times else (t or 0.0))
-            if until is not None and times[-1] - times[0] > until:
-                break
+        times: list[float] = []
+        try:
+            for frame in c.decode(ist):
+                t = frame.time
+                times.append(times[-1] + 1.0 / rate if t is None and times else (t or 0.0))
+                if until is not None and times[-1] - times[0] > until:
+                    break
+        except av.FFmpegError as err:
+            if not times:
+                raise
+            raise DamagedVideoError(
+                f"decoding stops after frame {len(times)}: {err.strerror or err} (damaged bytes)") from err
     if not times:
         raise NoFramesError("the video stream has no frames")
     first = min(times)
