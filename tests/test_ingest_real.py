@@ -113,3 +113,23 @@ def test_the_loader_refuses_cut_off_bytes_instead_of_reading_or_crashing_on_them
     with pytest.raises(DecodeError, match=r"the video is cut off \(\d+ bytes\): the Matroska segment at byte"):
         read_frames((tmp_path / "cut.mkv").read_bytes(), 4)
 
+
+def test_a_stream_copy_cut_is_stored_as_the_frames_it_shows(tmp_path):
+    # `ffmpeg -ss 1.5 -c copy` keeps the packets from the keyframe before 1.5 s and hides them with an edit list:
+    # FFmpeg shows 15 frames, decord counted 30 (the last 15 a frozen copy), so the sample said 3 s and the loader
+    # took the frozen frames for real ones.
+    frames = numbered_frames(30, 32, 32)
+    (tmp_path / "gop.mp4").write_bytes(encode_frames(frames, "mp4", gop=30))
+    with av.open(str(tmp_path / "gop.mp4")) as src, av.open(str(tmp_path / "copy.mp4"), "w") as dst:
+        ist = src.streams.video[0]
+        ost = dst.add_stream_from_template(ist)
+        shift = int(1.5 / ist.time_base)
+        for packet in src.demux(ist):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, ost
+                dst.mux(packet)
+    (sample,), rejects = _shard_one(tmp_path, {"video": "copy.mp4", "caption": "the second half"})
+    info = json.loads(sample["json"])
+    assert rejects == [] and info["reencoded_because"] == "decord counts 30 frames where FFmpeg shows 15"
+    assert (info["num_frames"], info["duration"]) == (15, 1.5)
+    assert frame_ids(_frames(_media(sample)[1])) == list(range(15, 30))

@@ -17,7 +17,8 @@ How a run goes, and why it can be interrupted and rerun safely:
    long as a playback at a few hundred frames a second). A video cut off, damaged part-way or shorter than its
    container states is rejected as ``damaged``. Videos are stored byte for byte unless they must be re-encoded:
    a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), a
-   container outside the list above, or ``--reencode`` (normalises everything to H.264 mp4, e.g. for MPEG-PS,
+   container outside the list above, frames decord counts differently from FFmpeg (a stream-copy cut), or
+   ``--reencode`` (normalises everything to H.264 mp4, e.g. for MPEG-PS,
    where decord skips the first GOP). Re-encoded videos stream through PyAV (never the whole video in RAM)
    into ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
 3. Accepted samples, in manifest order, are cut into shards: a new shard starts when ``--maxcount`` samples or

@@ -199,9 +199,14 @@ def _timing(src: Path) -> _Timing:
         raise
     except Exception as err:
         raise err from decord_error
-    if seen is not None:
+    if seen is not None and len(seen.times) == len(times):
         return seen
-    why = f"MPEG {kind}" if kind else "decord cannot read it"
+    if kind:
+        why = f"MPEG {kind}"
+    elif seen is None:
+        why = "decord cannot read it"
+    else:  # e.g. a stream-copy cut (ffmpeg -ss -c copy): decord also counts the frames its edit list hides
+        why = f"decord counts {len(seen.times)} frames where FFmpeg shows {len(times)}"
     height, width = pyav_read_frames(src, [0]).shape[1:3]
     return _Timing(times, fps, int(height), int(width), why, variable_timestamps(times, fps) is not None)
 
