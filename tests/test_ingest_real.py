@@ -15,6 +15,7 @@ from test_make_shards import _frames, _media, _read_samples
 
 from longvivit.data.decode import DecodeError, read_frames
 from longvivit.data.make_shards import main
+from longvivit.data.shard_probe import probe_entry
 from longvivit.data.video_io import pyav_frame_times, pyav_read_frames
 
 
@@ -133,3 +134,32 @@ def test_a_stream_copy_cut_is_stored_as_the_frames_it_shows(tmp_path):
     assert rejects == [] and info["reencoded_because"] == "decord counts 30 frames where FFmpeg shows 15"
     assert (info["num_frames"], info["duration"]) == (15, 1.5)
     assert frame_ids(_frames(_media(sample)[1])) == list(range(15, 30))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_probe_that_crashes_its_process_costs_that_input_only(tmp_path, monkeypatch, workers):
+    # decord has died with SIGSEGV on damaged bytes. In-process (--workers 1) that ended make_shards with nothing
+    # written and no rejects; in a multiprocessing.Pool (--workers 2) the run waited for ever for the lost result.
+    import os
+    import signal
+
+    from longvivit.data import make_shards
+
+    main_pid = os.getpid()
+
+    def probe_or_crash(entry, opts):
+        if entry.path == "bad.mp4" and os.getpid() != main_pid:  # a probe in the main process would kill pytest
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return probe_entry(entry, opts)
+
+    monkeypatch.setattr(make_shards, "probe_entry", probe_or_crash)
+    for name in ("a.mp4", "bad.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(encode_frames(numbered_frames(4, 16, 16), "mp4"))
+    names = ["a.mp4", "bad.mp4", "c.mp4", "a.mp4"]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"video": n, "caption": f"{i}"}) + "\n"
+                                              for i, n in enumerate(names)))
+    out = tmp_path / "out"
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--workers", str(workers)]) == 0
+    (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert (reject["line"], reject["reason"]) == (2, "crashed") and "killed by SIGSEGV" in reject["detail"]
+    assert [json.loads(s["json"])["line"] for s in _read_samples(out)] == [1, 3, 4]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -50,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from longvivit.argtypes import positive
+from longvivit.data.isolated import map_isolated
 from longvivit.data.manifest import ManifestEntry, ManifestReadError, read_manifest
-from longvivit.data.shard_probe import Reject, Sample, ShardOptions, probe_entry
+from longvivit.data.shard_probe import CRASHED, Reject, Sample, ShardOptions, probe_entry
 
 
 # ----------------------------------------------------------------------------- planning and writing
@@ -190,15 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _probe_all(entries: list[ManifestEntry], opts: ShardOptions, workers: int) -> list[Sample | Reject]:
     from tqdm import tqdm
 
-    task = partial(probe_entry, opts=opts)
-    bar = {"total": len(entries), "desc": "probe", "unit": "file", "disable": None}
-    if workers == 1 or len(entries) <= 1:
-        return [task(e) for e in tqdm(entries, **bar)]
-    # fork where available: spawned workers would each re-import the package (and torch, seconds each);
-    # the workers only run decord/PyAV/PIL, which create their own threads after the fork.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(min(workers, len(entries))) as pool:
-        return list(tqdm(pool.imap(task, entries), **bar))
+    def crashed(entry: ManifestEntry, how: str) -> Reject:
+        return Reject(entry.line, entry.path, CRASHED, f"probing it crashed its process ({how}): a decoder bug "
+                      "on damaged bytes, or a frame too large for memory")
+
+    with tqdm(total=len(entries), desc="probe", unit="file", disable=None) as bar:
+        return map_isolated(partial(probe_entry, opts=opts), entries, workers, crashed, bar.update)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ TOO_SHORT = "too_short"
 OUT_OF_RANGE = "segment_out_of_range"
 TRANSCODE_FAILED = "transcode_failed"
 DAMAGED = "damaged"
+CRASHED = "crashed"  # the probe's process died (see longvivit.data.isolated)
 
 
 @dataclass(frozen=True)

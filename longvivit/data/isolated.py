@@ -1,0 +1,101 @@
+"""Map a function over items in worker processes that may die, and say which item killed one.
+
+Decoders crash on some damaged files (decord has died with SIGSEGV on a cut-off AVI) and the OOM killer takes
+processes that decode huge frames. Run in-process, such a crash ended the shard builder with nothing written;
+in a ``multiprocessing.Pool`` it hung the run for ever (the pool waits for a result that never comes). Here each
+worker serves one item at a time, so a dead worker names its item: that item gets ``on_crash``'s result, a new
+worker takes over, and every other item is mapped as usual.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a worker ended, in words: ``"killed by SIGSEGV"``, ``"exited with code 3"``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exited with code {exitcode}"
+
+
+def _serve(func: Callable[[Any], Any], items: Sequence[Any], conn: Connection) -> None:
+    """Worker loop: receive an index, send back ``(index, func(items[index]))``; ``None`` ends it."""
+    while (index := conn.recv()) is not None:
+        conn.send((index, func(items[index])))
+
+
+def map_isolated(
+    func: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    on_crash: Callable[[T, str], R],
+    on_result: Callable[[], None] | None = None,
+) -> list[R]:
+    """``[func(x) for x in items]`` computed in ``workers`` processes, surviving the death of any of them.
+
+    Args:
+        func: Called in a worker on each item; must not raise (exceptions inside are the caller's to catch).
+        items: The inputs (inherited by forked workers, pickled once per worker otherwise).
+        workers: Number of worker processes (at least 1).
+        on_crash: ``on_crash(item, how)`` gives the result of an item whose worker died (``how`` as
+            :func:`exit_reason`).
+        on_result: Called after each finished item (a progress bar).
+
+    Returns:
+        The results, in the order of ``items``.
+    """
+    # fork where available: spawned workers would each re-import the package (and torch, seconds each)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    todo = deque(range(len(items)))
+    results: dict[int, R] = {}
+    busy: dict[Connection, tuple[Any, int]] = {}  # parent end -> (process, index it works on)
+
+    def give(conn: Connection, proc: Any) -> None:
+        if todo:
+            index = todo.popleft()
+            conn.send(index)
+            busy[conn] = (proc, index)
+        else:
+            conn.send(None)
+            proc.join()
+            conn.close()
+
+    def start() -> None:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(func, items, child), daemon=True)
+        proc.start()
+        child.close()  # the worker's end lives in the worker only: its death reads as EOF here
+        give(parent, proc)
+
+    for _ in range(min(workers, len(items))):
+        start()
+    while busy:
+        for conn in wait(list(busy)):
+            proc, index = busy.pop(conn)  # type: ignore[index]
+            try:
+                done, result = conn.recv()
+            except (EOFError, ConnectionError):
+                proc.join()
+                conn.close()
+                results[index] = on_crash(items[index], exit_reason(proc.exitcode))
+                if todo:
+                    start()
+            else:
+                results[done] = result
+                give(conn, proc)  # type: ignore[arg-type]
+            if on_result is not None:
+                on_result()
+    return [results[i] for i in range(len(items))]
