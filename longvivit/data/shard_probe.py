@@ -26,8 +26,8 @@ from longvivit.data.video_io import (
     declared_seconds,
     mpeg_stream_kind,
     output_size,
-    pyav_frame_times,
     pyav_read_frames,
+    scan_frames,
     transcode_video,
 )
 
@@ -161,6 +161,20 @@ def _decord_timing(src: Path) -> _Timing:
                    variable)
 
 
+def _check_declared_length(src: Path, shown: float) -> None:
+    """Raise :class:`DamagedVideoError` when the frames (shown for ``shown`` seconds) end well before the length
+    the container states.
+
+    Damaged bytes inside a Matroska, WebM or AVI file (a download with a hole, a preallocated file never filled)
+    make the demuxer skip or stop without an error: the file decoded as a shorter video. The slack (1 s or 5%)
+    absorbs rounding in the stated lengths.
+    """
+    declared = declared_seconds(src)
+    if declared is not None and declared - shown > max(1.0, 0.05 * declared):
+        raise DamagedVideoError(f"its frames cover {shown:.2f} s of the {declared:.2f} s the container states "
+                                "(bytes missing or damaged)")
+
+
 def _timing(src: Path) -> _Timing:
     """Frame times and size of ``src``, with decord where the loader's decord reads the file right, else PyAV.
 
@@ -195,11 +209,13 @@ def _timing(src: Path) -> _Timing:
         if still:
             raise ValueError(f"a still image ({still}), not a video: list it as {{\"image\": ...}}")
     try:
-        times, fps = pyav_frame_times(src)  # what FFmpeg shows, and the proof that every frame decodes
+        scan = scan_frames(src)  # what FFmpeg shows, and the proof that every frame decodes
     except (NoFramesError, DamagedVideoError):
         raise
     except Exception as err:
         raise err from decord_error
+    _check_declared_length(src, scan.end)
+    times, fps = scan.times, scan.rate
     if seen is not None and len(seen.times) == len(times):
         return seen
     if kind:
@@ -220,7 +236,6 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
 
     try:
         timing = _timing(src)
-        _check_declared_length(src, timing)
     except NoFramesError as err:
         return reject(ZERO_FRAMES, str(err))
     except DamagedVideoError as err:
@@ -273,19 +288,6 @@ def _probe_video(entry: ManifestEntry, src: Path, opts: ShardOptions) -> Sample 
     if timing.reencode:
         info["reencoded_because"] = timing.reencode
     return _sample(entry, src, opts, Path(media), ext, info)
-
-
-def _check_declared_length(src: Path, timing: _Timing) -> None:
-    """Raise :class:`DamagedVideoError` when the frames end well before the length the container states.
-
-    Damaged bytes inside a Matroska, WebM or AVI file (a download with a hole, a preallocated file never filled)
-    make the demuxer skip or stop without an error: the file decoded as a shorter video. The slack (1 s or 5%)
-    lets a long last frame the frame times do not show pass.
-    """
-    declared = declared_seconds(src)
-    if declared is not None and declared - timing.duration > max(1.0, 0.05 * declared):
-        raise DamagedVideoError(f"its frames cover {timing.duration:.2f} s of the {declared:.2f} s the container "
-                                "states (bytes missing or damaged)")
 
 
 def _cfr_rate(timing: _Timing) -> float:

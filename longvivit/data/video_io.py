@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -287,19 +288,26 @@ def _open_source(source: bytes | str | Path) -> Any:
     return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
 
 
-def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> tuple[list[float], float]:
-    """Presentation times (seconds from the first frame) of the decoded frames, and the stream's rate.
+@dataclass(frozen=True)
+class FrameTimes:
+    """When the frames of a video stream are shown, as FFmpeg decodes them."""
 
-    Decodes without converting any picture. Used where decord cannot be trusted: MPEG streams (see
-    :func:`mpeg_stream_kind`) and what it cannot open or decode (AV1, GIF, live WebM without a duration...).
+    times: list[float]  # presentation time of each frame, seconds from the first, in decode (= presentation) order
+    rate: float  # the stream's (average) frame rate
+    end: float  # when the last frame stops being shown (its own duration, else 1 / rate), seconds from the first
+
+
+def scan_frames(source: bytes | str | Path, until: float | None = None) -> FrameTimes:
+    """Decode the video stream without converting any picture and say when each frame is shown.
+
+    Used where decord cannot be trusted: MPEG streams (see :func:`mpeg_stream_kind`) and what it cannot open or
+    decode (AV1, GIF, live WebM without a duration...); the shard writer also proves with it that every frame
+    decodes.
 
     Args:
         source: Encoded video bytes or a file.
         until: Stop after the first frame later than this many seconds (the frames a window from the start
             needs); ``None`` reads them all.
-
-    Returns:
-        ``(times, rate)``; ``times`` has one entry per frame, in decode (= presentation) order.
 
     Raises:
         NoFramesError: No video stream, or no frame decodes.
@@ -311,10 +319,12 @@ def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> 
         ist = video_stream(c)
         rate = float(ist.average_rate or ist.guessed_rate or 25)
         times: list[float] = []
+        shown = 1.0 / rate  # how long the last frame is on screen
         try:
             for frame in c.decode(ist):
                 t = frame.time
                 times.append(times[-1] + 1.0 / rate if t is None and times else (t or 0.0))
+                shown = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1.0 / rate
                 if until is not None and times[-1] - times[0] > until:
                     break
         except av.FFmpegError as err:
@@ -325,7 +335,13 @@ def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> 
     if not times:
         raise NoFramesError("the video stream has no frames")
     first = min(times)
-    return [t - first for t in times], rate
+    return FrameTimes([t - first for t in times], rate, max(times) - first + shown)
+
+
+def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> tuple[list[float], float]:
+    """``(times, rate)`` of :func:`scan_frames`: each frame's presentation time from the first, and the rate."""
+    scan = scan_frames(source, until)
+    return scan.times, scan.rate
 
 
 def pyav_read_frames(source: bytes | str | Path, indices: list[int]) -> np.ndarray:
