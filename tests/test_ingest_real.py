@@ -137,32 +137,42 @@ def test_a_stream_copy_cut_is_stored_as_the_frames_it_shows(tmp_path):
     assert frame_ids(_frames(_media(sample)[1])) == list(range(15, 30))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_probe_that_crashes_its_process_costs_that_input_only(tmp_path, monkeypatch, workers):
+@pytest.mark.parametrize("workers, failure", [(1, "crash"), (2, "crash"), (1, "hang"), (2, "hang")])
+def test_a_probe_that_crashes_or_hangs_costs_that_input_only(tmp_path, monkeypatch, workers, failure):
     # decord has died with SIGSEGV on damaged bytes. In-process (--workers 1) that ended make_shards with nothing
     # written and no rejects; in a multiprocessing.Pool (--workers 2) the run waited for ever for the lost result.
+    # A decoder stuck on damaged bytes stalled the whole run for ever too.
+    import faulthandler
     import os
     import signal
+    import time
 
     from longvivit.data import make_shards
 
     main_pid = os.getpid()
 
-    def probe_or_crash(entry, opts):
+    def probe_or_fail(entry, opts):
         if entry.path == "bad.mp4" and os.getpid() != main_pid:  # a probe in the main process would kill pytest
-            os.kill(os.getpid(), signal.SIGSEGV)
+            if failure == "crash":
+                faulthandler.disable()  # pytest's handler would print the forked worker's stack on the crash
+                os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(3600)
         return probe_entry(entry, opts)
 
-    monkeypatch.setattr(make_shards, "probe_entry", probe_or_crash)
+    monkeypatch.setattr(make_shards, "probe_entry", probe_or_fail)
     for name in ("a.mp4", "bad.mp4", "c.mp4"):
         (tmp_path / name).write_bytes(encode_frames(numbered_frames(4, 16, 16), "mp4"))
     names = ["a.mp4", "bad.mp4", "c.mp4", "a.mp4"]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"video": n, "caption": f"{i}"}) + "\n"
                                               for i, n in enumerate(names)))
     out = tmp_path / "out"
-    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--workers", str(workers)]) == 0
+    assert main(["--manifest", str(tmp_path / "m.jsonl"), "--out", str(out), "--workers", str(workers),
+                 "--timeout", "4"]) == 0
     (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert (reject["line"], reject["reason"]) == (2, "crashed") and "killed by SIGSEGV" in reject["detail"]
+    if failure == "crash":
+        assert (reject["line"], reject["reason"]) == (2, "crashed") and "killed by SIGSEGV" in reject["detail"]
+    else:
+        assert (reject["line"], reject["reason"]) == (2, "timed_out") and "timed out after 4 s" in reject["detail"]
     assert [json.loads(s["json"])["line"] for s in _read_samples(out)] == [1, 3, 4]
 
 

@@ -4,13 +4,15 @@ Decoders crash on some damaged files (decord has died with SIGSEGV on a cut-off 
 processes that decode huge frames. Run in-process, such a crash ended the shard builder with nothing written;
 in a ``multiprocessing.Pool`` it hung the run for ever (the pool waits for a result that never comes). Here each
 worker serves one item at a time, so a dead worker names its item: that item gets ``on_crash``'s result, a new
-worker takes over, and every other item is mapped as usual.
+worker takes over, and every other item is mapped as usual. A worker stuck on one item longer than ``timeout``
+(a decoder looping on damaged bytes) is killed and counts as dead.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -43,6 +45,7 @@ def map_isolated(
     workers: int,
     on_crash: Callable[[T, str], R],
     on_result: Callable[[], None] | None = None,
+    timeout: float | None = None,
 ) -> list[R]:
     """``[func(x) for x in items]`` computed in ``workers`` processes, surviving the death of any of them.
 
@@ -53,6 +56,8 @@ def map_isolated(
         on_crash: ``on_crash(item, how)`` gives the result of an item whose worker died (``how`` as
             :func:`exit_reason`).
         on_result: Called after each finished item (a progress bar).
+        timeout: Seconds one item may take before its worker is killed (``on_crash`` then says
+            ``"timed out after N s"``); ``None`` waits for ever.
 
     Returns:
         The results, in the order of ``items``.
@@ -62,12 +67,13 @@ def map_isolated(
     todo = deque(range(len(items)))
     results: dict[int, R] = {}
     busy: dict[Connection, tuple[Any, int]] = {}  # parent end -> (process, index it works on)
+    since: dict[Connection, float] = {}  # parent end -> when its item was given
 
     def give(conn: Connection, proc: Any) -> None:
         if todo:
             index = todo.popleft()
             conn.send(index)
-            busy[conn] = (proc, index)
+            busy[conn], since[conn] = (proc, index), time.monotonic()
         else:
             conn.send(None)
             proc.join()
@@ -83,14 +89,24 @@ def map_isolated(
     for _ in range(min(workers, len(items))):
         start()
     while busy:
-        for conn in wait(list(busy)):
+        ready = wait(list(busy), timeout=None if timeout is None else max(0.0, min(since.values()) + timeout
+                                                                            - time.monotonic()))
+        late = [] if timeout is None else [c for c in busy if c not in ready and
+                                           time.monotonic() - since[c] >= timeout]
+        for conn in late:
+            busy[conn][0].kill()  # its pipe now reads as EOF: handled below as a dead worker
+        for conn in [*ready, *late]:
             proc, index = busy.pop(conn)  # type: ignore[index]
+            since.pop(conn)  # type: ignore[arg-type]
             try:
+                if conn in late:
+                    raise EOFError
                 done, result = conn.recv()
             except (EOFError, ConnectionError):
                 proc.join()
                 conn.close()
-                results[index] = on_crash(items[index], exit_reason(proc.exitcode))
+                how = f"timed out after {timeout:g} s" if conn in late else exit_reason(proc.exitcode)
+                results[index] = on_crash(items[index], how)
                 if todo:
                     start()
             else:

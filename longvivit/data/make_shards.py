@@ -52,7 +52,7 @@ from typing import Any
 from longvivit.argtypes import positive
 from longvivit.data.isolated import map_isolated
 from longvivit.data.manifest import ManifestEntry, ManifestReadError, read_manifest
-from longvivit.data.shard_probe import CRASHED, Reject, Sample, ShardOptions, probe_entry
+from longvivit.data.shard_probe import CRASHED, TIMED_OUT, Reject, Sample, ShardOptions, probe_entry
 
 
 # ----------------------------------------------------------------------------- planning and writing
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=23, help="x264 quality of re-encoded videos (lower = better)")
     p.add_argument("--reencode", action="store_true",
                    help="re-encode every video to H.264 mp4 (for containers decord reads badly, e.g. MPEG-PS)")
+    p.add_argument("--timeout", type=positive(float), default=3600.0,
+                   help="seconds one input may take to probe and re-encode before its worker is killed and the input "
+                        "rejected as timed_out (default 3600: a decoder stuck on damaged bytes would stall the run)")
     p.add_argument("--verify", choices=("demux", "decode"), default="demux",
                    help="how a video stored as it is gets checked: demux (default) reads every packet (cut-off "
                         "files, holes, hidden frames); decode also decodes every frame once (damage inside frames; "
@@ -192,15 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _probe_all(entries: list[ManifestEntry], opts: ShardOptions, workers: int) -> list[Sample | Reject]:
+def _probe_all(entries: list[ManifestEntry], opts: ShardOptions, workers: int,
+               timeout: float | None = None) -> list[Sample | Reject]:
     from tqdm import tqdm
 
     def crashed(entry: ManifestEntry, how: str) -> Reject:
+        if how.startswith("timed out"):
+            return Reject(entry.line, entry.path, TIMED_OUT, f"probing it {how} (--timeout): a decoder stuck on "
+                          "damaged bytes, or a re-encode longer than the limit")
         return Reject(entry.line, entry.path, CRASHED, f"probing it crashed its process ({how}): a decoder bug "
                       "on damaged bytes, or a frame too large for memory")
 
     with tqdm(total=len(entries), desc="probe", unit="file", disable=None) as bar:
-        return map_isolated(partial(probe_entry, opts=opts), entries, workers, crashed, bar.update)
+        return map_isolated(partial(probe_entry, opts=opts), entries, workers, crashed, bar.update, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = ShardOptions(staging=str(staging), fps=args.fps, short_side=args.short_side,
                         min_seconds=args.min_seconds, crf=args.crf, reencode=args.reencode, verify=args.verify)
-    results = _probe_all(entries, opts, args.workers)
+    results = _probe_all(entries, opts, args.workers, args.timeout)
     samples = [r for r in results if isinstance(r, Sample)]
     rejects = [Reject(e.line, e.source, e.reason, e.detail) for e in errors]
     rejects += [r for r in results if isinstance(r, Reject)]

@@ -41,6 +41,7 @@ OUT_OF_RANGE = "segment_out_of_range"
 TRANSCODE_FAILED = "transcode_failed"
 DAMAGED = "damaged"
 CRASHED = "crashed"  # the probe's process died (see longvivit.data.isolated)
+TIMED_OUT = "timed_out"  # the probe took longer than make_shards --timeout
 
 
 @dataclass(frozen=True)
