@@ -209,3 +209,48 @@ def test_a_clean_video_is_checked_from_its_packets_unless_decoding_is_asked_for(
     sample = probe_entry(entry, shard_probe.ShardOptions(staging=str(tmp_path / "st"), verify=verify))
     assert isinstance(sample, shard_probe.Sample) and sample.info["num_frames"] == len(_noisy_frames())
     assert len(calls) == decoded
+
+
+def _streamed_avi(frames: np.ndarray) -> bytes:
+    """An AVI as FFmpeg writes it into a pipe (``ffmpeg ... -f avi -``): placeholder sizes, no frame count."""
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def write(self, b) -> int:
+            self.data += bytes(b)
+            return len(b)
+
+    sink = Pipe()
+    with av.open(sink, "w", format="avi") as c:
+        stream = c.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuvj420p"
+        for picture in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return bytes(sink.data)
+
+
+def test_an_avi_written_to_a_pipe_is_a_video_not_a_cut_off_file(tmp_path):
+    # Its RIFF size is the placeholder 0xFFFFFFFF: it was rejected as 'damaged' ("the AVI chunk 'AVI' runs to byte
+    # 4294967303"), and decord aborts the process on it (std::bad_alloc), so it is read with PyAV and re-encoded.
+    frames = numbered_frames(30, 32, 32)
+    data = _streamed_avi(frames)
+    assert data[4:8] == b"\xff\xff\xff\xff"
+    (tmp_path / "piped.avi").write_bytes(data)
+    (sample,), rejects = _shard_one(tmp_path, {"video": "piped.avi", "caption": "from a pipe"})
+    info = json.loads(sample["json"])
+    assert rejects == [] and info["reencoded_because"].startswith("a streamed AVI")
+    assert (info["num_frames"], info["duration"]) == (30, 3.0)
+    assert frame_ids(_frames(_media(sample)[1])) == list(range(30))
+    video, valid = read_frames(data, 4, fps=1.0)  # shards from other tools: the loader reads it too
+    assert valid == 3 and frame_ids(video[:3]) == [0, 10, 20]

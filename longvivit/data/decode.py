@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from longvivit.config import PreprocessConfig
 from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 from longvivit.data.sampling import frame_indices, variable_timestamps, window_cuts_clip
-from longvivit.data.truncation import cut_off
+from longvivit.data.truncation import cut_off, streamed_avi
 from longvivit.data.video_io import NoFramesError, mpeg_stream_kind, pyav_frame_times, pyav_read_frames
 
 Modality = Literal["video", "image"]
@@ -170,7 +170,7 @@ def read_frames(
     if why_cut:  # decord has crashed the process (SIGSEGV) on cut-off AVI bytes
         raise DecodeError(f"the video is cut off ({len(data)} bytes): {why_cut}")
     pick = dict(num_frames=num_frames, fps=fps, mode=sampling, start=start, rng=rng)
-    if mpeg_stream_kind(data):
+    if mpeg_stream_kind(data) or streamed_avi(data):  # decord misreads these (aborts on the AVI)
         return _read_frames_pyav(data, pick, None)
     try:
         return _read_frames_decord(data, pick, num_threads)

@@ -18,7 +18,7 @@ from longvivit.data.decode import decoder_message, rgb_image, still_image_format
 from longvivit.data.formats import IMAGE_EXTS, STORED_VIDEO_EXTS
 from longvivit.data.manifest import ManifestEntry
 from longvivit.data.sampling import variable_timestamps
-from longvivit.data.truncation import cut_off
+from longvivit.data.truncation import cut_off, streamed_avi
 from longvivit.data.video_io import EPS as _EPS
 from longvivit.data.video_io import (
     DamagedVideoError,
@@ -185,7 +185,8 @@ def _timing(src: Path, verify: str = "demux") -> _Timing:
     files, holes a demuxer skips, frames an edit list hides), or by decoding every frame once with PyAV
     (``"decode"``, pictures not converted, ~50x the CPU: also damage inside frames, which otherwise passes a
     check of the first and last frames and fails wherever the loader samples in between, where it is skipped
-    and listed). A file decord cannot read, or an MPEG stream, is decoded whole either way (it is re-encoded).
+    and listed). A file decord cannot read, an MPEG stream or a streamed AVI is decoded whole either way (it is
+    re-encoded).
 
     Raises:
         NoFramesError: No video stream or no frame.
@@ -200,7 +201,8 @@ def _timing(src: Path, verify: str = "demux") -> _Timing:
     why_cut = cut_off(src)
     if why_cut:
         raise DamagedVideoError(f"cut off: {why_cut}")
-    kind = mpeg_stream_kind(head)
+    mpeg = mpeg_stream_kind(head)
+    kind = f"MPEG {mpeg}" if mpeg else streamed_avi(head)  # decord misreads these (or aborts on them)
     seen: _Timing | None = None
     decord_error: Exception | None = None
     if kind is None:
@@ -230,7 +232,7 @@ def _timing(src: Path, verify: str = "demux") -> _Timing:
     if seen is not None and len(seen.times) == len(times):
         return seen
     if kind:
-        why = f"MPEG {kind}"
+        why = kind
     elif seen is None:
         why = "decord cannot read it"
     else:  # e.g. a stream-copy cut (ffmpeg -ss -c copy): decord also counts the frames its edit list hides

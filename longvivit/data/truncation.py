@@ -6,7 +6,9 @@ crashed the process (SIGSEGV). Three containers say how long they are, so the ch
 
 - ISO BMFF (mp4, mov, m4v): every top-level box gives its size; a box that runs past the end was cut.
 - Matroska / WebM: the Segment element gives its size (live recordings write "unknown", which passes).
-- AVI: each RIFF chunk gives its size (OpenDML files over 1 GB chain several).
+- AVI: each RIFF chunk gives its size (OpenDML files over 1 GB chain several). A writer that cannot seek back
+  (FFmpeg writing to a pipe) leaves the placeholder 0xFFFFFFFF and no frame count: no declared size, and a file
+  decord aborts on (see :func:`streamed_avi`).
 
 MPEG program and transport streams declare no length and always pass.
 """
@@ -24,6 +26,7 @@ _BMFF_BOXES = frozenset(
      b"meta", b"junk", b"PICT", b"prfl")
 )
 _EBML, _SEGMENT = 0x1A45DFA3, 0x18538067
+_RIFF_UNKNOWN = 0xFFFFFFFF  # the size FFmpeg writes first and patches on close, when it can seek
 _MAX_CHUNKS = 1_000_000  # a fragmented mp4 has two boxes per fragment; bounds a walk through junk
 
 
@@ -40,6 +43,21 @@ def cut_off(source: bytes | str | Path) -> str | None:
         return _cut_off(io.BytesIO(source), len(source))
     with open(source, "rb") as f:
         return _cut_off(f, os.fstat(f.fileno()).st_size)
+
+
+def streamed_avi(head: bytes) -> str | None:
+    """Why ``head`` (the first bytes of a file) starts an AVI decord cannot read, or ``None``.
+
+    An AVI written where its writer could not seek back (``ffmpeg ... -f avi -`` into a pipe) keeps placeholder
+    sizes and a frame count of 0: it plays, but decord aborts the process on it (``std::bad_alloc``), so it is read
+    with PyAV and the shard writer re-encodes it, as MPEG streams are.
+    """
+    if head[:4] != b"RIFF" or head[8:12] != b"AVI " or len(head) < 52:
+        return None
+    total_frames = int.from_bytes(head[48:52], "little") if head[24:28] == b"avih" else None
+    if int.from_bytes(head[4:8], "little") == _RIFF_UNKNOWN or total_frames == 0:
+        return "a streamed AVI (no sizes or frame count)"
+    return None
 
 
 def _cut_off(f: BinaryIO, size: int) -> str | None:
@@ -82,6 +100,8 @@ def _riff_chunks(f: BinaryIO, size: int) -> Iterator[tuple[str, int, int]]:
         if len(header) < 12 or header[:4] != b"RIFF":
             return
         length = int.from_bytes(header[4:8], "little")
+        if length == _RIFF_UNKNOWN:
+            return  # a streamed AVI: its size was never written back, nothing declared
         yield f"AVI chunk {header[8:12].decode('latin-1').strip()!r}", pos, pos + 8 + length
         pos += 8 + length + length % 2  # chunks are padded to an even size
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from longvivit.data.truncation import streamed_avi
+
 EPS = 1e-6  # seconds; absorbs float noise in frame timestamps
 
 
@@ -251,6 +253,9 @@ def declared_seconds(path: str | Path) -> float | None:
     """
     import av
 
+    with open(path, "rb") as f:
+        if streamed_avi(f.read(64)):  # its sizes are placeholders: FFmpeg derives a bogus length from them
+            return None
     with av.open(str(path)) as c:
         if not set(c.format.name.split(",")) & set(_DECLARING_FORMATS):
             return None
