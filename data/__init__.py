@@ -32,6 +32,7 @@ _MISSING_SHOWN = 10
 _CORE_KEYS = ("video", "image", "caption", "start", "end")
 _JSON_SPACE = " \t\n\r"
 _NUMBER_CHARS = "0123456789+-.eE"
+_CUT_MARGIN = 16  # a value cut by the buffer's end fails this close to it ("-Infinit", "\\u00", "fals")
 JSON_CHUNK_CHARS = 1 << 20  # characters iter_json_object reads at a time
 
 
@@ -92,6 +93,7 @@ class _JsonReader:
 
     def __init__(self, f: IO[str], chunk_chars: int) -> None:
         self.f, self.chunk, self.buf, self.pos, self.eof = f, chunk_chars, "", 0, False
+        self.offset = 0  # characters of the file before self.buf
         self.decoder = json.JSONDecoder()
 
     def _fill(self, at_least: int) -> bool:
@@ -99,6 +101,7 @@ class _JsonReader:
         if not data:
             self.eof = True
             return False
+        self.offset += self.pos
         self.buf = self.buf[self.pos:] + data
         self.pos = 0
         return True
@@ -131,8 +134,10 @@ class _JsonReader:
                     self.pos = end
                     return value
             except json.JSONDecodeError as err:
-                if self.eof:
-                    raise ValueError(f"{err.msg} ({len(self.buf) - err.pos} characters before the end)") from None
+                # Only an error at the end of the text read so far (or a string still open there) can be the
+                # buffer's end; any other is in the file: reading on would load the rest of it (GBs) to say so.
+                if self.eof or not (err.pos >= len(self.buf) - _CUT_MARGIN or err.msg.startswith("Unterminated")):
+                    raise ValueError(f"{err.msg} at character {self.offset + err.pos} of the file") from None
             self._fill(len(self.buf) - self.pos)
 
 

@@ -355,6 +355,23 @@ def test_iter_json_object_names_the_file_when_it_is_not_one_object(tmp_path, tex
     assert "bad.json" in str(err.value)
 
 
+def test_iter_json_object_stops_at_a_malformed_record_instead_of_reading_the_rest(tmp_path, monkeypatch):
+    # An error inside the text read so far was retried with twice the text until the end of the file: a bad record
+    # near the start of a multi-GB caption.json loaded all of it before the error, which named no position.
+    import data
+
+    record = json.dumps({"start": [0.0], "end": [1.0], "text": ["hello"]})
+    path = tmp_path / "caption.json"
+    path.write_text('{"ok": ' + record + ', "bad": [1, 2,, 3], ' + ", ".join(f'"v{i}": {record}' for i in range(20000))
+                    + "}", encoding="utf-8")
+    longest = []
+    fill = data._JsonReader._fill
+    monkeypatch.setattr(data._JsonReader, "_fill", lambda self, n: (fill(self, n), longest.append(len(self.buf)))[0])
+    with pytest.raises(ValueError, match="Expecting value at character 71 of the file"):
+        list(data.iter_json_object(path, chunk_chars=64))
+    assert max(longest) < 1000, max(longest)
+
+
 def test_a_build_that_fails_half_way_leaves_no_manifest(tmp_path):
     from data import write_jsonl
 
