@@ -254,3 +254,17 @@ def test_an_avi_written_to_a_pipe_is_a_video_not_a_cut_off_file(tmp_path):
     assert frame_ids(_frames(_media(sample)[1])) == list(range(30))
     video, valid = read_frames(data, 4, fps=1.0)  # shards from other tools: the loader reads it too
     assert valid == 3 and frame_ids(video[:3]) == [0, 10, 20]
+
+
+def test_bytes_after_the_last_mp4_box_are_no_box_even_when_they_read_like_one(tmp_path):
+    # Anything after the last box whose 4 bytes after a size were printable was taken for a box running past the
+    # end: a playable mp4 with a maker's trailer (or padding) was rejected as 'damaged: cut off'.
+    from longvivit.data.truncation import cut_off
+
+    mp4 = encode_frames(numbered_frames(20, 32, 32), "mp4")
+    data = mp4 + b"\x00\x00\x10\x00SEFH" + b"\x01" * 24
+    assert cut_off(data) is None
+    assert "mp4 box 'moov'" in cut_off(mp4[: len(mp4) - 100])  # a file cut inside its last box still is cut
+    (tmp_path / "trailer.mp4").write_bytes(data)
+    (sample,), rejects = _shard_one(tmp_path, {"video": "trailer.mp4", "caption": "with a trailer"})
+    assert rejects == [] and json.loads(sample["json"])["num_frames"] == 20

@@ -25,6 +25,9 @@ _BMFF_BOXES = frozenset(
     (b"ftyp", b"styp", b"moov", b"mdat", b"moof", b"mfra", b"sidx", b"free", b"skip", b"wide", b"pnot", b"uuid",
      b"meta", b"junk", b"PICT", b"prfl")
 )
+# Boxes found at the top level of a file; after the last one, bytes of any other kind (a phone maker's trailer,
+# padding) are no box, even when they read as a printable name and a size.
+_BMFF_TOP_LEVEL = _BMFF_BOXES | frozenset((b"udta", b"pdin", b"emsg", b"prft", b"ssix", b"bloc", b"styp"))
 _EBML, _SEGMENT = 0x1A45DFA3, 0x18538067
 _RIFF_UNKNOWN = 0xFFFFFFFF  # the size FFmpeg writes first and patches on close, when it can seek
 _MAX_CHUNKS = 1_000_000  # a fragmented mp4 has two boxes per fragment; bounds a walk through junk
@@ -86,8 +89,8 @@ def _bmff_boxes(f: BinaryIO, size: int) -> Iterator[tuple[str, int, int]]:
         length, kind = int.from_bytes(header[:4], "big"), header[4:8]
         if length == 1:  # 64-bit size follows
             length = int.from_bytes(header[8:16], "big")
-        if length == 0 or length < 8 or not (kind.isascii() and kind.decode("ascii").isprintable()):
-            return  # "to the end of the file", or not a box: nothing declared
+        if length < 8 or kind not in _BMFF_TOP_LEVEL:
+            return  # 0: "to the end of the file"; else not a box (a maker's trailer after the last): nothing declared
         yield f"mp4 box {kind.decode('ascii')!r}", pos, pos + length
         pos += length
 
