@@ -417,3 +417,23 @@ def test_caption_of_a_checkpoint_samples_frames_as_it_was_trained(parts, tmp_pat
     pre = _preprocess(make_model(parts), str(ckpt), args)
     assert (pre.fps, pre.num_frames, pre.image_size) == (0.25, 4, 32)
     assert _preprocess(make_model(parts), str(ckpt), argparse.Namespace(fps=2.0, sampling=None)).fps == 2.0
+
+
+def test_questions_in_a_row_on_one_video_decode_it_once(parts, make_video, monkeypatch):
+    # QA sets ask several questions per video in a row (NExT-QA ~5-10): each decoded and hashed the video again.
+    from longvivit.captioning.qa import QAItem, evaluate_qa
+    from longvivit.data import decode
+
+    model = make_model(parts)
+    open_gates(model)
+    calls = []
+    real = decode.decode_video_file
+    monkeypatch.setattr(decode, "decode_video_file", lambda path, pre: calls.append(path) or real(path, pre))
+    a, b = str(make_video("a.mp4", num_frames=16, fps=8.0)), str(make_video("b.mp4", num_frames=16, fps=8.0, seed=3))
+    items = [QAItem(key=str(i), video=v, question=f"question {i}?", options=["a square", "a rabbit"])
+             for i, v in enumerate([a, a, a, b, b, a])]
+    pre = PreprocessConfig(num_frames=4, fps=2.0, image_size=32)
+    rows = evaluate_qa(model, items, pre, mask_ratio=0.5)["items"]
+    assert calls == [a, b, a]
+    alone = evaluate_qa(model, items[1:2], pre, mask_ratio=0.5)["items"]
+    assert alone[0]["scores"] == rows[1]["scores"]  # a reused video is the same input with the same mask

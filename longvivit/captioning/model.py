@@ -105,8 +105,13 @@ def file_generator(seed: int, path: str | Path) -> torch.Generator:
     Not from the path: ``a.mp4``, ``./a.mp4``, its absolute path or a copy elsewhere are the same video and get
     the same mask (and so the same caption or QA scores) from any working directory or machine.
     """
+    return video_generator(seed, file_digest(path))
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, hex (what :func:`file_generator` seeds from)."""
     with Path(path).open("rb") as f:
-        return video_generator(seed, hashlib.file_digest(f, "sha256").hexdigest())
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_encoder(

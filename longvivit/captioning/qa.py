@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longvivit.captioning.model import VideoToText, file_generator
+from longvivit.captioning.model import VideoToText, file_digest
 from longvivit.config import PreprocessConfig
+from longvivit.models.masking import video_generator
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,18 @@ def evaluate_qa(
     from longvivit.data.decode import DecodeError, decode_video_file
 
     rows, preds, answers, chance, skipped = [], [], [], [], []
+    last: tuple[str, Any, int, str] | None = None  # the previous question's video: QA sets ask several in a row
     for item in items:
         try:
-            video, nvf = decode_video_file(item.video, preprocess)
+            if last is None or last[0] != item.video:
+                last = None
+                last = (item.video, *decode_video_file(item.video, preprocess), file_digest(item.video))
         except DecodeError as err:
             skipped.append({"id": item.key, "video": item.video, "reason": str(err)})
             log.warning("question %s skipped: %s", item.key, err)
             continue
-        gen = file_generator(seed, item.video)  # the same video's mask whatever the question's place or path
+        _, video, nvf, digest = last
+        gen = video_generator(seed, digest)  # the same video's mask whatever the question's place or path
         scores = option_scores(
             model, video, item.question, item.options, nvf, template, normalize, mask_ratio, gen
         )  # (K,)
