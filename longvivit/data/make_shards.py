@@ -5,23 +5,27 @@ Usage::
     python tools/make_shards.py --manifest data/train.jsonl --out shards/train --maxcount 1000 --workers 4
 
 Sample format (what :mod:`longvivit.data.shards` reads): per sample ``{key}.{ext}`` (the video or image bytes;
-ext one of mp4 avi mkv webm mov mpg mpeg m4v jpg jpeg png), ``{key}.json`` (captions, media, ext, duration,
+ext one of mp4 avi mkv webm mov m4v jpg jpeg png: ``longvivit.data.formats.STORED_VIDEO_EXTS``, anything else is
+re-encoded to mp4), ``{key}.json`` (captions, media, ext, duration,
 fps, num_frames, width, height of the *stored* bytes, source, start, end, line, meta) and ``{key}.txt`` (the
 first caption). Keys are ``{line:06d}_{name}`` with only ``[A-Za-z0-9_-]`` (webdataset splits at dots).
 
 How a run goes, and why it can be interrupted and rerun safely:
 
 1. Stale ``*.tmp`` files of an earlier, interrupted run are removed.
-2. Every manifest entry is probed (in parallel with ``--workers``): decord opens it, counts frames and decodes
-   the first and last frame the sample needs; PyAV reads every packet of the stream (``--verify decode``: also
-   decodes every frame once, pictures not converted, ~50x the CPU). A video cut off, with a hole, shorter than
-   its container states (or, with ``--verify decode``, damaged inside a frame) is rejected as ``damaged``.
-   Videos are stored byte for byte unless they must be re-encoded: a ``start``/``end`` segment (always cut),
-   ``--fps`` / ``--short-side`` (only ever lowers rate or size), a container outside the list above, frames
-   decord counts differently from FFmpeg (a stream-copy cut), or ``--reencode`` (normalises everything to
-   H.264 mp4, e.g. for MPEG-PS, where decord skips the first GOP). Re-encoded videos stream through PyAV
-   (never the whole video in RAM)
-   into ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
+2. Every manifest entry is probed in worker processes (``--workers``, at least one), each serving one input at a
+   time: a probe that kills its process (a decoder crash, the OOM killer) rejects that input as ``crashed``, one that
+   runs past ``--timeout`` seconds (default an hour) is killed and its input rejected as ``timed_out``, and the
+   run goes on. decord opens the video, counts frames and decodes the first and last GOP; PyAV reads every
+   packet of the stream (``--verify decode``: also decodes every frame once, pictures not converted, ~50x the
+   CPU). A video cut off, with a hole, shorter than its container states (or, with ``--verify decode``, damaged
+   inside a frame) is rejected as ``damaged``. Videos are stored byte for byte unless they must be re-encoded:
+   a ``start``/``end`` segment (always cut), ``--fps`` / ``--short-side`` (only ever lowers rate or size), a
+   container outside the list above, an MPEG program/transport stream or an AVI written to a pipe (decord
+   misreads them), a variable frame rate, a file decord cannot open, frames decord counts differently from
+   FFmpeg (a stream-copy cut), or ``--reencode`` (normalises everything to H.264 mp4); the json's
+   ``reencoded_because`` names the reason found in the file. Re-encoded videos stream through PyAV (never the
+   whole video in RAM) into ``OUT/.staging/``, so a rerun reuses encodes finished before an interruption.
 3. Accepted samples, in manifest order, are cut into shards: a new shard starts when ``--maxcount`` samples or
    ``--maxsize`` bytes would be exceeded. The assignment only depends on the inputs and options.
 4. Each shard is written to ``NAME.tar.tmp`` and renamed when complete, then ``NAME.index.json`` records its
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
     p.add_argument("--maxcount", type=positive(int), default=1000, help="samples per shard (default 1000)")
     p.add_argument("--maxsize", type=_parse_size, default=None, help="bytes per shard, e.g. 1G (default: none)")
-    p.add_argument("--workers", type=positive(int), default=1, help="parallel probe/encode processes")
+    p.add_argument("--workers", type=positive(int), default=1, help="parallel probe/encode processes (default 1)")
     p.add_argument("--fps", type=positive(float), default=None, help="re-encode videos above this frame rate")
     p.add_argument("--short-side", type=positive(int), default=None,
                    help="re-encode videos (resize images) whose short side is larger than this")
@@ -184,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="rewrite shards even when complete")
     p.add_argument("--crf", type=int, default=23, help="x264 quality of re-encoded videos (lower = better)")
     p.add_argument("--reencode", action="store_true",
-                   help="re-encode every video to H.264 mp4 (for containers decord reads badly, e.g. MPEG-PS)")
+                   help="re-encode every video to H.264 mp4 (MPEG streams, variable-rate and other videos decord "
+                        "misreads are re-encoded without it)")
     p.add_argument("--timeout", type=positive(float), default=3600.0,
                    help="seconds one input may take to probe and re-encode before its worker is killed and the input "
                         "rejected as timed_out (default 3600: a decoder stuck on damaged bytes would stall the run)")
