@@ -225,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="shard paths, brace patterns ('s/test-{000000..000009}.tar'), globs or folders of .tar",
     )
     p.add_argument("--num-frames", type=positive(int), default=None, help="frames per clip (default: the model's)")
-    p.add_argument("--fps", type=positive(float), default=None, help="default: the export's, else 1")
-    p.add_argument("--sampling", choices=("fps", "uniform"), default=None, help="default: the export's, else fps")
+    p.add_argument("--fps", type=positive(float), default=None,
+                   help="default: as trained (an export's preprocessor_config.json, a checkpoint's data settings), "
+                        "else 1")
+    p.add_argument("--sampling", choices=("fps", "uniform"), default=None,
+                   help="default: as trained (export or checkpoint), else fps")
     p.add_argument("--image-size", type=positive(int), default=None, help="default: the model's")
     p.add_argument("--mask-ratio", type=mask_ratio, default=0.0)
     p.add_argument("--max-text-length", type=positive(int), default=None,
@@ -234,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-order", choices=FRAME_ORDERS, default="original")
     p.add_argument("--batch-size", type=positive(int), default=16)
     p.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the masks and shuffled frames, drawn per clip key (independent of batch and order)")
     p.add_argument("--max-fail-fraction", type=fraction, default=0.1,
                    help="stop when more than this fraction of the clips cannot be read (default 0.1)")
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
