@@ -26,8 +26,10 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 def video_generator(seed: int, name: str) -> torch.Generator:
     """The RNG of one video at inference (its mask, its shuffled frames), from the seed and the video's name
-    (path or key) only: a video draws the same whichever place it has among the inputs or in a batch, so
-    masked or shuffled evaluations do not move with the batch size, the world size or the data order."""
+    only (a shard sample's key; for a video file, the digest of its content, see
+    ``longvivit.captioning.model.file_generator``): a video draws the same whichever place it has among the inputs
+    or in a batch, so masked or shuffled evaluations do not move with the batch size, the world size or the data
+    order."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
