@@ -182,6 +182,10 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     assert [(s["id"], "No such file" in s["reason"]) for s in res["skipped"]] == [
         ("corrupt.mp4", False), ("missing.mp4", True)]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_skipped"] == 2
+    bad = tmp_path / "bad_qa.jsonl"  # no question's video decodes: one line, not a ValueError traceback
+    bad.write_text("".join(line + "\n" for line in qa.read_text().splitlines()[-2:]))
+    with pytest.raises(SystemExit, match=r"^longvivit caption: --qa .*bad_qa.jsonl: no question's video could be"):
+        cli.main(["--model", str(folder), "--qa", str(bad)])
 
 
 def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(setup, tmp_path, capsys):

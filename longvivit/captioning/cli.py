@@ -142,8 +142,11 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
 def _answer_questions(model: Any, pre: Any, args: argparse.Namespace, items: list[Any]) -> dict[str, Any]:
     from longvivit.captioning.qa import DEFAULT_TEMPLATE, evaluate_qa
 
-    result = evaluate_qa(model, items, pre, args.qa_template or DEFAULT_TEMPLATE, args.qa_normalize,
-                         args.mask_ratio, args.seed)
+    try:
+        result = evaluate_qa(model, items, pre, args.qa_template or DEFAULT_TEMPLATE, args.qa_normalize,
+                             args.mask_ratio, args.seed)
+    except ValueError as err:  # no question's video decodes
+        raise SystemExit(f"longvivit caption: --qa {args.qa}: {err}") from err
     summary = {k: result[k] for k in ("accuracy", "chance", "num_questions", "num_answered")}
     summary["num_skipped"] = len(result["skipped"])
     print(json.dumps(summary), flush=True)
