@@ -298,7 +298,9 @@ def _export_captioner(args: argparse.Namespace) -> int:
     from longvivit.captioning.export import export_captioner
 
     unused = [name for name, value in (("--dtype", args.dtype != "fp32"), ("--metrics", args.metrics),
-                                       ("--data-stats", args.data_stats), ("--push-to-hub", args.push_to_hub))
+                                       ("--data-stats", args.data_stats), ("--license", args.license),
+                                       ("--push-to-hub", args.push_to_hub), ("--private", args.private),
+                                       ("--no-verify", args.no_verify))
               if value]
     if unused:
         print(f"longvivit export: {args.ckpt} is a captioner checkpoint: {', '.join(unused)} apply to video-text "

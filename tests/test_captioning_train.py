@@ -262,6 +262,9 @@ def test_export_turns_a_captioning_checkpoint_into_the_captioner_folder(trained,
     assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(out), "--overwrite"]) == 0
     assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "b"), "--dtype", "bf16"]) == 2
     assert "--dtype apply to video-text models only" in capsys.readouterr().err
+    assert cli_main(["export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path / "c"), "--license", "mit",
+                     "--no-verify"]) == 2  # were ignored silently
+    assert "--license, --no-verify apply to video-text models only" in capsys.readouterr().err
 
 
 def test_caption_of_shards_without_video_says_so_with_the_command_prefix(trained, tmp_path):
