@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -152,6 +153,20 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     assert capsys.readouterr().out.strip() == f"{ASSETS / 'bigbuckbunny.mp4'}\t{caption}"
     with pytest.raises(SystemExit, match="no video could be decoded"):
         cli.main(["--model", str(folder), "--video", str(corrupt), "--max-new-tokens", "6"])
+    # a folder stands for the videos under it (it was one "file" that could not be read); an empty one is listed
+    videos, empty = tmp_path / "videos", tmp_path / "empty"
+    (videos / "sub").mkdir(parents=True)
+    empty.mkdir()
+    shutil.copy(ASSETS / "bigbuckbunny.mp4", videos / "sub" / "b.MP4")
+    shutil.copy(ASSETS / "cityCC0.mpg", videos / "a.mpg")
+    (videos / "notes.txt").write_text("not a video")
+    assert cli.main(["--model", str(folder), "--video", str(videos), str(empty), "--max-new-tokens", "6",
+                     "--out", str(files)]) == 0
+    listed = json.loads(files.read_text())
+    assert list(listed["captions"]) == [str(videos / "a.mpg"), str(videos / "sub" / "b.MP4")]
+    assert listed["captions"][str(videos / "sub" / "b.MP4")] == caption  # same content, same mask and caption
+    assert [(p, "no video file" in r) for p, r in listed["skipped"]] == [(str(empty), True)]
+    capsys.readouterr()
 
     out = tmp_path / "captions.json"
     assert cli.main(["--model", str(trained["ckpt"]), "--shards", str(setup["shards"]["val"]),

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longvivit caption", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="captioning model folder or CaptioningModule .ckpt")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--video", nargs="+", help="video file(s) to caption")
+    what.add_argument("--video", nargs="+",
+                      help="video file(s) to caption; a folder stands for the videos under it (any depth)")
     what.add_argument("--shards", nargs="+", help="webdataset shards to caption")
     what.add_argument("--qa", help="multiple-choice questions, JSON lines (see longvivit.captioning.qa)")
     p.add_argument("--out", help="write results as JSON here")
@@ -71,6 +72,28 @@ def _preprocess(model: Any, source: str, args: argparse.Namespace) -> Any:
     return dataclasses.replace(pre, **changes)
 
 
+def video_paths(args: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files ``--video`` names, a folder standing for the video files under it (sorted, any depth).
+
+    Returns:
+        ``(paths, skipped)``: the files to caption, and ``(folder, reason)`` for a folder holding no video.
+    """
+    from longvivit.data.formats import VIDEO_EXTS
+
+    paths: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for arg in args:
+        if not Path(arg).is_dir():
+            paths.append(arg)
+            continue
+        found = sorted(str(p) for p in Path(arg).rglob("*")
+                       if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_EXTS)
+        if not found:
+            skipped.append((arg, f"a folder with no video file ({', '.join(VIDEO_EXTS)}) under it"))
+        paths += found
+    return paths, skipped
+
+
 def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
@@ -79,8 +102,11 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     from longvivit.data.decode import DecodeError, decode_video_file
 
     captions: dict[str, str] = {}
-    skipped: list[tuple[str, str]] = []
-    for path in args.video:
+    paths, skipped = video_paths(args.video)
+    inputs = len(paths) + len(skipped)  # files, and folders without a video
+    for folder, reason in skipped:
+        log.warning("skipped %s: %s", folder, reason)
+    for path in paths:
         try:
             video, nvf = decode_video_file(path, pre)  # (T, 3, H, W)
         except DecodeError as e:
@@ -93,9 +119,9 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
                                  args.beams, args.mask_ratio, gen, args.prompt)[0]
         captions[path] = caption
         line = " ".join(caption.split())  # one line per video, whatever the LM emitted
-        print(line if len(args.video) == 1 else f"{path}\t{line}", flush=True)
+        print(line if paths == list(args.video) and len(paths) == 1 else f"{path}\t{line}", flush=True)
     if skipped:
-        log.warning("skipped %d of %d videos (reasons above)", len(skipped), len(args.video))
+        log.warning("skipped %d of %d inputs (reasons above)", len(skipped), inputs)
     if not captions:
         raise SystemExit(f"no video could be decoded: {skipped}")
     return {"captions": captions, "skipped": skipped}
