@@ -268,3 +268,21 @@ def test_bytes_after_the_last_mp4_box_are_no_box_even_when_they_read_like_one(tm
     (tmp_path / "trailer.mp4").write_bytes(data)
     (sample,), rejects = _shard_one(tmp_path, {"video": "trailer.mp4", "caption": "with a trailer"})
     assert rejects == [] and json.loads(sample["json"])["num_frames"] == 20
+
+
+def test_a_stream_whose_resolution_changes_part_way_decodes_at_the_first_size(tmp_path):
+    # Joined MPEG-TS recordings change resolution mid-stream; the PyAV reader (MPEG streams, files decord cannot
+    # read) stacked frames of two sizes: `caption --video` and the loader failed with "all input arrays must have
+    # the same shape".
+    from longvivit.config import PreprocessConfig
+    from longvivit.data.decode import decode_video_file
+
+    small, large = numbered_frames(10, 48, 64), numbered_frames(10, 64, 96)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(encode_frames(small, "mpegts") + encode_frames(large, "mpegts"))
+    with av.open(str(joined)) as c:
+        assert len({(f.width, f.height) for f in c.decode(video=0)}) == 2
+    frames = pyav_read_frames(joined, [0, 5, 12, 19])
+    assert frames.shape == (4, 48, 64, 3)
+    video, valid = decode_video_file(joined, PreprocessConfig(num_frames=4, fps=5.0, image_size=32))
+    assert tuple(video.shape) == (4, 3, 32, 32) and valid == 4

@@ -392,15 +392,19 @@ def pyav_read_frames(source: bytes | str | Path, indices: list[int]) -> np.ndarr
         indices: Frame indices (repeats allowed), each below the frame count of :func:`pyav_frame_times`.
 
     Returns:
-        (len(indices), H, W, 3) uint8.
+        (len(indices), H, W, 3) uint8, every frame at the first frame's size (a stream whose resolution changes
+        part-way, as joined MPEG-TS recordings do, is scaled to it, as a re-encode would).
     """
     wanted = set(indices)
     picked: dict[int, np.ndarray] = {}
+    size: tuple[int, int] | None = None
     with _open_source(source) as c:
         for i, frame in enumerate(c.decode(video_stream(c))):
+            size = size or (frame.width, frame.height)
             if i in wanted:
                 turns = _quarter_turns(frame)
-                picked[i] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
+                rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")  # (H, W, 3)
+                picked[i] = np.ascontiguousarray(np.rot90(rgb, turns))
                 if len(picked) == len(wanted):
                     break
     missing = sorted(wanted - picked.keys())
