@@ -23,7 +23,6 @@ from longvivit.data.video_io import EPS as _EPS
 from longvivit.data.video_io import (
     DamagedVideoError,
     NoFramesError,
-    declared_seconds,
     mpeg_stream_kind,
     output_size,
     pyav_read_frames,
@@ -164,15 +163,14 @@ def _decord_timing(src: Path) -> _Timing:
                    variable)
 
 
-def _check_declared_length(src: Path, shown: float) -> None:
+def _check_declared_length(shown: float, declared: float | None) -> None:
     """Raise :class:`DamagedVideoError` when the frames (shown for ``shown`` seconds) end well before the length
-    the container states.
+    the container states (``declared``).
 
     Damaged bytes inside a Matroska, WebM or AVI file (a download with a hole, a preallocated file never filled)
     make the demuxer skip or stop without an error: the file decoded as a shorter video. The slack (1 s or 5%)
     absorbs rounding in the stated lengths.
     """
-    declared = declared_seconds(src)
     if declared is not None and declared - shown > max(1.0, 0.05 * declared):
         raise DamagedVideoError(f"its frames cover {shown:.2f} s of the {declared:.2f} s the container states "
                                 "(bytes missing or damaged)")
@@ -227,7 +225,8 @@ def _timing(src: Path, verify: str = "demux") -> _Timing:
         raise
     except Exception as err:
         raise err from decord_error
-    _check_declared_length(src, scan.end)
+    # a streamed AVI's placeholder sizes give FFmpeg a bogus length: nothing is declared there
+    _check_declared_length(scan.end, None if streamed_avi(head) else scan.declared)
     times, fps = scan.times, scan.rate
     if seen is not None and len(seen.times) == len(times):
         return seen

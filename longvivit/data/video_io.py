@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from longvivit.data.truncation import streamed_avi
-
 EPS = 1e-6  # seconds; absorbs float noise in frame timestamps
 
 
@@ -245,26 +243,17 @@ class DamagedVideoError(ValueError):
 _DECLARING_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
 
 
-def declared_seconds(path: str | Path) -> float | None:
-    """The length in seconds the container states for its video stream (headers only), ``None`` when it states none.
-
-    Args:
-        path: A video file.
-    """
-    import av
-
-    with open(path, "rb") as f:
-        if streamed_avi(f.read(64)):  # its sizes are placeholders: FFmpeg derives a bogus length from them
-            return None
-    with av.open(str(path)) as c:
-        if not set(c.format.name.split(",")) & set(_DECLARING_FORMATS):
-            return None
-        ist = video_stream(c)
-        if ist.duration and ist.time_base:
-            return float(ist.duration * ist.time_base)
-        # Matroska, per track: "00:01:02.500000000", the end of its last frame (counted from 0, not its start)
-        tag = ist.metadata.get("DURATION", "")
-        start = float(ist.start_time * ist.time_base) if ist.start_time and ist.time_base else 0.0
+def _declared_seconds(container: Any, ist: Any) -> float | None:
+    """The length in seconds an open container states for its video stream ``ist`` (headers only), ``None`` when
+    it states none. A streamed AVI's placeholder sizes give FFmpeg a bogus length: see
+    :func:`~longvivit.data.truncation.streamed_avi`, which callers check first."""
+    if not set(container.format.name.split(",")) & set(_DECLARING_FORMATS):
+        return None
+    if ist.duration and ist.time_base:
+        return float(ist.duration * ist.time_base)
+    # Matroska, per track: "00:01:02.500000000", the end of its last frame (counted from 0, not its start)
+    tag = ist.metadata.get("DURATION", "")
+    start = float(ist.start_time * ist.time_base) if ist.start_time and ist.time_base else 0.0
     try:
         hours, minutes, seconds = tag.split(":")
         return int(hours) * 3600 + int(minutes) * 60 + float(seconds) - start
@@ -300,6 +289,7 @@ class FrameTimes:
     times: list[float]  # presentation time of each frame, seconds from the first, in decode (= presentation) order
     rate: float  # the stream's (average) frame rate
     end: float  # when the last frame stops being shown (its own duration, else 1 / rate), seconds from the first
+    declared: float | None = None  # the length the container states for the stream, if it states one
 
 
 def scan_frames(source: bytes | str | Path, until: float | None = None) -> FrameTimes:
@@ -323,6 +313,7 @@ def scan_frames(source: bytes | str | Path, until: float | None = None) -> Frame
     with _open_source(source) as c:
         ist = video_stream(c)
         rate = float(ist.average_rate or ist.guessed_rate or 25)
+        declared = _declared_seconds(c, ist)
         times: list[float] = []
         shown = 1.0 / rate  # how long the last frame is on screen
         try:
@@ -340,7 +331,7 @@ def scan_frames(source: bytes | str | Path, until: float | None = None) -> Frame
     if not times:
         raise NoFramesError("the video stream has no frames")
     first = min(times)
-    return FrameTimes([t - first for t in times], rate, max(times) - first + shown)
+    return FrameTimes([t - first for t in times], rate, max(times) - first + shown, declared)
 
 
 def scan_packets(source: bytes | str | Path) -> FrameTimes:
@@ -359,6 +350,7 @@ def scan_packets(source: bytes | str | Path) -> FrameTimes:
     with _open_source(source) as c:
         ist = video_stream(c)
         rate = float(ist.average_rate or ist.guessed_rate or 25)
+        declared = _declared_seconds(c, ist)
         shown: list[tuple[float, float]] = []  # (presentation time, duration) of each packet shown
         try:
             for packet in c.demux(ist):
@@ -375,7 +367,7 @@ def scan_packets(source: bytes | str | Path) -> FrameTimes:
         raise NoFramesError("the video stream has no frames")
     shown.sort()  # decode order -> presentation order
     first = shown[0][0]
-    return FrameTimes([t - first for t, _ in shown], rate, shown[-1][0] - first + shown[-1][1])
+    return FrameTimes([t - first for t, _ in shown], rate, shown[-1][0] - first + shown[-1][1], declared)
 
 
 def pyav_frame_times(source: bytes | str | Path, until: float | None = None) -> tuple[list[float], float]:
