@@ -163,7 +163,7 @@ def evaluate_qa(
     for item in items:
         try:
             if last is None or last[0] != item.video:
-                last = None
+                last = None  # a video that does not decode is tried (and listed) again for its next question
                 last = (item.video, *decode_video_file(item.video, preprocess), file_digest(item.video))
         except DecodeError as err:
             skipped.append({"id": item.key, "video": item.video, "reason": str(err)})

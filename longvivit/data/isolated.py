@@ -39,6 +39,14 @@ def _serve(func: Callable[[Any], Any], items: Sequence[Any], conn: Connection) -
         conn.send((index, func(items[index])))
 
 
+def _receive(conn: Connection) -> tuple[int, Any] | None:
+    """A worker's ``(index, result)``, or ``None`` when its pipe reads as EOF (the worker died)."""
+    try:
+        return conn.recv()
+    except (EOFError, ConnectionError):
+        return None
+
+
 def map_isolated(
     func: Callable[[T], R],
     items: Sequence[T],
@@ -98,11 +106,8 @@ def map_isolated(
         for conn in [*ready, *late]:
             proc, index = busy.pop(conn)  # type: ignore[index]
             since.pop(conn)  # type: ignore[arg-type]
-            try:
-                if conn in late:
-                    raise EOFError
-                done, result = conn.recv()
-            except (EOFError, ConnectionError):
+            message = None if conn in late else _receive(conn)  # type: ignore[arg-type]
+            if message is None:
                 proc.join()
                 conn.close()
                 how = f"timed out after {timeout:g} s" if conn in late else exit_reason(proc.exitcode)
@@ -110,7 +115,7 @@ def map_isolated(
                 if todo:
                     start()
             else:
-                results[done] = result
+                results[message[0]] = message[1]
                 give(conn, proc)  # type: ignore[arg-type]
             if on_result is not None:
                 on_result()
