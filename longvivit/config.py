@@ -33,6 +33,14 @@ FramePool = Literal["mean", "attention"]
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 
+def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """Tokens left after masking: ``ceil((1 - r) * N)``, at least one.
+
+    The small tolerance stops float error from adding a token, e.g. ``(1 - 0.7) * 10 = 3.0000000000000004``.
+    """
+    return max(1, math.ceil((1.0 - mask_ratio) * num_tokens - 1e-9))
+
+
 @dataclass
 class VideoEncoderConfig:
     """Configuration of :class:`longvivit.VideoEncoder`.
@@ -173,12 +181,15 @@ class VideoEncoderConfig:
 
     def visible_tokens(self, num_frames: int, mask_ratio: float) -> int:
         """Patch tokens the transformer sees for a clip of ``num_frames`` at ``mask_ratio``: T' steps (one per frame
-        for the frame-level backbone, which also masks each frame on its own) of H' * W' tokens."""
+        for the frame-level backbone, which also masks each frame on its own) of H' * W' tokens, masked as a whole
+        (joint) or by spatial position (factorized, frame)."""
         s = self.num_spatial_tokens
         if self.backbone == "frame":
-            return num_frames * (s - int(s * mask_ratio))
-        n = num_frames // self.tubelet_size[0] * s
-        return n - int(n * mask_ratio)
+            return num_frames * num_kept_tokens(s, mask_ratio)
+        steps = num_frames // self.tubelet_size[0]
+        if self.backbone == "factorized":  # tube masking: the same spatial positions kept in every step
+            return steps * num_kept_tokens(s, mask_ratio)
+        return num_kept_tokens(steps * s, mask_ratio)
 
     @property
     def head_dim(self) -> int:

@@ -427,9 +427,15 @@ def test_from_pretrained_on_a_checkpoint_file_points_to_the_loaders(tmp_path):
 
 
 def test_visible_tokens_count_what_each_backbone_encodes():
-    # The throughput counter divided the frame-level backbone's frames by the tubelet's time size (half its tokens).
+    # The throughput counter divided the frame-level backbone's frames by the tubelet's time size (half its tokens),
+    # and counted the factorized backbone's kept tokens over the whole clip where it keeps spatial positions per
+    # step (70 against 72 at 0.3 with 25 positions a step).
     for backbone in ("joint", "factorized", "frame"):
         enc = VideoEncoder(small(backbone=backbone)).train()
         x = video(enc.cfg)
         tokens = enc.forward_features(x, mask_ratio=0.75)
         assert enc.cfg.visible_tokens(x.shape[1], 0.75) == tokens.shape[1], backbone
+        odd = VideoEncoder(VideoEncoderConfig.preset("tiny", image_size=80, num_frames=8, backbone=backbone)).train()
+        x = torch.randn(1, 8, 3, 80, 80)  # 25 positions a step: no ratio below divides them evenly
+        for ratio in (0.3, 0.75):
+            assert odd.cfg.visible_tokens(8, ratio) == odd.forward_features(x, mask_ratio=ratio).shape[1], backbone

@@ -7,19 +7,11 @@ still works; the count kept is ``ceil((1 - r) * N)`` so that a ratio never empti
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 
 import torch
 
-
-def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
-    """Tokens left after masking: ``ceil((1 - r) * N)``, at least one.
-
-    The small tolerance stops float error from adding a token, e.g. ``(1 - 0.7) * 10 = 3.0000000000000004``.
-    """
-    return max(1, math.ceil((1.0 - mask_ratio) * num_tokens - 1e-9))
-
+from longvivit.config import num_kept_tokens
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 

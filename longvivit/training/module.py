@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
+from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig, num_kept_tokens
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
 from longvivit.loss import NCELoss
@@ -201,7 +201,7 @@ class ContrastiveModule(L.LightningModule):
             )
             feats = out["image_features"]
             s = enc.cfg.num_spatial_tokens
-            per_clip = s - int(s * self.image_mask_ratio)
+            per_clip = num_kept_tokens(s, self.image_mask_ratio)
         else:
             out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             feats = out["video_features"]
