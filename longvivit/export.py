@@ -87,19 +87,26 @@ def preprocess_for(video: VideoEncoderConfig, data: dict[str, Any] | None = None
                             start="first" if start == "random" else start)
 
 
-def source_preprocess(source: str | Path, video: VideoEncoderConfig) -> PreprocessConfig:
-    """How the frames of a model's training data were sampled, for inference on the same footing.
+def recorded_preprocess(source: str | Path, video: VideoEncoderConfig) -> PreprocessConfig | None:
+    """How the frames of a model's training data were sampled, where the source records it, else ``None``.
 
     Args:
         source: An export folder (its ``preprocessor_config.json``) or a ``longvivit fit`` checkpoint (its data
-            hyper-parameters, read memory-mapped).
+            hyper-parameters, read memory-mapped); a bare saved folder records neither.
         video: The encoder's config (frames and image size).
     """
     source = Path(source)
     if source.is_dir():
-        return load_preprocess_config(source) or preprocess_for(video)
+        return load_preprocess_config(source)
     checkpoint = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
-    return preprocess_for(video, dict(checkpoint.get("datamodule_hyper_parameters") or {}))
+    data = checkpoint.get("datamodule_hyper_parameters")
+    return preprocess_for(video, dict(data)) if data else None
+
+
+def source_preprocess(source: str | Path, video: VideoEncoderConfig) -> PreprocessConfig:
+    """How the frames of a model's training data were sampled, for inference on the same footing (1 FPS from the
+    first frame where the source does not record it): :func:`recorded_preprocess`."""
+    return recorded_preprocess(source, video) or preprocess_for(video)
 
 
 # --------------------------------------------------------------------------- the folder

@@ -23,7 +23,7 @@ from torch import Tensor
 from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
-from longvivit.config import PreprocessConfig
+from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.models.masking import video_generator
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
@@ -38,30 +38,21 @@ def _as(cls: type, value: Any) -> Any:
     return cls(**value) if isinstance(value, dict) else dataclasses.replace(value)
 
 
-def _trained_sampling(source: str) -> tuple[str, float] | None:
-    """``(sampling, fps)`` of the frames an encoder source was trained on, where the source records it: an export's
-    ``preprocessor_config.json`` or a checkpoint's data hyperparameters (a bare saved folder records neither)."""
-    from longvivit.export import load_preprocess_config
-
-    if Path(source).is_dir():
-        pre = load_preprocess_config(source)
-        return None if pre is None else (pre.sampling, pre.fps)
-    ckpt = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
-    data = ckpt.get("datamodule_hyper_parameters")
-    return (data.get("sampling", "fps"), float(data.get("fps", 1.0))) if data else None
-
-
-def sampling_mismatch(source: str, data: PreprocessConfig) -> str | None:
+def sampling_mismatch(source: str, encoder: VideoEncoderConfig, data: PreprocessConfig) -> str | None:
     """Why the captioning data's frames are not sampled as the frozen encoder's training frames were, or ``None``.
 
     Args:
-        source: The encoder source (export folder or contrastive checkpoint).
+        source: The encoder source (export folder or contrastive checkpoint); one that records no sampling (a bare
+            saved folder) gives ``None``.
+        encoder: The encoder's config.
         data: The captioning data's preprocessing.
     """
-    trained = _trained_sampling(source)
+    from longvivit.export import recorded_preprocess
+
+    trained = recorded_preprocess(source, encoder)
     if trained is None:
         return None
-    sampling, fps = trained
+    sampling, fps = trained.sampling, trained.fps
     if sampling == data.sampling and (sampling == "uniform" or fps == data.fps):
         return None
     return (f"the frozen encoder from {source} was trained on frames sampled {sampling} at {fps:g} fps, the captioning "
@@ -189,7 +180,7 @@ class CaptioningModule(L.LightningModule):
         # the recipe links frames and size into the data, but not the frame rate: say when it differs from the encoder's
         data = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
         if stage == "fit" and data is not None and self.model_cfg.encoder is not None:
-            message = sampling_mismatch(self.model_cfg.encoder, data)
+            message = sampling_mismatch(self.model_cfg.encoder, self.model.encoder.cfg, data)
             if message:
                 log.warning(message)
 
