@@ -19,7 +19,9 @@ from torch import Tensor
 ORDER_NEGATIVES = ("reverse", "rotate")
 
 
-def order_negatives(video: Tensor, kinds: Sequence[str], step: int = 1) -> Tensor:
+def order_negatives(
+    video: Tensor, kinds: Sequence[str], step: int = 1, num_valid_frames: Tensor | None = None
+) -> Tensor:
     """Re-ordered copies of each clip, used as hard text-to-video negatives (the "test of time" idea).
 
     A caption states events in order, so the clip played backwards (``reverse``: "moves left" becomes
@@ -32,19 +34,28 @@ def order_negatives(video: Tensor, kinds: Sequence[str], step: int = 1) -> Tenso
         video: (B, T, C, H, W) frames.
         kinds: Any of :data:`ORDER_NEGATIVES`, in the order their copies are stacked.
         step: Roll in multiples of this many frames (the tubelet depth), so tubelets stay intact.
+        num_valid_frames: Optional (B,) real frames per clip: only those are re-ordered, the padding after
+            them stays in place (so a copy is padded like its clip, and the same ``num_valid_frames`` applies).
 
     Returns:
         (len(kinds) * B, T, C, H, W) re-ordered clips, kind-major.
     """
+    b, t = video.shape[:2]
+    nvf = torch.full((b,), t, device=video.device) if num_valid_frames is None else num_valid_frames.to(video.device)
+    nvf = nvf.long().clamp(1, t)[:, None]  # (B, 1)
+    pos = torch.arange(t, device=video.device).expand(b, t)  # (B, T)
+    real = pos < nvf  # (B, T)
     copies = []
     for kind in kinds:
         if kind == "reverse":
-            copies.append(video.flip(1))
+            index = nvf - 1 - pos
         elif kind == "rotate":
-            shift = max(step, video.shape[1] // 2 // step * step)
-            copies.append(video.roll(shift, dims=1))
+            shift = (nvf // 2 // step * step).clamp(min=step)  # (B, 1)
+            index = (pos - shift) % nvf  # out[i] = in[(i - shift) mod n], as torch.roll over the real frames
         else:
             raise ValueError(f"unknown order negative {kind!r}; choose from {ORDER_NEGATIVES}")
+        index = torch.where(real, index, pos)  # (B, T): padding stays where it is
+        copies.append(video[torch.arange(b, device=video.device)[:, None], index])  # (B, T, C, H, W)
     return torch.cat(copies)
 
 

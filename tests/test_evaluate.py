@@ -217,7 +217,7 @@ def test_eval_at_another_image_size_resizes_the_model_and_says_when_clips_are_pa
     assert m["settings"]["image_size"] == 48 and m["num_videos"] == 8
     assert any("pos_embed_spatial resized" in a for a in m["settings"]["adaptations"])
     assert m["settings"]["padded_clips"] == 8  # 16 s clips, 32 frames at 1 FPS
-    assert "8 of 8 clips are shorter than 32 frames at 1 FPS: their last frame is repeated" in capsys.readouterr().out
+    assert "8 of 8 clips are shorter than 32 frames at 1 FPS: padded to the window" in capsys.readouterr().out
 
 
 def test_eval_says_which_clips_the_window_cuts_and_which_captions_the_text_budget_cuts(setup, tmp_path, capsys):

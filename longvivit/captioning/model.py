@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvivit.captioning.lm import eos_token_id, load_lm
-from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_steps
+from longvivit.captioning.pooling import encode_grid, temporal_mean_pool
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig, XAttnLM
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
@@ -250,7 +250,8 @@ class VideoToText(nn.Module):
 
         Args:
             video: (B, T, 3, H, W) normalised frames.
-            num_valid_frames: Optional (B,) real frame counts; steps of padding frames are not pooled.
+            num_valid_frames: Optional (B,) real frame counts; padding frames are hidden from the encoder's
+                attention and not pooled.
             mask_ratio: Tubelets dropped at random; ``None`` uses ``cfg.mask_ratio``.
             generator: Optional RNG for reproducible masks, or one per video.
 
@@ -259,12 +260,9 @@ class VideoToText(nn.Module):
         """
         ratio = self.cfg.mask_ratio if mask_ratio is None else float(mask_ratio)
         with torch.no_grad():  # the encoder is frozen: no activations kept for backward
-            grid, visible = encode_grid(self.encoder, video, ratio, generator)  # (B, T', S, C), (B, T', S)
-            steps = None
-            if num_valid_frames is not None:
-                tt = video.shape[1] // grid.shape[1]  # frames per step: the tubelet's, or 1 for the frame backbone
-                steps = valid_steps(num_valid_frames.to(grid.device), tt, grid.shape[1])  # (B, T')
-            pooled, keep = temporal_mean_pool(grid, visible, steps)  # (B, S, C), (B, S)
+            # (B, T', S, C), (B, T', S): padding steps are not visible
+            grid, visible = encode_grid(self.encoder, video, ratio, generator, num_valid_frames)
+            pooled, keep = temporal_mean_pool(grid, visible)  # (B, S, C), (B, S)
         return self.resampler(pooled, keep)
 
     # ----------------------------------------------------------------- text

@@ -11,15 +11,18 @@ position; with a single tubelet step it happens to 30% of the positions.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from longvivit.models.masking import Generators
+from longvivit.models.masking import Generators, valid_steps  # noqa: F401  (valid_steps: re-exported)
 from longvivit.models.video_encoder import VideoEncoder
 
 
 def encode_grid(
-    encoder: VideoEncoder, video: Tensor, mask_ratio: float = 0.0, generator: Generators = None
+    encoder: VideoEncoder,
+    video: Tensor,
+    mask_ratio: float = 0.0,
+    generator: Generators = None,
+    num_valid_frames: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Encoder features on the space-time grid, with masked tubelets dropped before the transformer.
 
@@ -33,24 +36,16 @@ def encode_grid(
         mask_ratio: Fraction of tubelets dropped per sample, in [0, 1).
         generator: Optional RNG for reproducible masks (draws the same mask as
             ``encoder.forward_features(video, mask_ratio, generator)`` from the same RNG state), or one per video.
+        num_valid_frames: Optional (B,) real frames per clip: padding steps are hidden from the encoder's
+            attention, masked first, and not visible in the grid.
 
     Returns:
         ``(grid, visible)``: (B, T', H'*W', width) features (zeros where masked) and the (B, T', H'*W')
-        bool visibility.
+        bool visibility (``False`` where masked or padding).
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return encoder.forward_grid(video, mask_ratio, generator)
-
-
-def valid_steps(num_valid_frames: Tensor, tubelet_t: int, steps: int) -> Tensor:
-    """(B,) real frame counts -> (B, T') bool: steps whose first frame is a real one (not padding).
-
-    A step that starts on a real frame is kept even when later frames in it are padding: every clip then
-    keeps at least its first step.
-    """
-    starts = torch.arange(steps, device=num_valid_frames.device) * tubelet_t  # (T',)
-    return starts.unsqueeze(0) < num_valid_frames.clamp(min=1).unsqueeze(1)  # (B, T')
+    return encoder.forward_grid(video, mask_ratio, generator, num_valid_frames)
 
 
 def temporal_mean_pool(

@@ -122,14 +122,14 @@ def evaluate(
         # size or the order of the shards.
         gens = [video_generator(seed, key) for key in keys]
         video = apply_frame_order(video, valid, frame_order, generator=gens)
-        emb = model.encode_video(video.to(device), mask_ratio=mask_ratio, generator=gens)
+        emb = model.encode_video(video.to(device), mask_ratio=mask_ratio, generator=gens, num_valid_frames=valid)
         captions = [c for s in batch for c in s["captions"]]
         owners = [s["key"] for s in batch for _ in s["captions"]]
         tok = model.text_encoder.tokenize(captions, max_length=max_text_length)
         text = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device))
         if stats is not None:
             budget = max_text_length or model.text_encoder.cfg.max_length
-            stats["padded_clips"] += int((valid < video.shape[1]).sum())  # last frame repeated to fill the window
+            stats["padded_clips"] += int((valid < video.shape[1]).sum())  # padded to the window
             stats["cut_clips"] += sum(bool(s.get("cut")) for s in batch)  # only the window's seconds seen
             stats["truncated_captions"] += num_truncated(model.text_encoder.tokenizer, captions, tok["attention_mask"],
                                                          budget)
@@ -256,7 +256,8 @@ def _summary(m: dict[str, Any]) -> str:
     settings = m.get("settings", {})
     if settings.get("padded_clips"):
         lines.append(f"{settings['padded_clips']} of {m['num_videos']} clips are shorter than {settings['num_frames']} "
-                     f"frames at {settings['fps']:g} FPS: their last frame is repeated to fill the window")
+                     f"frames at {settings['fps']:g} FPS: padded to the window, the padding left out of the encoder's "
+                     "attention and pool")
     if settings.get("cut_clips"):
         seconds = settings["num_frames"] / settings["fps"]
         lines.append(f"{settings['cut_clips']} of {m['num_videos']} clips are longer than {settings['num_frames']} "

@@ -13,7 +13,11 @@ from longvivit.models.video_encoder import VideoEncoder
 
 
 def extract_features(
-    encoder: VideoEncoder, video: torch.Tensor, fps: float | None = None, start: float = 0.0
+    encoder: VideoEncoder,
+    video: torch.Tensor,
+    fps: float | None = None,
+    start: float = 0.0,
+    num_valid_frames: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | tuple[int, int, int]]:
     """See :meth:`VideoEncoder.extract_features`; ``encoder`` is the encoder whose features are taken."""
     if fps is None:
@@ -24,17 +28,22 @@ def extract_features(
         raise ValueError(f"fps must be > 0, got {fps}")
     out: dict[str, torch.Tensor | tuple[int, int, int]] = {}
     own = type(encoder)
-    if own.forward is VideoEncoder.forward and own.forward_tokens_grid is VideoEncoder.forward_tokens_grid:
+    gh, gw = encoder.cfg.grid_size
+    if own.forward is VideoEncoder.forward:
         # One pass: the embedding pools the very tokens the grid is cut from.
-        tokens = encoder.forward_features(video, mask_ratio=0.0)  # (B, [1 +] T'*H'*W', width)
-        out["embedding"] = encoder.head(encoder.pool(tokens))
+        tokens, _, valid = encoder._run(video, True, 0.0, None, num_valid_frames)  # (B, [1 +] T'*H'*W', width)
+        out["embedding"] = encoder.head(encoder.pool(tokens, valid))
         if encoder.cls_token is not None:
             out["cls"], tokens = tokens[:, 0], tokens[:, 1:]
-        gh, gw = encoder.cfg.grid_size
         grid = rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)  # (B, T', H', W', width)
     else:  # backbones with their own pooling path (frame-level ImageViT)
-        grid, out["embedding"] = encoder.forward_tokens_grid(video), encoder(video, mask_ratio=0.0)
+        flat, _ = encoder.forward_grid(video, 0.0, None, num_valid_frames)  # (B, T, H'*W', width)
+        grid = rearrange(flat, "b t (h w) c -> b t h w c", h=gh, w=gw)  # (B, T, H', W', width)
+        out["embedding"] = encoder(video, mask_ratio=0.0, num_valid_frames=num_valid_frames)
     steps = grid.shape[1]
+    step_valid = encoder.step_validity(video, num_valid_frames)  # (B, T') or None
+    out["valid"] = step_valid if step_valid is not None else torch.ones(
+        video.shape[0], steps, dtype=torch.bool, device=video.device)
     stride = video.shape[1] // steps  # frames per temporal step: the tubelet's t, or 1 per frame
     out["tokens"], out["grid"] = grid, tuple(grid.shape[1:4])
     out["tubelet"] = (stride, *encoder.cfg.patch_size)

@@ -56,24 +56,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend over all tokens.
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over all tokens, or over the valid ones.
 
         Args:
             x: (B, N, C) tokens.
+            valid: Optional (B, N) bool of the tokens that may be attended to (``False``: padding). Every query
+                still gets an output; those of padding tokens are meaningless and left to the caller to drop.
+                With a mask, attention runs through SDPA whatever ``attn_impl`` says.
 
         Returns:
             (B, N, C) tokens.
         """
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim)  # (B, N, 3, h, d)
-        xops = _xformers_ops() if self.attn_impl == "xformers" and x.is_cuda else None
+        use_xformers = self.attn_impl == "xformers" and x.is_cuda and valid is None
+        xops = _xformers_ops() if use_xformers else None
         if xops is not None:
             q, k, v = qkv.unbind(2)  # each (B, N, h, d): xformers' native layout
             out = xops.memory_efficient_attention(q, k, v)  # (B, N, h, d)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (B, N, h, d)
+            mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, N): keys each query may see
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (B, N, h, d)
         return self.proj(out.reshape(b, n, c))
 
 
@@ -156,8 +161,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.adapter: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C)."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); ``valid``: optional (B, N) bool of the tokens attention may read."""
+        x = x + self.drop_path(self.attn(self.norm1(x), valid))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x if self.adapter is None else self.adapter(x)

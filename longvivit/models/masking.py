@@ -44,8 +44,18 @@ def mask_noise(rows: int, n: int, generator: Generators, device: torch.device) -
     return torch.rand(rows, n, generator=generator, device=noise_device).to(device)
 
 
+def valid_steps(num_valid_frames: torch.Tensor, tubelet_t: int, steps: int) -> torch.Tensor:
+    """(B,) real frame counts -> (B, T') bool: tubelet steps whose first frame is a real one (not padding).
+
+    A step that starts on a real frame is kept even when later frames in it are padding: every clip then
+    keeps at least its first step.
+    """
+    starts = torch.arange(steps, device=num_valid_frames.device) * tubelet_t  # (T',)
+    return starts.unsqueeze(0) < num_valid_frames.clamp(min=1).unsqueeze(1)  # (B, T')
+
+
 def random_masking(
-    x: torch.Tensor, mask_ratio: float, generator: Generators = None
+    x: torch.Tensor, mask_ratio: float, generator: Generators = None, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a uniformly random subset of tokens per sample, in their original order.
 
@@ -54,13 +64,18 @@ def random_masking(
         mask_ratio: Fraction of tokens to drop, in [0, 1).
         generator: Optional RNG for reproducible masks (may live on another device than ``x``), or one per
             sample, so that a sample's mask does not depend on its place in the batch.
+        valid: Optional (B, N) bool, ``False`` for tokens of padding frames: those are dropped first, so a clip
+            shorter than the window keeps its real tokens (all of them when they are fewer than ``N_keep``).
+            The draws are the same as without it, so clips without padding get the same masks.
 
     Returns:
         ``(kept, ids_keep)``: (B, N_keep, C) tokens and their (B, N_keep) sorted indices into ``N``.
     """
     b, n, c = x.shape
     keep = num_kept_tokens(n, mask_ratio)
-    noise = mask_noise(b, n, generator, x.device)  # (B, N)
+    noise = mask_noise(b, n, generator, x.device)  # (B, N) in [0, 1)
+    if valid is not None:
+        noise = noise + (~valid).to(noise.dtype) * 2.0  # padding sorts after every real token
     # Sorting the kept indices keeps the time-major order, so tokens stay grouped by frame.
     ids_keep = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, N_keep)
     kept = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, c))  # (B, N_keep, C)

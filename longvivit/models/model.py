@@ -71,7 +71,13 @@ class VideoTextModel(nn.Module):
         """
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
 
-    def encode_video(self, video: Tensor, mask_ratio: float | None = None, generator: Generators = None) -> Tensor:
+    def encode_video(
+        self,
+        video: Tensor,
+        mask_ratio: float | None = None,
+        generator: Generators = None,
+        num_valid_frames: Tensor | None = None,
+    ) -> Tensor:
         """(B, T, 3, H, W) normalised frames -> (B, embed_dim) L2-normalised features.
 
         Args:
@@ -79,8 +85,10 @@ class VideoTextModel(nn.Module):
             mask_ratio: Fraction of tubelets dropped; ``None`` uses the encoder's training ratio in training mode
                 and none in eval mode.
             generator: Optional RNG of the masks, or one per video (``masking.video_generator``).
+            num_valid_frames: Optional (B,) real frames per clip, the rest padding (see :meth:`VideoEncoder.forward`).
         """
-        return F.normalize(self.video_encoder(video, mask_ratio=mask_ratio, generator=generator), dim=-1)
+        emb = self.video_encoder(video, mask_ratio=mask_ratio, generator=generator, num_valid_frames=num_valid_frames)
+        return F.normalize(emb, dim=-1)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, embed_dim) L2-normalised features (2D patch path)."""
@@ -97,6 +105,7 @@ class VideoTextModel(nn.Module):
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         mask_ratio: float | None = None,
+        num_valid_frames: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Features for whichever inputs are given, plus the logit scale.
 
@@ -106,6 +115,7 @@ class VideoTextModel(nn.Module):
             input_ids: (B, L) caption tokens, or ``None``.
             attention_mask: (B, L); defaults to all ones.
             mask_ratio: Tubelet mask ratio for ``video``; ``None`` = the encoder's default.
+            num_valid_frames: Optional (B,) real frames of each ``video`` clip (the rest pads the window).
 
         Returns:
             ``{"video_features" | "image_features": (B, D), "text_features": (B, D), "logit_scale": ()}``
@@ -118,7 +128,7 @@ class VideoTextModel(nn.Module):
             raise ValueError("nothing to encode: pass video, images and/or input_ids")
         out: dict[str, Tensor] = {}
         if video is not None:
-            out["video_features"] = self.encode_video(video, mask_ratio=mask_ratio)
+            out["video_features"] = self.encode_video(video, mask_ratio=mask_ratio, num_valid_frames=num_valid_frames)
         if images is not None:
             out["image_features"] = self.encode_image(images)
         if input_ids is not None:

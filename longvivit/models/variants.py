@@ -192,9 +192,10 @@ class TemporalBranch(Block):
     its checkpoint keys derived from) the spatial block it sits in.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T', C) sequences over time -> (N, T', C) update (attention + feed-forward branches)."""
-        a = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T', C) sequences over time -> (N, T', C) update (attention + feed-forward branches); ``valid``:
+        optional (N, T') bool of the steps attention may read (real frames)."""
+        a = self.attn(self.norm1(x), valid)
         return a + self.mlp(self.norm2(x + a))
 
 
@@ -224,8 +225,12 @@ class FactorizedBlock(Block):
         with torch.no_grad():
             self.temporal_gate.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T', S, C) -> (B, T', S, C): S tokens per step, the same spatial positions in every step."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T', S, C) -> (B, T', S, C): S tokens per step, the same spatial positions in every step.
+
+        ``valid``: optional (B, T') bool of the steps holding real frames; the temporal attention reads only
+        those (a step is wholly real or wholly padding, so the spatial attention needs no mask).
+        """
         b, t, s, c = x.shape
         y = x.reshape(b * t, s, c)  # (B*T', S, C): attention within each step
         y = self.attn(self.norm1(y))
@@ -234,7 +239,8 @@ class FactorizedBlock(Block):
         x = x + self.drop_path(y)
         if t > 1:  # a single step (an image) has no temporal context: it stays on the image model's path
             z = rearrange(x, "b t s c -> (b s) t c")  # (B*S, T', C): attention over time per position
-            z = rearrange(self.temporal(z), "(b s) t c -> b t s c", b=b)  # (B, T', S, C)
+            steps = None if valid is None else valid.repeat_interleave(s, dim=0)  # (B*S, T'), rows as z's
+            z = rearrange(self.temporal(z, steps), "(b s) t c -> b t s c", b=b)  # (B, T', S, C)
             x = x + self.drop_path(torch.tanh(self.temporal_gate) * z)
         return x if self.adapter is None else self.adapter(x)
 
@@ -273,32 +279,51 @@ class FactorizedVideoEncoder(VideoEncoder):
                                cfg.attn_impl, drop_path)
 
     def prepare_tokens(
-        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: Generators
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T', S_keep, width) tokens (tube-masked videos, or images as one step) and the (B, S_keep) kept
-        spatial positions (``None`` unmasked)."""
+        self,
+        pixels: torch.Tensor,
+        is_video: bool,
+        ratio: float,
+        generator: Generators,
+        step_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(B, T', S_keep, width) tokens (tube-masked videos, or images as one step), the (B, S_keep) kept
+        spatial positions (``None`` unmasked) and the (B, T') real steps (``step_valid``, the blocks' mask:
+        tube masking keeps whole trajectories, so padding steps are hidden from the temporal attention instead)."""
         x = self.embed_video(pixels) if is_video else self.embed_image(pixels)  # (B, T'*S, width)
         s = self.cfg.num_spatial_tokens
         x = x.reshape(x.shape[0], -1, s, x.shape[-1])  # (B, T', S, width)
         ids_keep = None
         if ratio > 0.0:
             x, ids_keep = mask_spatial_positions(x, ratio, generator)
-        return x, ids_keep
+        return x, ids_keep, step_valid
 
     def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1, 2)  # (B, T', S_keep, C) -> (B, T'*S_keep, C)
 
+    def flatten_valid(self, valid: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        if valid is None:
+            return None
+        return valid.unsqueeze(-1).expand(-1, -1, x.shape[2]).flatten(1)  # (B, T') -> (B, T'*S_keep)
+
     def forward_grid(
-        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+        self,
+        video: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if mask_ratio == 0.0:
-            return super().forward_grid(video, mask_ratio, generator)
-        tokens, ids_keep = self._run(video, True, mask_ratio, generator)  # (B, T'*S_keep, width), (B, S_keep)
+            return super().forward_grid(video, mask_ratio, generator, num_valid_frames)
+        # (B, T'*S_keep, width), (B, S_keep), (B, T'*S_keep) | None
+        tokens, ids_keep, valid = self._run(video, True, mask_ratio, generator, num_valid_frames)
         b, steps, s = video.shape[0], video.shape[1] // self.cfg.tubelet_size[0], self.cfg.num_spatial_tokens
         per_step = tokens.reshape(b * steps, -1, tokens.shape[-1])  # (B*T', S_keep, width)
         # the same positions are kept in every step (tube masking)
         flat, visible = scatter_kept(per_step, ids_keep.repeat_interleave(steps, dim=0), s)  # (B*T', S, ...)
-        return flat.view(b, steps, s, -1), visible.view(b, steps, s)
+        visible = visible.view(b, steps, s)
+        if valid is not None:
+            visible = visible & valid.view(b, steps, -1)[:, :, :1]  # padding steps: nothing real
+        return flat.view(b, steps, s, -1), visible
 
     def temporal_gates(self) -> torch.Tensor:
         """(depth,) the ``tanh(alpha)`` of every block: how much temporal attention each block uses."""
@@ -342,8 +367,8 @@ class AttentionPool(nn.Module):
         nn.init.zeros_(self.query)
         nn.init.zeros_(self.pos)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) frame embeddings -> (B, C)."""
+    def forward(self, frames: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) frame embeddings -> (B, C); ``valid``: optional (B, T) bool, the frames to pool (real ones)."""
         b, t, c = frames.shape
         if t > self.pos.shape[1]:
             raise ValueError(f"{t} frames but the pool's position table has {self.pos.shape[1]}; load the "
@@ -351,6 +376,8 @@ class AttentionPool(nn.Module):
         k = self.key(self.norm(frames + self.pos[:, :t]))  # (B, T, C)
         k = k.reshape(b, t, self.heads, -1)  # (B, T, h, d)
         logits = torch.einsum("bthd,hd->bht", k, self.query) / math.sqrt(k.shape[-1])  # (B, h, T)
+        if valid is not None:
+            logits = logits.masked_fill(~valid[:, None, :], float("-inf"))  # padding frames get no weight
         weights = logits.softmax(dim=-1)
         values = frames.reshape(b, t, self.heads, -1)  # (B, T, h, d)
         return torch.einsum("bht,bthd->bhd", weights, values).reshape(b, c)  # (B, C)
@@ -399,44 +426,77 @@ class FrameVideoEncoder(VideoEncoder):
             return [g for g in generator for _ in range(num_frames)]
         return generator
 
+    @property
+    def frames_per_step(self) -> int:
+        return 1  # every frame is a step: step_validity gives the (B, T) real frames
+
     def forward_features(
-        self, video: torch.Tensor, mask_ratio: float | None = None, generator: Generators = None
+        self,
+        video: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Every frame encoded as an image (masked per frame); (B, T * (N_keep (+1)), width)."""
+        """Every frame encoded as an image (masked per frame); (B, T * (N_keep (+1)), width).
+
+        Frames do not see each other here, so ``num_valid_frames`` changes nothing in the tokens (padding frames
+        are left out of the temporal pool of :meth:`forward`); it is accepted for the common signature.
+        """
         b = video.shape[0]
         frames, gens = self._frames(video), self._frame_generators(generator, video.shape[1])
         tokens = self._run(frames, False, mask_ratio, gens)[0]  # (B*T, N_keep(+1), width)
         return tokens.reshape(b, -1, tokens.shape[-1])  # (B, T*(N_keep(+1)), width)
 
     def forward_grid(
-        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+        self,
+        video: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, H'*W', width) per-frame patch features, each frame masked on its own, and their visibility."""
-        if mask_ratio == 0.0:
-            return super().forward_grid(video, mask_ratio, generator)
+        """(B, T, H'*W', width) per-frame patch features, each frame masked on its own, and their visibility
+        (``False`` where masked and on padding frames)."""
         b, t = video.shape[:2]
-        frames, gens = self._frames(video), self._frame_generators(generator, t)
-        tokens, ids_keep = self._run(frames, False, mask_ratio, gens)  # (B*T, [1 +] N_keep, width)
-        if self.cls_token is not None:
-            tokens = tokens[:, 1:]
         s = self.cfg.num_spatial_tokens
-        flat, visible = scatter_kept(tokens, ids_keep, s)  # (B*T, S, width), (B*T, S)
-        return flat.view(b, t, s, -1), visible.view(b, t, s)
+        if mask_ratio == 0.0:
+            flat = rearrange(self.forward_tokens_grid(video), "b t h w c -> b t (h w) c")  # (B, T, S, width)
+            visible = torch.ones(flat.shape[:3], dtype=torch.bool, device=flat.device)
+        else:
+            frames, gens = self._frames(video), self._frame_generators(generator, t)
+            tokens, ids_keep, _ = self._run(frames, False, mask_ratio, gens)  # (B*T, [1 +] N_keep, width)
+            if self.cls_token is not None:
+                tokens = tokens[:, 1:]
+            flat, visible = scatter_kept(tokens, ids_keep, s)  # (B*T, S, width), (B*T, S)
+            flat, visible = flat.view(b, t, s, -1), visible.view(b, t, s)
+        frame_valid = self.step_validity(video, num_valid_frames)
+        if frame_valid is not None:
+            visible = visible & frame_valid.unsqueeze(-1)  # (B, T, S)
+        return flat, visible
 
-    def pool_frames(self, frame_embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, T, width) per-frame embeddings -> (B, width) by ``cfg.frame_pool``."""
-        if self.temporal_pool is None:
+    def pool_frames(self, frame_embeddings: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, width) per-frame embeddings -> (B, width) by ``cfg.frame_pool``, over the ``valid`` (B, T)
+        frames when given."""
+        if self.temporal_pool is not None:
+            return self.temporal_pool(frame_embeddings, valid)
+        if valid is None:
             return frame_embeddings.mean(dim=1)
-        return self.temporal_pool(frame_embeddings)
+        w = valid.to(frame_embeddings.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (frame_embeddings * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
     def forward(
-        self, video: torch.Tensor, mask_ratio: float | None = None, generator: Generators = None
+        self,
+        video: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, embed_dim): per-frame image embeddings pooled over time, then the head."""
+        """(B, T, C, H, W) -> (B, embed_dim): per-frame image embeddings pooled over time (over the real
+        frames with ``num_valid_frames``), then the head."""
         b, t = video.shape[:2]
         tokens = self.forward_features(video, mask_ratio, generator)  # (B, T*n, width)
         per_frame = self.pool(tokens.reshape(b * t, -1, tokens.shape[-1]))  # (B*T, width)
-        return self.head(self.pool_frames(per_frame.reshape(b, t, -1)))  # (B, embed_dim)
+        frame_valid = self.step_validity(video, num_valid_frames)
+        return self.head(self.pool_frames(per_frame.reshape(b, t, -1), frame_valid))  # (B, embed_dim)
 
     def forward_tokens_grid(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H', W', width): unmasked patch features of every frame (class tokens dropped)."""

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_encoder_folder, save_encoder_folder  # noqa: F401
 from longvivit.models.layers import Block
-from longvivit.models.masking import Generators, random_masking, scatter_kept
+from longvivit.models.masking import Generators, random_masking, scatter_kept, valid_steps
 
 
 class VideoEncoder(nn.Module):
@@ -197,8 +197,15 @@ class VideoEncoder(nn.Module):
         is_video: bool,
         mask_ratio: float | None,
         generator: Generators,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Blocks and final norm over the prepared tokens: ``(tokens, ids_keep)`` as :meth:`prepare_tokens`."""
+        num_valid_frames: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Blocks and final norm over the prepared tokens.
+
+        Returns:
+            ``(tokens, ids_keep, valid)``: tokens and ``ids_keep`` as :meth:`prepare_tokens` gives them (the
+            tokens flattened to (B, N, width)), and the (B, N) bool of tokens from real frames, ``None`` when
+            every token is real (no ``num_valid_frames``, or no clip shorter than the window).
+        """
         # cfg.mask_ratio is the training ratio: an encoder in eval mode (an exported one included) sees every token
         # unless asked otherwise, so inference is exact and deterministic by default.
         default = self.cfg.mask_ratio if self.training else 0.0
@@ -210,16 +217,39 @@ class VideoEncoder(nn.Module):
         # makes "train the last K blocks" cheap in memory. Input gradients (saliency) still work, and a
         # trainable tubelet embedding (set_peft("last_k")) keeps autograd on through the prefix.
         frozen = not self._prefix_needs_grad(pixels, is_video, n_frozen)
+        step_valid = self.step_validity(pixels, num_valid_frames) if is_video else None
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x, ids_keep = self.prepare_tokens(pixels, is_video, ratio, generator)
+            x, ids_keep, valid = self.prepare_tokens(pixels, is_video, ratio, generator, step_valid)
             for blk in self.blocks[:n_frozen]:
-                x = blk(x)
+                x = blk(x, valid)
         for blk in self.blocks[n_frozen:]:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x, valid, use_reentrant=False)
             else:
-                x = blk(x)
-        return self.norm(self.flatten_tokens(x)), ids_keep
+                x = blk(x, valid)
+        return self.norm(self.flatten_tokens(x)), ids_keep, self.flatten_valid(valid, x)
+
+    def step_validity(self, video: torch.Tensor, num_valid_frames: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T') bool of the tubelet steps that start on a real frame, ``None`` when all of them do.
+
+        Args:
+            video: (B, T, C, H, W) frames, padded at the end to the window.
+            num_valid_frames: (B,) real frames per clip, or ``None`` (all are real).
+        """
+        if num_valid_frames is None:
+            return None
+        b, t = video.shape[:2]
+        nvf = torch.as_tensor(num_valid_frames, device=video.device).long().reshape(-1)
+        if nvf.shape != (b,):
+            raise ValueError(f"num_valid_frames must have shape ({b},), got {tuple(nvf.shape)}")
+        if bool((nvf >= t).all()):
+            return None  # nothing padded: the unmasked fast path, and exactly the model without the argument
+        return valid_steps(nvf, self.frames_per_step, t // self.frames_per_step)
+
+    @property
+    def frames_per_step(self) -> int:
+        """Frames in one temporal step of the token grid: the tubelet's time size (1 for the frame backbone)."""
+        return self.cfg.tubelet_size[0]
 
     def _prefix_needs_grad(self, pixels: torch.Tensor, is_video: bool, n_frozen: int) -> bool:
         if self.trainable_last is None or pixels.requires_grad:
@@ -231,33 +261,58 @@ class VideoEncoder(nn.Module):
         return any(p.requires_grad for p in prefix)
 
     def prepare_tokens(
-        self, pixels: torch.Tensor, is_video: bool, ratio: float, generator: Generators
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embedded, masked tokens in the layout the blocks take, and which were kept (variants override this,
-        :meth:`flatten_tokens` and :meth:`forward_grid`).
+        self,
+        pixels: torch.Tensor,
+        is_video: bool,
+        ratio: float,
+        generator: Generators,
+        step_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Embedded, masked tokens in the layout the blocks take, which were kept, and which are real (variants
+        override this, :meth:`flatten_tokens`, :meth:`flatten_valid` and :meth:`forward_grid`).
+
+        Args:
+            pixels: Video (B, T, C, H, W) or images (B, C, H, W).
+            is_video: Which of the two.
+            ratio: Fraction of tokens masked.
+            generator: RNG(s) of the mask.
+            step_valid: Optional (B, T') bool of the tubelet steps holding real frames. Tokens of padding steps
+                are masked first and hidden from attention, so a padded clip is encoded as its real frames alone.
 
         Returns:
-            ``(tokens, ids_keep)``: (B, N_keep (+1 class token, first), width) for the joint backbone, and the
-            (B, N_keep) sorted indices of the kept patch tokens (``None`` when nothing is masked).
+            ``(tokens, ids_keep, valid)``: (B, N_keep (+1 class token, first), width) for the joint backbone,
+            the (B, N_keep) sorted indices of the kept patch tokens (``None`` when nothing is masked), and the
+            (B, N_keep (+1)) bool of real tokens (``None`` without ``step_valid``), the blocks' attention mask.
         """
         x = self.embed_video(pixels) if is_video else self.embed_image(pixels)
-        ids_keep = None
+        ids_keep = valid = None
+        if step_valid is not None:
+            # (B, T') -> (B, T'*S): a step's validity for each of its tokens, time-major like x
+            valid = step_valid.repeat_interleave(self.cfg.num_spatial_tokens, dim=1)
         if ratio > 0.0:
-            x, ids_keep = random_masking(x, ratio, generator)
+            x, ids_keep = random_masking(x, ratio, generator, valid)
+            valid = None if valid is None else valid.gather(1, ids_keep)  # (B, N_keep)
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed_cls).expand(x.shape[0], -1, -1)  # (B, 1, width)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + N_keep, width)
-        return x, ids_keep
+            if valid is not None:
+                valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1)  # (B, 1 + N_keep)
+        return x, ids_keep, valid
 
     def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Block output -> (B, N, width); the identity for the joint backbone."""
         return x
+
+    def flatten_valid(self, valid: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        """The blocks' validity mask -> (B, N) bool matching :meth:`flatten_tokens`; the identity here."""
+        return valid
 
     def forward_features(
         self,
         video: torch.Tensor,
         mask_ratio: float | None = None,
         generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token features of a video after the final norm.
 
@@ -266,11 +321,14 @@ class VideoEncoder(nn.Module):
             mask_ratio: Fraction of patch tokens dropped at random per sample; ``None`` uses
                 ``cfg.mask_ratio`` in training mode and 0 in eval mode. Zero is exact and uses no randomness.
             generator: Optional RNG for reproducible masks, or one per video.
+            num_valid_frames: Optional (B,) count of real frames per clip (``load_clips``' ``num_valid_frames``;
+                the rest pads the window). Real tokens then attend only to real tokens, and masking drops
+                padding first; the padding tokens that remain are still returned (see :meth:`forward`).
 
         Returns:
             (B, N_visible (+1 with a class token, first), width).
         """
-        return self._run(video, True, mask_ratio, generator)[0]
+        return self._run(video, True, mask_ratio, generator, num_valid_frames)[0]
 
     def forward_features_image(
         self,
@@ -290,13 +348,22 @@ class VideoEncoder(nn.Module):
         """
         return self._run(images, False, mask_ratio, generator)[0]
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, width) -> (B, width): the class token if ``cfg.pool == "cls"``, else the patch mean."""
+    def pool(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, width) -> (B, width): the class token if ``cfg.pool == "cls"``, else the patch mean.
+
+        Args:
+            tokens: (B, N, width) features (class token first when the model has one).
+            valid: Optional (B, N) bool: the mean is taken over these tokens only (real frames, not padding).
+        """
         if self.cls_token is not None:
             if self.cfg.pool == "cls":
                 return tokens[:, 0]
             tokens = tokens[:, 1:]
-        return tokens.mean(dim=1)
+            valid = None if valid is None else valid[:, 1:]
+        if valid is None:
+            return tokens.mean(dim=1)
+        w = valid.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+        return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, width) -> (B, embed_dim): LayerNorm then the bias-free projection (no L2 normalisation)."""
@@ -307,6 +374,7 @@ class VideoEncoder(nn.Module):
         video: torch.Tensor,
         mask_ratio: float | None = None,
         generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed videos into the joint space.
 
@@ -314,11 +382,17 @@ class VideoEncoder(nn.Module):
             video: (B, T, C, H, W) normalised frames.
             mask_ratio: See :meth:`forward_features`.
             generator: Optional RNG for reproducible masks, or one per video.
+            num_valid_frames: Optional (B,) count of real frames per clip, the rest padding the window
+                (``load_clips`` repeats the last frame). Padding tubelets are then left out of attention and of
+                the mean pool, so a clip padded from ``n`` frames to ``T`` embeds as its ``n`` frames alone
+                (exactly when ``n`` is a multiple of the tubelet's time size and nothing is masked), instead of
+                being pulled towards its last frame. Without it every frame counts as real.
 
         Returns:
             (B, embed_dim) embeddings, not L2-normalised.
         """
-        return self.head(self.pool(self.forward_features(video, mask_ratio, generator)))
+        tokens, _, valid = self._run(video, True, mask_ratio, generator, num_valid_frames)
+        return self.head(self.pool(tokens, valid))
 
     def encode_image(
         self,
@@ -355,7 +429,11 @@ class VideoEncoder(nn.Module):
         return rearrange(tokens, "b (t h w) c -> b t h w c", h=gh, w=gw)
 
     def forward_grid(
-        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: Generators = None
+        self,
+        video: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: Generators = None,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features on the space-time grid, masked tokens dropped before the transformer (the captioner's
         input: the paper masks 30% of the frozen encoder's tokens in video-to-text training and inference).
@@ -364,20 +442,27 @@ class VideoEncoder(nn.Module):
             video: (B, T, C, H, W) normalised frames.
             mask_ratio: Fraction of tokens dropped at random per sample (as :meth:`forward_features` drops them).
             generator: Optional RNG for reproducible masks, or one per video.
+            num_valid_frames: Optional (B,) count of real frames per clip (see :meth:`forward`).
 
         Returns:
             ``(grid, visible)``: (B, T', H'*W', width) features after the final norm, zeros where masked (class
-            token dropped; T' the backbone's temporal steps), and the (B, T', H'*W') bool of encoded tokens.
+            token dropped; T' the backbone's temporal steps), and the (B, T', H'*W') bool of encoded tokens of
+            real frames (``False`` where masked or padding).
         """
-        if mask_ratio == 0.0:
-            grid = rearrange(self.forward_tokens_grid(video), "b t h w c -> b t (h w) c")  # (B, T', H'*W', width)
-            return grid, torch.ones(grid.shape[:3], dtype=torch.bool, device=grid.device)
-        tokens, ids_keep = self._run(video, True, mask_ratio, generator)  # (B, [1 +] N_keep, width)
-        if self.cls_token is not None:
-            tokens = tokens[:, 1:]
         s = self.cfg.num_spatial_tokens
         steps = video.shape[1] // self.cfg.tubelet_size[0]
-        flat, visible = scatter_kept(tokens, ids_keep, steps * s)  # (B, T'*S, width), (B, T'*S)
+        tokens, ids_keep, valid = self._run(video, True, mask_ratio, generator, num_valid_frames)
+        if self.cls_token is not None:
+            tokens = tokens[:, 1:]  # (B, N_keep, width)
+            valid = None if valid is None else valid[:, 1:]
+        if ids_keep is None:
+            flat = tokens
+            visible = torch.ones(flat.shape[:2], dtype=torch.bool, device=flat.device) if valid is None else valid
+        else:
+            flat, visible = scatter_kept(tokens, ids_keep, steps * s)  # (B, T'*S, width), (B, T'*S)
+            if valid is not None:
+                real, _ = scatter_kept(valid.unsqueeze(-1), ids_keep, steps * s)  # (B, T'*S, 1)
+                visible = visible & real.squeeze(-1)
         # time-major tokens (see embed_video): (B, T'*S, ...) -> (B, T', S, ...)
         return flat.view(flat.shape[0], steps, s, -1), visible.view(-1, steps, s)
 
@@ -488,7 +573,11 @@ class VideoEncoder(nn.Module):
     adaptations: tuple[str, ...] = ()
 
     def extract_features(
-        self, video: torch.Tensor, fps: float | None = None, start: float = 0.0
+        self,
+        video: torch.Tensor,
+        fps: float | None = None,
+        start: float = 0.0,
+        num_valid_frames: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | tuple[int, int, int]]:
         """Token grid, pooled embedding and the time of every temporal step, for fusing several encoders.
 
@@ -500,17 +589,20 @@ class VideoEncoder(nn.Module):
             fps: Sampling rate of ``video``. ``None``: the rate of the export's ``preprocessor_config.json``
                 when the encoder came from :meth:`from_pretrained` of an export, else 1.0 (the paper's).
             start: Time in seconds of the first frame.
+            num_valid_frames: Optional (B,) real frames per clip (the rest pads the window): the embedding and
+                the real tokens are computed without the padding (see :meth:`forward`).
 
         Returns:
             ``"tokens"``: (B, T', H', W', width) features after the final norm; ``"embedding"``: (B, embed_dim)
             as :meth:`forward` gives it (pooled and projected, not L2-normalised); ``"tubelet"``: (t, h, w),
             frames and pixels one token covers; ``"timestamps"``: (T',) float32 seconds at which each temporal
             step starts, ``start + i * t / fps``; ``"grid"``: (T', H', W'); ``"cls"``: (B, width) with a class
-            token.
+            token; ``"valid"``: (B, T') bool, the steps holding real frames (all ``True`` without
+            ``num_valid_frames``).
         """
         from longvivit.models.features import extract_features
 
-        return extract_features(self, video, fps, start)
+        return extract_features(self, video, fps, start, num_valid_frames)
 
 
 def _init_module(m: nn.Module) -> None:

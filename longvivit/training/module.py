@@ -203,12 +203,17 @@ class ContrastiveModule(L.LightningModule):
             s = enc.cfg.num_spatial_tokens
             per_clip = num_kept_tokens(s, self.image_mask_ratio)
         else:
-            out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            # padding frames of clips shorter than the window are hidden from attention and the pool
+            nvf = batch.get("num_valid_frames")
+            out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             num_valid_frames=nvf)
             feats = out["video_features"]
             per_clip = enc.cfg.visible_tokens(batch["video"].shape[1], enc.cfg.mask_ratio)
             if self.order_negatives:
-                reordered = order_negatives(batch["video"], self.order_negatives, step=enc.cfg.tubelet_size[0])
-                extra = self.model.encode_video(reordered)  # (K*B, D)
+                kinds, step = self.order_negatives, enc.cfg.tubelet_size[0]
+                reordered = order_negatives(batch["video"], kinds, step=step, num_valid_frames=nvf)  # (K*B, T, ...)
+                extra_nvf = None if nvf is None else nvf.repeat(len(kinds))  # copies are kind-major
+                extra = self.model.encode_video(reordered, num_valid_frames=extra_nvf)  # (K*B, D)
             if self.caption_order_negatives:
                 extra_text = self._reordered_captions(batch)
         res = self.loss_fn(
@@ -301,7 +306,8 @@ class ContrastiveModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A clip's mask comes from its key (masked validation scores do not move with the batch or world size)
         gens = [video_generator(0, key) for key in batch["key"]] if self.eval_mask_ratio > 0 else None
-        video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio, generator=gens)
+        video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio, generator=gens,
+                                            num_valid_frames=batch.get("num_valid_frames"))
         captions = [c for caps in batch["captions"] for c in caps]
         owners = [k for k, caps in zip(batch["key"], batch["captions"], strict=True) for _ in caps]
         tok = self.model.text_encoder.tokenize(captions)
