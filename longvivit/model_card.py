@@ -196,7 +196,9 @@ def _preprocessing(pre: PreprocessConfig, video: VideoEncoderConfig) -> str:
            else f"{pre.num_frames} frames spread uniformly over the clip")
     return (f"{how}; short side resized to {pre.image_size} px and centre-cropped to a square; RGB scaled to "
             f"[0, 1], normalised with mean {list(pre.mean)} and std {list(pre.std)} "
-            "(`preprocessor_config.json`).")
+            "(`preprocessor_config.json`). A clip shorter than the window is padded with its last frame; pass its "
+            "real frame count (`encode_video(video, num_valid_frames=n)`) so that the padding is left out of "
+            "attention and pooling, as in training and evaluation.")
 
 
 def _shards(value: Any) -> str:
