@@ -220,6 +220,39 @@ def test_save_and_load_round_trip(parts, tmp_path):
 
 
 
+def test_a_reloaded_captioner_masks_as_the_trained_module_did(parts, tmp_path):
+    # The folder kept the training mask_ratio but not eval_mask_ratio (nor eval_seed): a module validated with
+    # eval_mask_ratio 0 came back masking 30% of the tubelets, so `longvivit caption` captioned and scored QA unlike
+    # the run it came from, from the folder and from the checkpoint alike.
+    from longvivit.captioning.module import CaptioningModule
+    from longvivit.models.masking import video_generator
+
+    torch.manual_seed(0)
+    module = CaptioningModule(**tiny_model_kwargs(parts["encoder"], parts["llama"]), mask_ratio=0.3,
+                              eval_mask_ratio=0.0, eval_seed=7)
+    open_gates(module.model)
+    folder = module.save_pretrained(tmp_path / "captioner")
+    ckpt = tmp_path / "last.ckpt"  # shaped like Lightning's: hyperparameters and the trained tensors
+    state = {f"model.{k}": v for k, v in module.model.trainable_state_dict().items()}
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": state}, ckpt)
+    video, keys = videos(), {"key": ["a", "b"]}
+    validated = module.model.generate(video, None, 8, 1, module.eval_mask_ratio, module._eval_generators(keys))
+    options = ["a red circle", "a rabbit in a field"]
+    scores = option_scores(module.model, video[0], "what moves?", options, mask_ratio=module.eval_mask_ratio)
+    for source in (folder, ckpt):
+        loaded = load_captioner(source)
+        assert (loaded.cfg.inference_mask_ratio, loaded.cfg.eval_seed) == (0.0, 7), source
+        gens = [video_generator(loaded.cfg.eval_seed, k) for k in keys["key"]]
+        assert loaded.generate(video, max_new_tokens=8, generator=gens) == validated, source
+        assert torch.equal(option_scores(loaded, video[0], "what moves?", options), scores), source
+    # a folder written before eval_mask_ratio was saved: the documented default, the training ratio
+    config = json.loads((folder / "captioner_config.json").read_text())
+    del config["eval_mask_ratio"], config["eval_seed"]
+    (folder / "captioner_config.json").write_text(json.dumps(config))
+    old = load_captioner(folder)
+    assert (old.cfg.inference_mask_ratio, old.cfg.eval_seed) == (0.3, 0)
+
+
 def test_a_saved_captioner_keeps_its_encoder_as_trained(parts, tmp_path):
     # The encoder/ copy was the encoder rebuilt at the captioner's frames: a 16-frame table cut from a
     # long-video encoder's, so long-video inference from the folder used a repeated short table, not the trained one.

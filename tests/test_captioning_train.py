@@ -68,6 +68,7 @@ def trained(setup):
     """30 steps of the tiny model; returns the module, the recorded losses and the states before training."""
     torch.manual_seed(0)
     module = CaptioningModule(**tiny_model_kwargs(setup["encoder"], setup["lm"]), mask_ratio=0.3,
+                              eval_mask_ratio=0.5, eval_seed=3,  # not the defaults: the saved folder must keep them
                               optim=OptimConfig(lr=1e-2, weight_decay=1e-4, warmup_steps=5),
                               max_new_tokens=8, save_dir=str(setup["root"] / "captioner"))
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -201,6 +202,35 @@ def test_caption_cli_on_a_video_file_shards_and_qa(trained, setup, capsys, tmp_p
     bad.write_text("".join(line + "\n" for line in qa.read_text().splitlines()[-2:]))
     with pytest.raises(SystemExit, match=r"^longvivit caption: --qa .*bad_qa.jsonl: no question's video could be"):
         cli.main(["--model", str(folder), "--qa", str(bad)])
+
+
+def test_caption_of_the_saved_folder_gives_the_validation_captions(trained, setup, tmp_path):
+    # The folder did not keep eval_mask_ratio (0.5 here) or eval_seed (3): `caption` masked 30% with seed 0, so its
+    # captions and QA scores were not those of the run that had been validated.
+    from longvivit.captioning.model import file_digest, read_preprocess
+    from longvivit.captioning.qa import option_scores
+    from longvivit.data.decode import decode_video_file
+    from longvivit.models.masking import video_generator
+
+    module, folder = trained["module"].eval(), trained["folder"]
+    preds = module._predictions  # the last validation: every clip of the val shards
+    out = tmp_path / "captions.json"
+    assert cli.main(["--model", str(folder), "--shards", str(setup["shards"]["val"]), "--max-new-tokens", "8",
+                     "--out", str(out)]) == 0
+    captions = json.loads(out.read_text())["captions"]
+    assert len(preds) == 8 and {k: captions[k] for k in preds} == preds
+    clips = setup["root"] / "data" / "clips"
+    first = json.loads((clips / "val.jsonl").read_text().splitlines()[0])
+    video = str(clips / first["video"])
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"video": video, "question": "what happens?", "options": [first["caption"], "a dog"]}))
+    assert cli.main(["--model", str(folder), "--qa", str(qa), "--out", str(tmp_path / "qa.json")]) == 0
+    frames, nvf = decode_video_file(video, read_preprocess(folder))
+    gen = video_generator(module.eval_seed, file_digest(video))
+    expected = option_scores(module.model, frames, "what happens?", [first["caption"], "a dog"], nvf,
+                             mask_ratio=module.eval_mask_ratio, generator=gen)
+    scores = json.loads((tmp_path / "qa.json").read_text())["items"][0]["scores"]
+    assert scores == expected.tolist()
 
 
 def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(setup, tmp_path, capsys):

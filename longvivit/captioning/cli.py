@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=positive(int), default=1, help="beam search width (1: greedy)")
     p.add_argument("--mask-ratio", type=mask_ratio, help="tubelet mask ratio at inference (default: as trained)")
     p.add_argument("--prompt", help="text before the caption (default: the training prompt)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the inference masks")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the inference masks (default: the validation seed of training)")
     p.add_argument("--batch-size", type=positive(int), default=8, help="videos per generation batch (shards)")
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (shards)")
     p.add_argument("--lm", help="use this local copy of the LM instead of the one the model names")
@@ -223,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"longvivit caption: {err}") from err
     pre = _preprocess(model, args.model, args)
+    if args.seed is None:
+        args.seed = model.cfg.eval_seed  # the masks validation drew
     if args.video:
         result: Any = _caption_files(model, pre, args)
     elif args.shards:

@@ -2,7 +2,7 @@
 
 A trained model is saved as one folder (:meth:`VideoToText.save_pretrained`)::
 
-    captioner_config.json     CaptionerConfig: sizes, prompt, mask ratio, which LM (None = packaged SmolLM2)
+    captioner_config.json     CaptionerConfig: sizes, prompt, training and inference mask ratios, which LM
     captioner.safetensors     the trained weights only: resampler.* and xlm.xattn.*
     encoder/                  copy of the frozen video encoder (config.json + model.safetensors)
     preprocessor_config.json  how videos were sampled and preprocessed in training (frames, fps, size...)
@@ -64,7 +64,13 @@ class CaptionerConfig:
         xattn: Gated cross-attention placement and size.
         prompt: Text before the caption; the loss covers only the caption and the EOS after it.
         max_length: Token budget of prompt + caption + EOS in training.
-        mask_ratio: Fraction of tubelets dropped in training and, by default, at inference (paper: 0.3).
+        mask_ratio: Fraction of tubelets dropped in training (paper: 0.3).
+        eval_mask_ratio: Fraction dropped at inference (validation, :meth:`VideoToText.generate`, QA scoring);
+            ``None`` uses ``mask_ratio`` (the paper masks 30% in training and inference). Saved with the model, so
+            a reloaded captioner masks as the trained module did; folders written before it was saved read
+            ``None``.
+        eval_seed: Seed of the inference masks (and sampling) in validation; ``longvivit caption --seed``
+            defaults to it, so a saved captioner reproduces its validation captions.
     """
 
     encoder: str | None = None
@@ -78,16 +84,25 @@ class CaptionerConfig:
     prompt: str = "A video of"
     max_length: int = 64
     mask_ratio: float = 0.3
+    eval_mask_ratio: float | None = None
+    eval_seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.resampler, dict):
             self.resampler = ResamplerConfig(**self.resampler)
         if isinstance(self.xattn, dict):
             self.xattn = XAttnConfig(**self.xattn)
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        for name in ("mask_ratio", "eval_mask_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.max_length < 2:
             raise ValueError("max_length must be >= 2")
+
+    @property
+    def inference_mask_ratio(self) -> float:
+        """The mask ratio at inference: ``eval_mask_ratio``, else ``mask_ratio``."""
+        return self.mask_ratio if self.eval_mask_ratio is None else self.eval_mask_ratio
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -354,12 +369,14 @@ class VideoToText(nn.Module):
         """Caption videos: greedy (``num_beams=1``) or beam search, with the LM's KV cache.
 
         Long-video summarisation is the same call with a model trained on summaries and a larger
-        ``max_new_tokens``.
+        ``max_new_tokens``. ``mask_ratio=None`` is the ratio the model was trained to caption with
+        (``cfg.inference_mask_ratio``).
 
         Returns:
             One string per video, special tokens removed.
         """
-        media = self.visual_tokens(video, num_valid_frames, mask_ratio, generator)
+        ratio = self.cfg.inference_mask_ratio if mask_ratio is None else mask_ratio
+        media = self.visual_tokens(video, num_valid_frames, ratio, generator)
         prompt = self.cfg.prompt if prompt is None else prompt
         ids = torch.tensor([self._context_ids(prompt)], device=media.device)
         ids = ids.expand(media.shape[0], -1)  # (B, P): one prompt for all, so no padding is needed

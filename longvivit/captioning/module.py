@@ -119,21 +119,19 @@ class CaptioningModule(L.LightningModule):
         self.model_cfg = CaptionerConfig(
             encoder=encoder, encoder_preset=encoder_preset, num_frames=num_frames, image_size=image_size,
             lm=lm, lm_gguf_file=lm_gguf_file, resampler=resampler, xattn=xattn, prompt=prompt,
-            max_length=max_length, mask_ratio=mask_ratio,
+            max_length=max_length, mask_ratio=mask_ratio, eval_mask_ratio=eval_mask_ratio, eval_seed=eval_seed,
         )
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters({
-            **self.model_cfg.to_dict(),
-            "eval_mask_ratio": eval_mask_ratio,
+            **self.model_cfg.to_dict(),  # eval_mask_ratio and eval_seed too: a saved captioner masks as validation did
             "optim": dataclasses.asdict(optim),
             "val_generate": val_generate,
             "max_new_tokens": max_new_tokens,
             "num_beams": num_beams,
             "save_dir": save_dir,
-            "eval_seed": eval_seed,
         })
         self.optim_cfg = optim
-        self.eval_mask_ratio = mask_ratio if eval_mask_ratio is None else eval_mask_ratio
+        self.eval_mask_ratio = self.model_cfg.inference_mask_ratio
         self.val_generate, self.max_new_tokens, self.num_beams = val_generate, max_new_tokens, num_beams
         self.save_dir, self.eval_seed = save_dir, eval_seed
         self.model = VideoToText.build(self.model_cfg)

@@ -112,7 +112,7 @@ def option_scores(
         num_valid_frames: Real frames in ``video`` (the rest is padding).
         template: Context format with a ``{question}`` field.
         normalize: Average the log-probability per option token instead of summing.
-        mask_ratio: Tubelet mask ratio (``None``: the model's).
+        mask_ratio: Tubelet mask ratio (``None``: the model's inference ratio, ``cfg.inference_mask_ratio``).
         generator: RNG for the mask.
 
     Returns:
@@ -120,7 +120,8 @@ def option_scores(
     """
     dev = next(model.resampler.parameters()).device
     nvf = None if num_valid_frames is None else torch.tensor([num_valid_frames], device=dev)
-    media = model.visual_tokens(video.unsqueeze(0).to(dev), nvf, mask_ratio, generator)  # (1, M, D)
+    ratio = model.cfg.inference_mask_ratio if mask_ratio is None else mask_ratio
+    media = model.visual_tokens(video.unsqueeze(0).to(dev), nvf, ratio, generator)  # (1, M, D)
     context = template.format(question=question)
     text = model.build_text([context] * len(options), list(options), add_eos=False)
     nll, count = model.token_nll(media, text)  # the single video is repeated for every option
