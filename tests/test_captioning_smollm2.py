@@ -47,3 +47,15 @@ def test_caption_cli_prints_smollm2_text_for_a_real_video(tmp_path, monkeypatch,
                      "--max-new-tokens", "8"]) == 0
     caption = capsys.readouterr().out.strip()
     assert caption and caption == expected
+
+    # Sampling from SmolLM2's own 49k-token distribution: restricted to the top token it is greedy search, and with
+    # a seed it is reproducible (a second load of the cached LM samples the same text).
+    video = ["--model", str(folder), "--video", str(ASSETS / "bigbuckbunny.mp4"), "--max-new-tokens", "8"]
+    assert cli.main([*video, "--do-sample", "--top-k", "1", "--temperature", "0.7"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    free = ["--do-sample", "--temperature", "1.3", "--top-k", "0", "--top-p", "0.98", "--seed", "3"]
+    samples = []
+    for _ in range(2):
+        assert cli.main([*video, *free]) == 0
+        samples.append(capsys.readouterr().out.strip())
+    assert samples[0] == samples[1] and samples[0] != expected, samples

@@ -25,6 +25,10 @@ from longvivit.logs import setup_logging
 
 log = logging.getLogger("longvivit.caption")
 
+#: The flags (argparse dests) of :func:`decoding`.
+DECODING_FLAGS = ("max_new_tokens", "beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                  "no_repeat_ngram_size")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longvivit caption", description=__doc__.split("\n\n")[0])
@@ -40,10 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=("fps", "uniform"), help="frame sampling (default: as trained)")
     p.add_argument("--max-new-tokens", type=positive(int), default=32, help="caption length budget (summaries: more)")
     p.add_argument("--beams", type=positive(int), default=1, help="beam search width (1: greedy)")
+    p.add_argument("--do-sample", action="store_true",
+                   help="sample captions (reproducible: each video draws from its own RNG, from --seed)")
+    p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature (--do-sample)")
+    p.add_argument("--top-k", type=non_negative_int, default=50,
+                   help="sample among the k most likely tokens; 0: off (--do-sample; default 50 as in HF)")
+    p.add_argument("--top-p", type=positive(float), default=1.0,
+                   help="nucleus sampling: the most likely tokens up to this probability mass; 1: off (--do-sample)")
+    p.add_argument("--repetition-penalty", type=positive(float), default=1.0,
+                   help="> 1 discourages tokens already in the text; 1: off")
+    p.add_argument("--no-repeat-ngram-size", type=non_negative_int, default=0,
+                   help="never repeat an n-gram of this size; 0: off")
     p.add_argument("--mask-ratio", type=mask_ratio, help="tubelet mask ratio at inference (default: as trained)")
     p.add_argument("--prompt", help="text before the caption (default: the training prompt)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the inference masks (default: the validation seed of training)")
+                   help="seed of the inference masks and sampling (default: the validation seed of training)")
     p.add_argument("--batch-size", type=positive(int), default=8, help="videos per generation batch (shards)")
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (shards)")
     p.add_argument("--lm", help="use this local copy of the LM instead of the one the model names")
@@ -95,6 +110,18 @@ def video_paths(args: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return paths, skipped
 
 
+def decoding(args: argparse.Namespace) -> Any:
+    """The :class:`~longvivit.captioning.decoding.DecodingConfig` of the command line (checked before the model
+    loads: a sampling option without ``--do-sample`` would otherwise be ignored)."""
+    from longvivit.captioning.decoding import DecodingConfig
+
+    return DecodingConfig(
+        max_new_tokens=args.max_new_tokens, num_beams=args.beams, do_sample=args.do_sample,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+
+
 def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
@@ -116,8 +143,8 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
             continue
         dev = next(model.resampler.parameters()).device
         gen = file_generator(args.seed, path)
-        caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), args.max_new_tokens,
-                                 args.beams, args.mask_ratio, gen, args.prompt)[0]
+        caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), mask_ratio=args.mask_ratio,
+                                 generator=gen, prompt=args.prompt, **decoding(args).to_dict())[0]
         captions[path] = caption
         line = " ".join(caption.split())  # one line per video, whatever the LM emitted
         print(line if paths == list(args.video) and len(paths) == 1 else f"{path}\t{line}", flush=True)
@@ -145,7 +172,8 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
         video = torch.stack([c["video"] for c in batch]).to(dev)  # (B, T, 3, H, W)
         nvf = torch.tensor([c["num_valid_frames"] for c in batch], device=dev)
         gens = [video_generator(args.seed, c["key"]) for c in batch]  # a clip's mask: the same in any batch
-        caps = model.generate(video, nvf, args.max_new_tokens, args.beams, args.mask_ratio, gens, args.prompt)
+        caps = model.generate(video, nvf, mask_ratio=args.mask_ratio, generator=gens, prompt=args.prompt,
+                              **decoding(args).to_dict())
         for clip, cap in zip(batch, caps, strict=True):
             preds[clip["key"]], refs[clip["key"]] = cap, list(clip["captions"])
         batch.clear()
@@ -182,7 +210,16 @@ def _answer_questions(model: Any, pre: Any, args: argparse.Namespace, items: lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``longvivit caption``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.qa:  # options are scored, not generated: a decoding flag would be ignored
+        unused = [f"--{d.replace('_', '-')}" for d in DECODING_FLAGS if getattr(args, d) != parser.get_default(d)]
+        if unused:
+            parser.error(f"{', '.join(unused)} choose how captions are generated; --qa scores the given options")
+    try:
+        decoding(args)
+    except ValueError as err:
+        parser.error(str(err))
     setup_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -225,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"longvivit caption: {err}") from err
     pre = _preprocess(model, args.model, args)
     if args.seed is None:
-        args.seed = model.cfg.eval_seed  # the masks validation drew
+        args.seed = model.cfg.eval_seed  # the masks (and samples) validation drew
     if args.video:
         result: Any = _caption_files(model, pre, args)
     elif args.shards:

@@ -365,16 +365,44 @@ class VideoToText(nn.Module):
         mask_ratio: float | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         prompt: str | None = None,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
-        """Caption videos: greedy (``num_beams=1``) or beam search, with the LM's KV cache.
+        """Caption videos with the LM's KV cache: greedy search, beam search, or sampling.
 
         Long-video summarisation is the same call with a model trained on summaries and a larger
-        ``max_new_tokens``. ``mask_ratio=None`` is the ratio the model was trained to caption with
-        (``cfg.inference_mask_ratio``).
+        ``max_new_tokens``. Decoding options are HF ``generate``'s (see
+        :class:`~longvivit.captioning.decoding.DecodingConfig`), except that sampling draws from ``generator``:
+        with one generator per video (:func:`~longvivit.models.masking.video_generator`) a video's sampled
+        caption, like its mask, does not depend on the rest of the batch.
+
+        Args:
+            video: (B, T, 3, H, W) normalised frames.
+            num_valid_frames: Optional (B,) real frame counts.
+            max_new_tokens: Tokens generated at most.
+            num_beams: Beam search width (1: greedy search, or sampling with ``do_sample``).
+            mask_ratio: Tubelets dropped; ``None`` is the ratio the model was trained to caption with
+                (``cfg.inference_mask_ratio``).
+            generator: RNG of the masks and then of the sampling, one for the batch or one per video;
+                ``None`` uses the global RNG.
+            prompt: Text before the caption (``None``: the training prompt).
+            do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size: As in HF ``generate``.
 
         Returns:
             One string per video, special tokens removed.
         """
+        from longvivit.captioning.decoding import DecodingConfig, generate_kwargs
+
+        decoding = DecodingConfig(
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )  # checked before the encoder runs
         ratio = self.cfg.inference_mask_ratio if mask_ratio is None else mask_ratio
         media = self.visual_tokens(video, num_valid_frames, ratio, generator)
         prompt = self.cfg.prompt if prompt is None else prompt
@@ -384,11 +412,9 @@ class VideoToText(nn.Module):
             media,
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
+            **generate_kwargs(decoding, generator),
         )  # (B, P + new)
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [t.strip() for t in texts]
