@@ -351,6 +351,40 @@ def test_fit_warns_when_the_data_samples_frames_unlike_the_encoders_training(set
     assert fit(setup["encoder"]) == [], "a folder that does not record its frame rate is not second-guessed"
 
 
+def test_fit_takes_frames_size_and_fps_from_the_encoder_unless_set(setup, tmp_path):
+    # The recipe's frames, size and fps were typed by hand (16 at 64 px, 1 FPS) whatever the encoder: an export
+    # trained on 4 frames at 32 px and 0.25 FPS got 16 frames at 64 px and 1 FPS, with only a warning for the rate.
+    from longvivit.config import PreprocessConfig
+    from longvivit.export import preprocessor_dict
+    from longvivit.models.video_encoder import VideoEncoder
+    from longvivit.training.cli import run_lightning_cli
+
+    export = tmp_path / "export"
+    shutil.copytree(setup["encoder"], export)
+    pre = PreprocessConfig(num_frames=4, fps=0.25, sampling="fps", image_size=32)
+    (export / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(pre, VideoEncoder.from_pretrained(
+        export).cfg)))
+    small = ["--config", str(RECIPES / "tiny" / "video_to_text.yaml"), "--model.encoder", str(export),
+             "--model.lm", str(setup["lm"]), "--model.resampler.hidden", "32", "--model.resampler.heads", "2",
+             "--model.resampler.ff_dim", "64", "--model.xattn.heads", "2", "--model.xattn.dim_head", "16",
+             "--model.save_dir", "null", "--model.num_frames", "null",  # as in the full recipe; the tiny one sets 16
+             "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path),
+             "--trainer.logger.init_args.save_dir", str(tmp_path)]
+
+    def settings(*extra: str) -> tuple:
+        cli = run_lightning_cli([*small, *extra], run=False)
+        data, model = cli.datamodule.preprocess, cli.model.model_cfg
+        assert (model.num_frames, model.image_size) == (data.num_frames, data.image_size)
+        return data.num_frames, data.image_size, data.fps, data.sampling
+
+    assert settings() == (4, 32, 0.25, "fps")
+    assert settings("--data.fps", "1.0", "--model.num_frames", "8") == (8, 32, 1.0, "fps"), "set values win"
+    assert settings("--data.sampling", "uniform", "--model.image_size", "64") == (4, 64, 0.25, "uniform")
+    # the module alone (Python API) reads the same sizes
+    module = CaptioningModule(**{**tiny_model_kwargs(export, setup["lm"]), "num_frames": None, "image_size": None})
+    assert (module.model_cfg.num_frames, module.model_cfg.image_size) == (4, 32)
+
+
 def test_the_checkpoint_names_its_encoder_by_an_absolute_path(setup, monkeypatch):
     # A relative --model.encoder was stored as given: `caption --model last.ckpt` from another folder failed with
     # "encoder: no exported folder or checkpoint at runs/demo/export".

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from longvivit.captioning.encoder_defaults import encoder_preprocess
 from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
@@ -66,8 +67,9 @@ class CaptioningModule(L.LightningModule):
     Args:
         encoder: Frozen encoder source: exported folder or ``.ckpt`` of the contrastive model (``None``: a
             random ``encoder_preset``, for smoke tests).
-        num_frames: Frames per clip the encoder sees (linked to ``data.num_frames`` by the CLI).
-        image_size: Frame side (linked to ``data.image_size``).
+        num_frames: Frames per clip the encoder sees (linked to ``data.num_frames`` by the CLI); ``None``: as the
+            encoder was trained (:func:`~longvivit.captioning.encoder_defaults.encoder_preprocess`, 16 without one).
+        image_size: Frame side (linked to ``data.image_size``); ``None``: the encoder's (256 without one).
         encoder_preset: Encoder size when ``encoder`` is ``None``.
         lm: Local HF causal-LM folder; ``None`` is the packaged SmolLM2-135M.
         lm_gguf_file: GGUF file inside ``lm``.
@@ -90,8 +92,8 @@ class CaptioningModule(L.LightningModule):
     def __init__(
         self,
         encoder: str | None = None,
-        num_frames: int = 16,
-        image_size: int = 256,
+        num_frames: int | None = None,
+        image_size: int | None = None,
         encoder_preset: str = "vit-b16",
         lm: str | None = None,
         lm_gguf_file: str | None = None,
@@ -116,6 +118,10 @@ class CaptioningModule(L.LightningModule):
         if encoder is not None and Path(encoder).exists():
             # absolute: the checkpoint names it, and is used from other working directories (`caption --model`)
             encoder = str(Path(encoder).resolve())
+        if num_frames is None or image_size is None:
+            trained = encoder_preprocess(encoder) or PreprocessConfig()
+            num_frames = trained.num_frames if num_frames is None else num_frames
+            image_size = trained.image_size if image_size is None else image_size
         self.model_cfg = CaptionerConfig(
             encoder=encoder, encoder_preset=encoder_preset, num_frames=num_frames, image_size=image_size,
             lm=lm, lm_gguf_file=lm_gguf_file, resampler=resampler, xattn=xattn, prompt=prompt,

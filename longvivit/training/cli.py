@@ -140,13 +140,24 @@ class LongViViTCLI(LightningCLI):
 
 
 class CaptioningCLI(LongViViTCLI):
-    """The same CLI for video-to-text recipes (``task: captioning``): the frozen encoder's sizes feed the data."""
+    """The same CLI for video-to-text recipes (``task: captioning``): the frozen encoder's sizes feed the data.
+
+    Frames, image size, fps and sampling left unset follow what the frozen encoder was trained on
+    (:mod:`longvivit.captioning.encoder_defaults`); a value the recipe or command line sets wins.
+    """
 
     task = "captioning"
 
     def link_model_to_data(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.num_frames", "data.num_frames")
         parser.link_arguments("model.image_size", "data.image_size")
+        parser.set_defaults({"data.fps": None, "data.sampling": None})  # None: not set, the encoder's
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        from longvivit.captioning.encoder_defaults import fill_from_encoder
+
+        fill_from_encoder(self.config[self.subcommand] if self.subcommand else self.config)
 
 
 TASKS = {"contrastive": LongViViTCLI, "captioning": CaptioningCLI}
