@@ -351,6 +351,18 @@ def test_fit_warns_when_the_data_samples_frames_unlike_the_encoders_training(set
     assert fit(setup["encoder"]) == [], "a folder that does not record its frame rate is not second-guessed"
 
 
+def test_caption_of_shards_lists_the_clips_longer_than_the_window(trained, setup, tmp_path, caplog):
+    # 16 s clips captioned at 1 FPS with 4 frames: only their first 4 s were seen, and nothing said so.
+    out = tmp_path / "captions.json"
+    with caplog.at_level("WARNING", logger="longvivit.caption"):
+        assert cli.main(["--model", str(trained["folder"]), "--shards", str(setup["shards"]["val"]), "--fps", "1",
+                         "--max-new-tokens", "2", "--out", str(out)]) == 0
+    cut = json.loads(out.read_text())["cut"]
+    assert len(cut) == 8 and all(seconds == pytest.approx(16.0, abs=0.5) for seconds in cut.values())
+    assert any(r.getMessage().startswith("8 of 8 clips are longer than 4 frames at 1 FPS: only their first 4 s")
+               for r in caplog.records)
+
+
 def test_fit_takes_frames_size_and_fps_from_the_encoder_unless_set(setup, tmp_path):
     # The recipe's frames, size and fps were typed by hand (16 at 64 px, 1 FPS) whatever the encoder: an export
     # trained on 4 frames at 32 px and 0.25 FPS got 16 frames at 64 px and 1 FPS, with only a warning for the rate.

@@ -126,10 +126,12 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
     import torch
 
+    from longvivit.captioning.coverage import cut_warning, unseen_length
     from longvivit.captioning.model import file_generator
     from longvivit.data.decode import DecodeError, decode_video_file
 
     captions: dict[str, str] = {}
+    cut: dict[str, float] = {}  # path -> length of the videos seen only in part
     paths, skipped = video_paths(args.video)
     inputs = len(paths) + len(skipped)  # files, and folders without a video
     for folder, reason in skipped:
@@ -141,6 +143,9 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
             skipped.append((path, str(e)))
             log.warning("skipped %s", e)
             continue
+        seconds = unseen_length(path, pre)
+        if seconds is not None:
+            cut[path] = seconds
         dev = next(model.resampler.parameters()).device
         gen = file_generator(args.seed, path)
         caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), mask_ratio=args.mask_ratio,
@@ -152,18 +157,22 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
         log.warning("skipped %d of %d inputs (reasons above)", len(skipped), inputs)
     if not captions:
         raise SystemExit(f"no video could be decoded: {skipped}")
-    return {"captions": captions, "skipped": skipped}
+    if cut:
+        log.warning(cut_warning(len(cut), len(captions), pre))
+    return {"captions": captions, "skipped": skipped, "cut": cut}
 
 
 def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from longvivit.captioning.coverage import cut_warning
     from longvivit.data.clips import load_clips
     from longvivit.evaluation.captioning_metrics import caption_scores
     from longvivit.models.masking import video_generator
 
     preds: dict[str, str] = {}
     refs: dict[str, list[str]] = {}
+    cut: dict[str, float] = {}  # key -> length of the clips seen only in part (where the shard records it)
     clips = load_clips(args.shards, preprocess=pre, num_workers=args.num_workers)
     dev = next(model.resampler.parameters()).device
     batch: list[dict[str, Any]] = []
@@ -176,6 +185,8 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
                               **decoding(args).to_dict())
         for clip, cap in zip(batch, caps, strict=True):
             preds[clip["key"]], refs[clip["key"]] = cap, list(clip["captions"])
+            if clip["cut"]:
+                cut[clip["key"]] = clip["duration"]
         batch.clear()
 
     for clip in clips:
@@ -189,9 +200,11 @@ def _caption_shards(model: Any, pre: Any, args: argparse.Namespace) -> dict[str,
     if not preds:
         raise SystemExit("longvivit caption: no video clip decoded from the shards (only images, or every sample "
                          f"skipped: {len(clips.skipped)})")
+    if cut:
+        log.warning(cut_warning(len(cut), len(preds), pre, "clips"))
     scores = caption_scores(preds, refs)
     print(json.dumps({k: scores[k] for k in ("CIDEr", "BLEU-4", "ROUGE-L", "num_samples")}), flush=True)
-    return {"scores": scores, "captions": preds, "references": refs, "skipped": clips.skipped}
+    return {"scores": scores, "captions": preds, "references": refs, "skipped": clips.skipped, "cut": cut}
 
 
 def _answer_questions(model: Any, pre: Any, args: argparse.Namespace, items: list[Any]) -> dict[str, Any]:

@@ -148,24 +148,35 @@ def evaluate_qa(
 ) -> dict[str, Any]:
     """Answer every question and report accuracy over those with an answer.
 
-    Questions whose video cannot be read or decoded are left out of every count and listed in ``skipped``.
+    Questions whose video cannot be read or decoded are left out of every count and listed in ``skipped``. Videos
+    longer than the sampled window (EgoSchema's are 3 minutes: 16 frames at 1 FPS see 16 s) are answered from
+    what the window holds, listed in ``cut`` and warned about.
 
     Returns:
         ``{"accuracy" (percent), "chance" (percent, mean 1/K), "num_questions", "num_answered",
-        "items": [{"id", "prediction", "answer", "scores"}], "skipped": [{"id", "video", "reason"}]}``.
+        "items": [{"id", "prediction", "answer", "scores"}], "skipped": [{"id", "video", "reason"}],
+        "cut": {video: seconds}}``.
 
     Raises:
         ValueError: When no question's video decodes.
     """
+    from longvivit.captioning.coverage import cut_warning, unseen_length
     from longvivit.data.decode import DecodeError, decode_video_file
 
     rows, preds, answers, chance, skipped = [], [], [], [], []
+    cut: dict[str, float] = {}
+    seen: set[str] = set()
     last: tuple[str, Any, int, str] | None = None  # the previous question's video: QA sets ask several in a row
     for item in items:
         try:
             if last is None or last[0] != item.video:
                 last = None  # a video that does not decode is tried (and listed) again for its next question
                 last = (item.video, *decode_video_file(item.video, preprocess), file_digest(item.video))
+                if item.video not in seen:
+                    seen.add(item.video)
+                    seconds = unseen_length(item.video, preprocess)
+                    if seconds is not None:
+                        cut[item.video] = seconds
         except DecodeError as err:
             skipped.append({"id": item.key, "video": item.video, "reason": str(err)})
             log.warning("question %s skipped: %s", item.key, err)
@@ -183,6 +194,8 @@ def evaluate_qa(
             chance.append(100.0 / len(item.options))
     if items and not rows:
         raise ValueError(f"no question's video could be decoded, e.g. {skipped[0]}")
+    if cut:
+        log.warning(cut_warning(len(cut), len(seen), preprocess))
     return {
         # None (JSON null, not NaN) when no question has an answer: the file only asks for predictions.
         "accuracy": qa_accuracy(preds, answers) if answers else None,
@@ -191,4 +204,5 @@ def evaluate_qa(
         "num_answered": len(answers),
         "items": rows,
         "skipped": skipped,
+        "cut": cut,
     }

@@ -1,0 +1,62 @@
+"""``longvivit caption`` on video files and QA sets as a user runs it: videos longer than the sampled window, several
+files and folders in one call; a tiny random Llama with open gates, real mp4 files."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from captioning_helpers import build_tiny_encoder, build_tiny_lm, open_gates, tiny_model_kwargs
+
+from longvivit.captioning import cli
+from longvivit.captioning.model import CaptionerConfig, VideoToText
+from longvivit.captioning.qa import QAItem, evaluate_qa
+from longvivit.config import PreprocessConfig
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captioning_cli")
+    kwargs = tiny_model_kwargs(build_tiny_encoder(root / "encoder"), build_tiny_lm(root / "llama"))
+    torch.manual_seed(0)
+    m = VideoToText.build(CaptionerConfig(**kwargs)).eval()
+    open_gates(m)
+    # the saved preprocessing: 4 frames at 1 FPS, a 4 s window from the first frame
+    return {"model": m, "folder": m.save_pretrained(root / "captioner", PreprocessConfig(num_frames=4, image_size=32))}
+
+
+def test_videos_longer_than_the_window_are_warned_and_listed(model, make_video, tmp_path, caplog):
+    # A 10-minute file (or a 3-minute EgoSchema clip) was captioned from its first 16 s at 1 FPS without a word: the
+    # caption read as one about the whole video. Now: a count, the list in --out, and how to cover more.
+    short = str(make_video("short.mp4", num_frames=16, fps=8.0))  # 2 s
+    long = str(make_video("long.mp4", num_frames=80, fps=8.0))  # 10 s
+    out = tmp_path / "captions.json"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["--model", str(model["folder"]), "--video", short, long, "--max-new-tokens", "4",
+                         "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["captions"]) == {short, long}
+    assert result["cut"] == {long: pytest.approx(10.0)}
+    warned = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
+    assert warned == ["1 of 2 videos are longer than 4 frames at 1 FPS: only their first 4 s are seen "
+                      "(--sampling uniform spreads the frames over the whole video; --num-frames or --fps cover more)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["--model", str(model["folder"]), "--video", short, long, "--max-new-tokens", "4",
+                         "--sampling", "uniform", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["cut"] == {}
+    assert not [r for r in caplog.records if "longer than" in r.getMessage()]
+
+
+def test_qa_on_videos_longer_than_the_window_lists_them(model, make_video, caplog):
+    long = str(make_video("long.mp4", num_frames=80, fps=8.0))
+    short = str(make_video("short.mp4", num_frames=16, fps=8.0))
+    items = [QAItem(key=str(i), video=v, question="what moves?", options=["a square", "a rabbit"])
+             for i, v in enumerate([long, long, short])]
+    pre = PreprocessConfig(num_frames=4, fps=1.0, image_size=32)
+    with caplog.at_level(logging.WARNING, logger="longvivit.captioning.qa"):
+        result = evaluate_qa(model["model"], items, pre)
+    assert result["cut"] == {long: pytest.approx(10.0)}
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["1 of 2 videos are longer than 4 frames at 1 FPS"]
