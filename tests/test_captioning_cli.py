@@ -60,3 +60,35 @@ def test_qa_on_videos_longer_than_the_window_lists_them(model, make_video, caplo
         result = evaluate_qa(model["model"], items, pre)
     assert result["cut"] == {long: pytest.approx(10.0)}
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["1 of 2 videos are longer than 4 frames at 1 FPS"]
+
+
+def test_files_are_captioned_in_batches_once_each_with_the_same_captions(model, make_video, tmp_path, monkeypatch,
+                                                                          capsys):
+    # Files were captioned one generate() call each (--batch-size applied to shards only: a folder of 1000 videos
+    # ran the LM 1000 times), and a file named twice (`--video clips/ clips/a.mp4`) was captioned and printed twice.
+    import shutil
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        shutil.move(make_video(f"{i}.mp4", num_frames=16, fps=8.0, seed=i), folder / f"{i}.mp4")
+    batches = []
+    real = VideoToText.generate
+
+    def counted(self, video, *args, **kwargs):
+        batches.append(video.shape[0])
+        return real(self, video, *args, **kwargs)
+
+    monkeypatch.setattr(VideoToText, "generate", counted)
+    sample = ["--do-sample", "--temperature", "1.5", "--top-k", "0", "--max-new-tokens", "8"]
+    runs = {}
+    for size in ("1", "2"):
+        out = tmp_path / f"captions{size}.json"
+        assert cli.main(["--model", str(model["folder"]), "--video", str(folder), str(folder / "1.mp4"), *sample,
+                         "--batch-size", size, "--out", str(out)]) == 0
+        runs[size] = (capsys.readouterr().out, json.loads(out.read_text()))
+    assert batches == [1, 1, 1, 2, 1]
+    assert runs["1"] == runs["2"], "a video's caption does not depend on the batch"
+    printed, result = runs["2"]
+    assert [line.split("\t")[0] for line in printed.splitlines()] == [str(folder / f"{i}.mp4") for i in range(3)]
+    assert result["skipped"] == [[str(folder / "1.mp4"), f"the same file as {folder / '1.mp4'}, captioned once"]]

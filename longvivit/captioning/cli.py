@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text before the caption (default: the training prompt)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the inference masks and sampling (default: the validation seed of training)")
-    p.add_argument("--batch-size", type=positive(int), default=8, help="videos per generation batch (shards)")
+    p.add_argument("--batch-size", type=positive(int), default=8,
+                   help="videos per generation batch (files and shards; a video's caption does not depend on it)")
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (shards)")
     p.add_argument("--lm", help="use this local copy of the LM instead of the one the model names")
     p.add_argument("--qa-template", default=None, help="QA context with a {question} field")
@@ -123,7 +124,8 @@ def decoding(args: argparse.Namespace) -> Any:
 
 
 def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Captions of ``args.video``; a file that cannot be read or decoded is skipped and listed with the reason."""
+    """Captions of ``args.video``, ``--batch-size`` videos per generation; a file that cannot be read or decoded, or
+    that an earlier argument already named, is skipped and listed with the reason."""
     import torch
 
     from longvivit.captioning.coverage import cut_warning, unseen_length
@@ -136,7 +138,30 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
     inputs = len(paths) + len(skipped)  # files, and folders without a video
     for folder, reason in skipped:
         log.warning("skipped %s: %s", folder, reason)
+    single = paths == list(args.video) and len(paths) == 1
+    dev = next(model.resampler.parameters()).device
+    first_named: dict[Path, str] = {}
+    batch: list[tuple[str, Any, int]] = []  # (path, (T, 3, H, W) frames, real frames)
+
+    def flush() -> None:
+        video = torch.stack([v for _, v, _ in batch]).to(dev)  # (B, T, 3, H, W)
+        nvf = torch.tensor([n for _, _, n in batch], device=dev)
+        gens = [file_generator(args.seed, p) for p, _, _ in batch]  # a file's mask and samples: the same in any batch
+        caps = model.generate(video, nvf, mask_ratio=args.mask_ratio, generator=gens, prompt=args.prompt,
+                              **decoding(args).to_dict())
+        for (path, _, _), caption in zip(batch, caps, strict=True):
+            captions[path] = caption
+            line = " ".join(caption.split())  # one line per video, whatever the LM emitted
+            print(line if single else f"{path}\t{line}", flush=True)
+        batch.clear()
+
     for path in paths:
+        same = first_named.get(Path(path).resolve())
+        if same is not None:  # `--video clips/ clips/a.mp4`: one caption per file
+            skipped.append((path, f"the same file as {same}, captioned once"))
+            log.warning("skipped %s: the same file as %s", path, same)
+            continue
+        first_named[Path(path).resolve()] = path
         try:
             video, nvf = decode_video_file(path, pre)  # (T, 3, H, W)
         except DecodeError as e:
@@ -146,13 +171,11 @@ def _caption_files(model: Any, pre: Any, args: argparse.Namespace) -> dict[str, 
         seconds = unseen_length(path, pre)
         if seconds is not None:
             cut[path] = seconds
-        dev = next(model.resampler.parameters()).device
-        gen = file_generator(args.seed, path)
-        caption = model.generate(video[None].to(dev), torch.tensor([nvf], device=dev), mask_ratio=args.mask_ratio,
-                                 generator=gen, prompt=args.prompt, **decoding(args).to_dict())[0]
-        captions[path] = caption
-        line = " ".join(caption.split())  # one line per video, whatever the LM emitted
-        print(line if paths == list(args.video) and len(paths) == 1 else f"{path}\t{line}", flush=True)
+        batch.append((path, video, nvf))
+        if len(batch) == args.batch_size:
+            flush()
+    if batch:
+        flush()
     if skipped:
         log.warning("skipped %d of %d inputs (reasons above)", len(skipped), inputs)
     if not captions:
