@@ -6,8 +6,12 @@
 
 Videos go through the model's saved preprocessing (``preprocessor_config.json``: frames, fps, sampling,
 size, normalisation), with ``--num-frames``/``--fps``/``--sampling`` as overrides; the window starts at the
-first frame. Long-video summarisation is the same command with a summarisation-trained model, more frames
-and a larger ``--max-new-tokens``.
+first frame; videos longer than that window are warned about and listed. Long-video summarisation is the same
+command with a summarisation-trained model, more frames and a larger ``--max-new-tokens``.
+
+Captions are greedy by default; ``--beams`` searches, ``--do-sample`` samples (``--temperature``, ``--top-k``,
+``--top-p``, as in HF ``generate``), reproducibly per video from ``--seed``; ``--repetition-penalty`` and
+``--no-repeat-ngram-size`` work in every mode (:mod:`longvivit.captioning.decoding`).
 """
 
 from __future__ import annotations
