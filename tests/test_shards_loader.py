@@ -152,6 +152,24 @@ def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     assert expand_shards(remote) == ["https://host/s/shard-0.tar", "https://host/s/shard-1.tar", remote[1]]
 
 
+def test_file_urls_are_the_local_shards_they_name(tmp_path, clip_cache):
+    # webdataset users write file: URLs; they were refused as missing shards ("no shard at file:/...")
+    urls = video_shards(tmp_path / "a", 2, 1, cache=clip_cache)
+    folder = tmp_path / "a"
+    assert expand_shards(f"file:{urls[0]}") == [urls[0]]
+    assert expand_shards(f"file://{urls[0]}") == [urls[0]]
+    assert expand_shards(f"file://localhost{urls[0]}") == [urls[0]]
+    assert expand_shards(f"file:{folder}/shard-{{000000..000001}}.tar") == urls
+    assert expand_shards(f"file:{folder}") == urls  # a folder and a glob too
+    assert expand_shards(f"file:{folder}/*.tar") == urls
+    with pytest.raises(FileNotFoundError, match=r"no shard at .*/nowhere\.tar$"):
+        expand_shards(f"file:{folder}/nowhere.tar")
+    with pytest.raises(ValueError, match="host 'elsewhere'"):
+        expand_shards("file://elsewhere/data/x.tar")
+    keys = [c["key"] for c in load_clips(f"file:{folder}/shard-{{000000..000001}}.tar", num_frames=2, image_size=16)]
+    assert keys == ["shard0000", "shard0100"]
+
+
 def test_real_clips_in_shards(tmp_path):
     names = [("bigbuckbunny.mp4", "mp4"), ("cityCC0.mpg", "mpg")]
     if not all((ASSETS / n).exists() for n, _ in names):

@@ -64,7 +64,8 @@ def load_clips(
     """Read every video clip of some shards once, in order, decoded and preprocessed.
 
     Args:
-        urls: Shard specification (path, brace pattern, directory, or a list; see :func:`expand_shards`).
+        urls: Shard specification (path, brace pattern, glob, directory, ``file:`` URL, ``pipe:`` command, or a list;
+            see :func:`~longvivit.data.shard_specs.expand_shards`).
         num_frames: Frames per clip.
         fps: Sampling rate in ``"fps"`` mode.
         image_size: Output side (short-side resize, centre crop).

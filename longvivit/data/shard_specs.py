@@ -20,13 +20,36 @@ NOT_SHARDS = frozenset(("jsonl", "json", "csv", "txt", *VIDEO_EXTS, *IMAGE_EXTS)
 ShardSpec = str | Path | Sequence[str | Path]
 
 
+def file_url_path(url: str) -> str:
+    """The local path of a ``file:`` URL (``file:/a``, ``file:///a``, ``file://localhost/a`` -> ``/a``); other URLs
+    and plain paths unchanged.
+
+    webdataset opens ``file:/a`` as the relative path ``a``, and the checks for folders, globs and missing shards
+    need the path itself.
+
+    Raises:
+        ValueError: For a ``file:`` URL naming another host, which cannot be read from here.
+    """
+    if not url.startswith("file:"):
+        return url
+    rest = url.removeprefix("file:")
+    if not rest.startswith("//"):
+        return rest  # file:/abs or file:relative
+    host, _, path = rest[2:].partition("/")
+    if host not in ("", "localhost"):
+        raise ValueError(f"{url} names a file on host {host!r}; only local file: URLs can be read (file:///path)")
+    return "/" + path
+
+
 def expand_shards(spec: ShardSpec) -> list[str]:
     """Turn a shard specification into a list of shard paths/URLs, in order.
 
     Args:
         spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), a local glob
             (``"data/*.tar"``, sorted; quoted on a command line, the shell expands it otherwise), several
-            joined with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those.
+            joined with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those. A
+            ``file:`` URL (``file:/data/x.tar``, ``file:///data/x.tar``) is the local path it names; ``pipe:``
+            commands and remote URLs are passed to webdataset as written.
 
     Returns:
         The shard list (duplicates kept: listing a shard twice reads it twice).
@@ -41,6 +64,7 @@ def expand_shards(spec: ShardSpec) -> list[str]:
     missing: list[str] = []
     for item in items:
         for url in expand_urls(str(item)):
+            url = file_url_path(url)
             path = Path(url).expanduser()
             if "://" not in url and path.is_dir():
                 tars = sorted(str(p) for p in path.glob("*.tar"))
