@@ -2,7 +2,7 @@
 
 :func:`load_clips` wraps a finite, ordered :class:`~longvivit.data.shards.ShardDataset` (eval regime) and
 returns a :class:`ClipIterator` that drops the report-only items of the stream and keeps what was skipped, with
-the reason, in ``skipped``.
+the reason, in ``skipped``, and the image samples it passed over in ``passed_over``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,20 @@ from longvivit.data.shards import REPORT_ONLY, ShardDataset, ShardSpec
 
 
 class ClipIterator:
-    """Iterator returned by :func:`load_clips`; :attr:`skipped` lists ``(key, reason)`` of skipped samples."""
+    """Iterator returned by :func:`load_clips`.
+
+    Attributes:
+        skipped: ``(key, reason)`` of the samples that could not be used (corrupt video, no caption...).
+        passed_over: ``(key, reason)`` of the image samples of mixed shards: not clips, so not yielded, and not
+            failures either (they do not count against ``max_fail_fraction``).
+
+    Both are complete once the iterator is exhausted.
+    """
 
     def __init__(self, dataset: ShardDataset, num_workers: int) -> None:
         self.dataset = dataset
         self.skipped: list[tuple[str, str]] = []
+        self.passed_over: list[tuple[str, str]] = []
         if num_workers > 0:
             source: Any = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
         else:
@@ -34,6 +43,7 @@ class ClipIterator:
         while True:
             item = next(self._it)
             self.skipped.extend(item.pop("skipped", ()))
+            self.passed_over.extend(item.pop("passed_over", ()))
             if item.get(REPORT_ONLY):
                 continue
             return {
@@ -83,7 +93,8 @@ def load_clips(
         An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
         "num_valid_frames": int, "duration": float | None, "cut": bool}`` (``duration``: the source's length in
         seconds when the shard records it, as make_shards does; ``cut``: the window leaves part of it unseen); its
-        ``skipped`` attribute lists the skipped samples and why.
+        ``skipped`` attribute lists the skipped samples and why, its ``passed_over`` the image samples of mixed
+        shards, which are not clips.
     """
     preprocess = preprocess or PreprocessConfig(
         num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start

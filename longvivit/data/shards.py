@@ -19,7 +19,8 @@ Corrupt samples are skipped, never silently: each is recorded with its key and r
 the samples seen (after ``min_fail_count`` samples) the iteration raises :class:`TooManyFailuresError`.
 Skip records travel to the main process inside batches (field ``"skipped"``) and, at the end of a
 stream, in a report-only item that :class:`~longvivit.data.datamodule.ShardLoader` and
-:func:`~longvivit.data.clips.load_clips` consume.
+:func:`~longvivit.data.clips.load_clips` consume; that item also lists the samples of the other modality that
+were passed over (field ``"passed_over"``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class SkipLog:
         name: Shown in messages (dataset or loader name).
         max_records: Records kept in :attr:`skipped` (the count :attr:`failed` is always exact).
 
-    Samples of the other modality are not failures: they are counted in :attr:`other_media` and
-    passed over (a mixed shard feeds both the video and the image loader).
+    Samples of the other modality are not failures: they are counted in :attr:`other_media`, listed in
+    :attr:`passed_over` and passed over (a mixed shard feeds both the video and the image loader).
     """
 
     max_fail_fraction: float = 0.1
@@ -95,6 +96,8 @@ class SkipLog:
     other_in_a_row: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pending: list[tuple[str, str]] = field(default_factory=list)
+    passed_over: list[tuple[str, str]] = field(default_factory=list)
+    pending_other: list[tuple[str, str]] = field(default_factory=list)
 
     def success(self) -> None:
         self.ok += 1
@@ -104,6 +107,9 @@ class SkipLog:
         """Pass over a sample of the other modality; raise if nothing but those arrives."""
         self.other_media += 1
         self.other_in_a_row += 1
+        for records in (self.passed_over, self.pending_other):  # bounded like the failures
+            if len(records) < self.max_records:
+                records.append((key, reason))
         if self.other_media == 1:
             log.info("%s: passing over samples of the other modality (first: %s, %s)", self.name, key, reason)
         if self.other_in_a_row >= limit:
@@ -142,6 +148,11 @@ class SkipLog:
     def drain(self) -> list[tuple[str, str]]:
         """Records added since the last drain (they ride along with the next batch)."""
         out, self.pending = self.pending, []
+        return out
+
+    def drain_other(self) -> list[tuple[str, str]]:
+        """Other-modality records added since the last drain (they ride along with the end-of-stream report)."""
+        out, self.pending_other = self.pending_other, []
         return out
 
 
@@ -336,9 +347,9 @@ class ShardDataset(IterableDataset):
         if self.train and self.batches_per_epoch is not None:
             out = _take(out, self._worker_quota(worker, num_workers))
         yield from out
-        tail = skip_log.drain()
-        if tail:
-            yield {REPORT_ONLY: True, "skipped": tail}
+        tail, other = skip_log.drain(), skip_log.drain_other()
+        if tail or other:
+            yield {REPORT_ONLY: True, "skipped": tail, "passed_over": other}
 
     def resume_point(self) -> tuple[int, dict[int, int] | None]:
         """(batches consumed on this rank in this epoch before a resume, raw stream position of each role)."""
@@ -364,7 +375,7 @@ class ShardDataset(IterableDataset):
             try:
                 out = decode_sample(sample, self.modality, preprocess, _rng(*base, "decode", pos), self.num_threads)
             except OtherMediaError as err:
-                skip_log.other(key, str(err))
+                skip_log.other(f"{key} @ {sample.get('__url__', '?')}", str(err))
                 continue
             except (DecodeError, SampleError) as err:
                 skip_log.failure(f"{key} @ {sample.get('__url__', '?')}", str(err))

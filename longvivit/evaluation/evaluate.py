@@ -193,17 +193,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "written from different manifests (make_shards numbers every manifest's lines from 1); evaluate each "
             "set on its own, or write the shards from one manifest"
         ) from err
-    skipped = clips.skipped
+    skipped, images = clips.skipped, clips.passed_over
     if ev.num_videos == 0:
-        raise SystemExit(
-            f"longvivit eval: no video clip read from {shards!r}"
-            + (f"; {len(skipped)} skipped, e.g. {skipped[:3]}" if skipped else " (only images, or empty shards?)")
-        )
+        found = [f"{len(skipped)} skipped, e.g. {skipped[:3]}"] if skipped else []
+        found += [f"{len(images)} image samples, which are not clips"] if images else []
+        raise SystemExit(f"longvivit eval: no video clip read from {shards!r}; "
+                         + ("; ".join(found) if found else "the shards hold no samples"))
     metrics: dict[str, Any] = ev.compute()
     order = order_only_metrics(ev, pair_of)
     if order is not None:
         metrics["order_only"] = order
     metrics["skipped"] = [{"key": k, "reason": r} for k, r in skipped]
+    metrics["passed_over"] = [{"key": k, "reason": r} for k, r in images]
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
         "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
@@ -268,6 +269,9 @@ def _summary(m: dict[str, Any]) -> str:
                      f"{settings['max_text_length']} tokens and were cut (--max-text-length)")
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unreadable samples (listed in the JSON)")
+    if m.get("passed_over"):
+        lines.append(f"passed over {len(m['passed_over'])} image samples: retrieval here is over the video clips "
+                     "(listed in the JSON's `passed_over`)")
     return "\n".join(lines)
 
 
