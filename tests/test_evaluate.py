@@ -247,6 +247,11 @@ def test_eval_at_another_image_size_resizes_the_model_and_says_when_clips_are_pa
     assert any("pos_embed_spatial resized" in a for a in m["settings"]["adaptations"])
     assert m["settings"]["padded_clips"] == 8  # 16 s clips, 32 frames at 1 FPS
     assert "8 of 8 clips are shorter than 32 frames at 1 FPS: padded to the window" in capsys.readouterr().out
+    # uniform sampling ignores the rate: the line said "at 1 FPS" of clips padded for holding too few frames
+    m = _eval_metrics(setup, tmp_path, "--num-frames", "128", "--sampling", "uniform")
+    assert m["settings"]["padded_clips"] == 8  # 16 s at 4 FPS: 64 frames
+    said = capsys.readouterr().out
+    assert "8 of 8 clips hold fewer than 128 frames: padded to the window" in said and "FPS" not in said
 
 
 def test_eval_says_which_clips_the_window_cuts_and_which_captions_the_text_budget_cuts(setup, tmp_path, capsys):

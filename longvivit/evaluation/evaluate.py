@@ -256,9 +256,11 @@ def _summary(m: dict[str, Any]) -> str:
                      f"(chance 50), subset T2V R@1 {o['retrieval']['t2v']['R@1']:.2f}")
     settings = m.get("settings", {})
     if settings.get("padded_clips"):
-        lines.append(f"{settings['padded_clips']} of {m['num_videos']} clips are shorter than {settings['num_frames']} "
-                     f"frames at {settings['fps']:g} FPS: padded to the window, the padding left out of the encoder's "
-                     "attention and pool")
+        # uniform sampling ignores the rate: a clip is padded when it holds fewer frames than the window
+        short = (f"hold fewer than {settings['num_frames']} frames" if settings.get("sampling") == "uniform" else
+                 f"are shorter than {settings['num_frames']} frames at {settings['fps']:g} FPS")
+        lines.append(f"{settings['padded_clips']} of {m['num_videos']} clips {short}: padded to the window, the "
+                     "padding left out of the encoder's attention and pool")
     if settings.get("cut_clips"):
         seconds = settings["num_frames"] / settings["fps"]
         lines.append(f"{settings['cut_clips']} of {m['num_videos']} clips are longer than {settings['num_frames']} "
