@@ -125,6 +125,24 @@ def test_load_clips_with_workers_keeps_order_and_reads_each_once(tmp_path, clip_
     assert [c["key"] for c in load_clips(tmp_path, num_frames=2, image_size=16, num_workers=2)] == expected
 
 
+def test_load_clips_reports_the_same_records_with_and_without_workers(tmp_path):
+    # Through DataLoader workers the (key, reason) tuples arrived as lists: it.skipped == [("k", "r")] failed.
+    samples = [
+        {"key": "000000_ok", "media": video_bytes(1), "captions": ["fine"]},
+        {"key": "000001_noise", "media": bytes(range(256)) * 8, "captions": ["noise"]},
+        {"key": "000002_image", "media": png_bytes(0), "ext": "png", "captions": ["an image"]},
+    ]
+    write_shard(tmp_path / "s-000000.tar", samples)
+    reads = []
+    for workers in (0, 1):
+        it = load_clips(tmp_path, num_frames=2, image_size=16, num_workers=workers, max_fail_fraction=1.0)
+        assert [c["key"] for c in it] == ["000000_ok"]
+        reads.append((it.skipped, it.passed_over))
+    assert reads[0] == reads[1]
+    assert all(isinstance(r, tuple) for records in reads[1] for r in records)
+    assert [k.split(" @ ")[0] for k, _ in reads[1][0]] == ["000001_noise"]
+
+
 def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     urls = video_shards(tmp_path / "a", 3, 1, cache=clip_cache)
     assert expand_shards(str(tmp_path / "a" / "shard-{000000..000002}.tar")) == urls

@@ -42,8 +42,9 @@ class ClipIterator:
     def __next__(self) -> dict[str, Any]:
         while True:
             item = next(self._it)
-            self.skipped.extend(item.pop("skipped", ()))
-            self.passed_over.extend(item.pop("passed_over", ()))
+            # A worker's records cross the DataLoader as lists: back to the (key, reason) tuples of a 0-worker read
+            self.skipped.extend((str(k), str(r)) for k, r in item.pop("skipped", ()))
+            self.passed_over.extend((str(k), str(r)) for k, r in item.pop("passed_over", ()))
             if item.get(REPORT_ONLY):
                 continue
             return {

@@ -82,7 +82,7 @@ class ShardLoader(DataLoader):
     def _serve(self, it: Iterator[Any], limit: int | None) -> Iterator[Any]:
         served = 0
         for item in it:
-            self.skipped.extend(item.get("skipped", ()))
+            self.skipped.extend((str(k), str(r)) for k, r in item.get("skipped", ()))  # workers send lists
             if item.get(REPORT_ONLY):
                 continue
             if limit is not None and served >= limit:
