@@ -143,6 +143,15 @@ def test_load_clips_reports_the_same_records_with_and_without_workers(tmp_path):
     assert [k.split(" @ ")[0] for k, _ in reads[1][0]] == ["000001_noise"]
 
 
+def test_load_clips_refuses_a_random_start_instead_of_reading_from_the_first_frame(tmp_path, clip_cache):
+    video_shards(tmp_path, 1, 1, cache=clip_cache)
+    with pytest.raises(ValueError, match="start must be 'first' or 'center'.*got 'random'"):
+        load_clips(tmp_path, num_frames=2, image_size=16, start="random")
+    centred = next(iter(load_clips(tmp_path, num_frames=2, fps=4.0, image_size=16, start="center")))["video"]
+    first = next(iter(load_clips(tmp_path, num_frames=2, fps=4.0, image_size=16)))["video"]
+    assert not torch.equal(centred, first)  # 8 frames at 8 FPS: the centred window starts later
+
+
 def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
     urls = video_shards(tmp_path / "a", 3, 1, cache=clip_cache)
     assert expand_shards(str(tmp_path / "a" / "shard-{000000..000002}.tar")) == urls

@@ -86,9 +86,15 @@ def load_clips(
             (the shard order exactly when no sample is skipped).
         max_fail_fraction: Raise :class:`TooManyFailuresError` above this fraction of bad samples.
         min_fail_count: Samples seen before the fraction applies.
-        preprocess: Full settings; overrides the five preceding arguments when given.
+        preprocess: Full settings; overrides the five preceding arguments when given (a ``"random"`` start in it
+            reads from the first frame: every clip is read once, deterministically).
         rank: Read only this rank's share (default 0 of 1: everything).
         world_size: Number of ranks sharing the read.
+
+    Raises:
+        ValueError: For an invalid setting (``start="random"``, ``fps <= 0``, ``num_frames < 1``...) or a
+            manifest or video file given as ``urls``.
+        FileNotFoundError: When ``urls`` names no existing shard.
 
     Returns:
         An iterator of ``{"key": str, "video": (T, 3, H, W) float32, "captions": [str], "meta": dict,
@@ -97,6 +103,10 @@ def load_clips(
         ``skipped`` attribute lists the skipped samples and why, its ``passed_over`` the image samples of mixed
         shards, which are not clips.
     """
+    if preprocess is None and start not in ("first", "center"):
+        # PreprocessConfig takes "random" (training); read here it became "first" without a word
+        raise ValueError(f"start must be 'first' or 'center' (load_clips reads every clip once, deterministically), "
+                         f"got {start!r}")
     preprocess = preprocess or PreprocessConfig(
         num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start
     )
