@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 Number = TypeVar("Number", int, float)
@@ -56,3 +57,31 @@ def device(text: str) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; use --device cpu")
     return text
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents (where a folder would have to be created)."""
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
+def output_file(text: str) -> Path:
+    """``type=`` for a file the command writes when done: refused at parsing when it cannot be written there, not
+    after the run (an existing folder, or a file where one of its parent folders would go)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name the file to write, e.g. {path / 'metrics.json'}")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {blocker} is a file, not a folder")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """``type=`` for a folder the command writes when done: refused at parsing when it is a file, or below one."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; name a folder to write into")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: {blocker} is a file, not a folder")
+    return path

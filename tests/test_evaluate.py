@@ -220,6 +220,18 @@ def test_eval_lists_the_image_samples_of_a_mixed_test_set(setup, tmp_path, capsy
         cli_main(["eval", "--model", str(model_dir), "--shards", str(only_images)])
 
 
+def test_eval_refuses_outputs_it_cannot_write_before_it_runs(setup, tmp_path, capsys):
+    # An --out naming a folder, or --embeddings naming a file, ended in a traceback after the whole evaluation.
+    _, shards, model_dir = setup
+    (tmp_path / "a_file").write_text("x")
+    for flag, value, said in (("--out", tmp_path, "is a folder; name the file to write"),
+                              ("--out", tmp_path / "a_file" / "m.json", "a_file is a file, not a folder"),
+                              ("--embeddings", tmp_path / "a_file", "a_file is a file; name a folder")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["eval", "--model", str(model_dir), "--shards", str(shards), flag, str(value)])
+        assert exc.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
     # A checkpoint's data settings (here 0.5 FPS, uniform) were ignored by eval (1 FPS), not by export.
     from longvivit.export import source_preprocess

@@ -16,12 +16,11 @@ import logging
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from longvivit.argtypes import device, fraction, mask_ratio, non_negative_int, positive
+from longvivit.argtypes import device, fraction, mask_ratio, non_negative_int, output_dir, output_file, positive
 from longvivit.data.collate import num_truncated
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 from longvivit.evaluation.retrieval import (
@@ -243,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fail-fraction", type=fraction, default=0.1,
                    help="stop when more than this fraction of the clips cannot be read (default 0.1)")
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
-    p.add_argument("--embeddings", type=Path, default=None, help="dump embeddings (.npy) and ids here")
+    p.add_argument("--out", type=output_file, default=None, help="write the metrics JSON here")
+    p.add_argument("--embeddings", type=output_dir, default=None, help="dump embeddings (.npy) and ids here")
     return p
 
 
