@@ -59,7 +59,7 @@ def device(text: str) -> str:
     return text
 
 
-def _blocking_file(path: Path) -> Path | None:
+def blocking_file(path: Path) -> Path | None:
     """The first existing non-folder among ``path``'s parents (where a folder would have to be created)."""
     return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
 
@@ -70,7 +70,7 @@ def output_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; name the file to write, e.g. {path / 'metrics.json'}")
-    blocker = _blocking_file(path)
+    blocker = blocking_file(path)
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"cannot write {text}: {blocker} is a file, not a folder")
     return path
@@ -81,7 +81,7 @@ def output_dir(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; name a folder to write into")
-    blocker = _blocking_file(path)
+    blocker = blocking_file(path)
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"cannot write into {text}: {blocker} is a file, not a folder")
     return path

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from huggingface_hub import HfApi
 
+from longvivit.argtypes import blocking_file
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.logs import setup_logging
 from longvivit.model_card import DTYPES, LIBRARY_NAME, build_model_card, dtype_name, library_version, read_stages
@@ -110,6 +111,12 @@ def source_preprocess(source: str | Path, video: VideoEncoderConfig) -> Preproce
 
 
 # --------------------------------------------------------------------------- the folder
+def text_tower_untrained(messages: Sequence[str]) -> bool:
+    """Whether :func:`~longvivit.models.checkpoint.load_model`'s messages say the source held no text tower (a bare
+    video encoder folder): its text tower and projection are then a fresh initialisation, useless for retrieval."""
+    return any(m.startswith("text tower kept at its initialisation") for m in messages)
+
+
 def find_pickles(folder: str | Path) -> list[Path]:
     """Files under ``folder`` in a format that unpickles on load (``.bin``, ``.pt``, ``.ckpt``...)."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
@@ -185,6 +192,7 @@ def export_model(
     Raises:
         FileExistsError: ``out`` is in use and ``overwrite`` is off, or it does not look like an export.
         RuntimeError: A pickle file ended up in the folder, or the reloaded model differs.
+        ValueError: ``source`` is not a video-text model (e.g. a bare video encoder folder, without a text tower).
     """
     from longvivit.models.checkpoint import load_model
     from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
@@ -195,6 +203,9 @@ def export_model(
     source, out = Path(source), Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; --out names the folder to write")
+    blocker = blocking_file(out)
+    if blocker is not None:  # found before the model loads, not as a traceback when the folder is written
+        raise FileExistsError(f"cannot create {out}: {blocker} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite to replace a previous export")
@@ -204,7 +215,12 @@ def export_model(
             raise FileExistsError(f"{out} is not a longvivit export (no config.json with library_name "
                                   f"{LIBRARY_NAME!r}); not replacing it")
 
-    model, _ = load_model(source)
+    model, msgs = load_model(source)
+    if text_tower_untrained(msgs):
+        # the export would carry a random text tower in text/, which every later load takes for a trained one
+        raise ValueError(f"{source} holds a video encoder without its text tower: an export is a video-text model; "
+                         "export the training checkpoint (.ckpt), or use the folder as it is (VideoEncoder."
+                         "from_pretrained and the captioner's --model.encoder read it)")
     stages = read_stages(source) if source.is_file() else []
     # read_stages has the checkpoint's data settings already (source_preprocess would read the file again)
     pre = (load_preprocess_config(source) if source.is_dir() else None) or preprocess_for(

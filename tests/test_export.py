@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from longvivit import export
 from longvivit.cli import main as cli_main
-from longvivit.config import PreprocessConfig, TextEncoderConfig, VideoEncoderConfig
+from longvivit.config import PreprocessConfig, TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
 from longvivit.data import make_shards
 from longvivit.data.datamodule import VideoTextDataModule
 from longvivit.data.video_io import encode_video
@@ -332,3 +332,22 @@ def test_a_deepspeed_checkpoint_folder_is_named_with_the_command_that_consolidat
         with pytest.raises(ValueError, match=said) as err:
             load()
         assert "convert_zero_checkpoint_to_fp32_state_dict" in str(err.value)
+
+
+def test_export_refuses_a_bare_video_encoder_folder(tmp_path, capsys):
+    # It exported one with a freshly initialised text tower in text/, which eval then took for a trained one and
+    # scored (random retrieval numbers), while eval of the folder itself refuses it.
+    enc = VideoEncoder(VideoEncoderConfig.preset("tiny", **TINY)).save_pretrained(tmp_path / "enc")
+    assert cli_main(["export", "--ckpt", str(enc), "--out", str(tmp_path / "out")]) == 1
+    assert "holds a video encoder without its text tower" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_to_a_folder_below_a_file_says_so(tmp_path, capsys):
+    # --out below a file ended in a NotADirectoryError traceback once the model had loaded
+    src = tmp_path / "model"
+    VideoTextModel(VideoTextConfig(video=VideoEncoderConfig.preset("tiny", **TINY),
+                                   text=TextEncoderConfig(max_length=16))).save_pretrained(src)
+    (tmp_path / "a-file").write_text("x")
+    assert cli_main(["export", "--ckpt", str(src), "--out", str(tmp_path / "a-file" / "out")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err

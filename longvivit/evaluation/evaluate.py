@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from longvivit.data.clips import load_clips
     from longvivit.data.shard_specs import expand_shards
     from longvivit.data.shards import TooManyFailuresError
-    from longvivit.export import source_preprocess
+    from longvivit.export import source_preprocess, text_tower_untrained
     from longvivit.models.checkpoint import load_model
 
     overrides: dict[str, Any] = {}
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, msgs = load_model(args.model, **overrides)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"longvivit eval: {err}") from err
-    if any(m.startswith("text tower kept at its initialisation") for m in msgs):
+    if text_tower_untrained(msgs):
         # a random text projection gives random, unrepeatable retrieval numbers
         raise SystemExit(f"longvivit eval: {args.model} holds a video encoder without its text tower; retrieval "
                          "needs both: evaluate the training checkpoint (.ckpt) or its `longvivit export` folder")
