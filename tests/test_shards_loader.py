@@ -197,6 +197,21 @@ def test_file_urls_are_the_local_shards_they_name(tmp_path, clip_cache):
     assert keys == ["shard0000", "shard0100"]
 
 
+def test_a_folder_of_gzipped_shards_is_read(tmp_path, clip_cache):
+    # webdataset reads .tar.gz/.tgz shards, but a folder of them was "no .tar shards in directory"
+    import gzip
+    import shutil
+
+    urls = video_shards(tmp_path / "plain", 2, 1, cache=clip_cache)
+    (tmp_path / "gz").mkdir()
+    with open(urls[0], "rb") as src, gzip.open(tmp_path / "gz" / "shard-000000.tar.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copy(urls[1], tmp_path / "gz" / "shard-000001.tgz")
+    (tmp_path / "gz" / "notes.txt").write_text("not a shard")
+    assert [Path(u).name for u in expand_shards(tmp_path / "gz")] == ["shard-000000.tar.gz", "shard-000001.tgz"]
+    assert [c["key"] for c in load_clips(tmp_path / "gz", num_frames=2, image_size=16)] == ["shard0000", "shard0100"]
+
+
 def test_real_clips_in_shards(tmp_path):
     names = [("bigbuckbunny.mp4", "mp4"), ("cityCC0.mpg", "mpg")]
     if not all((ASSETS / n).exists() for n, _ in names):

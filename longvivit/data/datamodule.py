@@ -120,8 +120,8 @@ class ShardLoader(DataLoader):
 class VideoTextDataModule(L.LightningDataModule):
     """Video-text (and optionally image-text) batches from webdataset shards.
 
-    Shard arguments take a path, a brace pattern, a directory of ``*.tar`` or a list of these. A
-    list is one dataset unless ``train_weights`` / ``image_weights`` give one weight per entry, in
+    Shard arguments take a path, a brace pattern, a directory of shards (``.tar``, ``.tar.gz``, ``.tgz``) or a list of
+    these. A list is one dataset unless ``train_weights`` / ``image_weights`` give one weight per entry, in
     which case each entry is a dataset and batches mix them by weight. With ``image_shards`` the
     training loader is a :class:`~lightning.pytorch.utilities.CombinedLoader` over
     ``{"video": ..., "image": ...}``: every step gets ``batch_size`` clips and ``image_batch_size``

@@ -18,6 +18,8 @@ from longvivit.data.formats import IMAGE_EXTS, VIDEO_EXTS
 NOT_SHARDS = frozenset(("jsonl", "json", "csv", "txt", *VIDEO_EXTS, *IMAGE_EXTS))
 
 ShardSpec = str | Path | Sequence[str | Path]
+# What a folder given as shards is read for: webdataset reads gzipped tars as they are.
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def file_url_path(url: str) -> str:
@@ -47,7 +49,8 @@ def expand_shards(spec: ShardSpec) -> list[str]:
     Args:
         spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), a local glob
             (``"data/*.tar"``, sorted; quoted on a command line, the shell expands it otherwise), several
-            joined with ``"::"``, a local directory (all ``*.tar`` inside, sorted), or a list of those. A
+            joined with ``"::"``, a local directory (all ``*.tar``, ``*.tar.gz`` and ``*.tgz`` inside, sorted by name),
+            or a list of those. A
             ``file:`` URL (``file:/data/x.tar``, ``file:///data/x.tar``) is the local path it names; ``pipe:``
             commands and remote URLs are passed to webdataset as written.
 
@@ -67,9 +70,9 @@ def expand_shards(spec: ShardSpec) -> list[str]:
             url = file_url_path(url)
             path = Path(url).expanduser()
             if "://" not in url and path.is_dir():
-                tars = sorted(str(p) for p in path.glob("*.tar"))
+                tars = sorted(str(p) for p in path.iterdir() if p.is_file() and p.name.endswith(SHARD_SUFFIXES))
                 if not tars:
-                    raise FileNotFoundError(f"no .tar shards in directory {path}")
+                    raise FileNotFoundError(f"no shards ({', '.join(SHARD_SUFFIXES)}) in directory {path}")
                 urls.extend(tars)
             elif "://" not in url and path.suffix.lower().lstrip(".") in NOT_SHARDS:
                 raise ValueError(
