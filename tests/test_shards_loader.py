@@ -197,6 +197,16 @@ def test_file_urls_are_the_local_shards_they_name(tmp_path, clip_cache):
     assert keys == ["shard0000", "shard0100"]
 
 
+def test_a_failing_pipe_command_is_named_with_its_exit_status(tmp_path, clip_cache):
+    # It was recorded as "<tar ?>: ReadError: empty file", the command named nowhere and its failure unsaid.
+    urls = video_shards(tmp_path, 1, 1, cache=clip_cache)
+    missing = tmp_path / "missing.tar"
+    it = load_clips([f"pipe:cat {missing}", f"pipe:cat {urls[0]}"], num_frames=2, image_size=16,
+                    max_fail_fraction=1.0)
+    assert [c["key"] for c in it] == ["shard0000"]
+    assert it.skipped == [(f"<tar pipe:cat {missing}>", "the command exited with status 1")]
+
+
 def test_a_folder_of_gzipped_shards_is_read(tmp_path, clip_cache):
     # webdataset reads .tar.gz/.tgz shards, but a folder of them was "no .tar shards in directory"
     import gzip

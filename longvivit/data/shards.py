@@ -140,9 +140,13 @@ class SkipLog:
         """webdataset error handler for unreadable shards/members: record, keep going."""
         # webdataset appends the shard URL (and the stream object) to the exception's args.
         texts = [str(a) for a in exn.args if isinstance(a, str | int) and not isinstance(a, bool)]
-        url = next((t for t in reversed(texts) if "/" in t or t.endswith(".tar")), "?")
+        url = next((t for t in reversed(texts) if t.startswith("pipe:") or "/" in t or t.endswith(".tar")), "?")
         detail = " ".join(t for t in texts if t != url)
-        self.failure(f"<tar {url}>", f"{type(exn).__name__}: {detail}"[:300])
+        status = _pipe_status(exn.args)
+        # A failed `pipe:` command reads as an "empty file", or as webdataset's own error, depending on which of the
+        # reader and the command finished first: its exit status is the reason either way.
+        reason = f"the command exited with status {status}" if status else f"{type(exn).__name__}: {detail}"
+        self.failure(f"<tar {url}>", reason[:300])
         return True
 
     def drain(self) -> list[tuple[str, str]]:
@@ -154,6 +158,20 @@ class SkipLog:
         """Other-modality records added since the last drain (they ride along with the end-of-stream report)."""
         out, self.pending_other = self.pending_other, []
         return out
+
+
+def _pipe_status(args: Sequence[Any]) -> int | None:
+    """Exit status of the ``pipe:`` command among a webdataset error's args (its stream object), if it has ended."""
+    import subprocess
+
+    proc = next((getattr(a, "proc", None) for a in args if isinstance(getattr(a, "proc", None), subprocess.Popen)),
+                None)
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=5.0)  # a command that wrote nothing (the reader saw its end) is ending
+    except subprocess.TimeoutExpired:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- the dataset
