@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -150,6 +151,20 @@ def test_load_clips_refuses_a_random_start_instead_of_reading_from_the_first_fra
     centred = next(iter(load_clips(tmp_path, num_frames=2, fps=4.0, image_size=16, start="center")))["video"]
     first = next(iter(load_clips(tmp_path, num_frames=2, fps=4.0, image_size=16)))["video"]
     assert not torch.equal(centred, first)  # 8 frames at 8 FPS: the centred window starts later
+
+
+def test_load_clips_checks_the_types_of_its_sizes_up_front(tmp_path, clip_cache):
+    # num_frames=16.0 (e.g. cfg.num_frames / 2) failed inside every decode: each clip was "skipped" as bad data
+    video_shards(tmp_path, 1, 2, cache=clip_cache)
+    whole = [c["video"].shape for c in load_clips(tmp_path, num_frames=np.int64(2), fps=4, image_size=16.0)]
+    assert whole == [(2, 3, 16, 16)] * 2
+    for bad, said in ((dict(num_frames=2.5), "num_frames must be a whole number, got 2.5"),
+                      (dict(image_size=(16, 24)), "image_size must be a whole number"),
+                      (dict(num_frames=True), "num_frames must be a whole number, got True"),
+                      (dict(fps="2"), "fps must be a number, got '2'"),
+                      (dict(preprocess=PreprocessConfig(num_frames=2.0 + 0.5, image_size=16)), "got 2.5")):
+        with pytest.raises(TypeError, match=re.escape(said)):
+            load_clips(tmp_path, **{"num_frames": 2, "image_size": 16, **bad})
 
 
 def test_expand_shards_patterns_dirs_and_lists(tmp_path, clip_cache):
