@@ -232,6 +232,23 @@ def test_eval_refuses_outputs_it_cannot_write_before_it_runs(setup, tmp_path, ca
         assert exc.value.code == 2 and said in capsys.readouterr().err
 
 
+def test_eval_fps_on_a_uniformly_trained_model_samples_at_that_rate(setup, tmp_path, caplog):
+    # --fps 2 on a model trained with uniform sampling kept uniform sampling: the JSON said fps 2, unused.
+    import shutil
+
+    _, shards, model_dir = setup
+    model = tmp_path / "uniform"
+    shutil.copytree(model_dir, model)
+    (model / "preprocessor_config.json").write_text(json.dumps(
+        {"num_frames": 8, "fps": 1.0, "sampling": "uniform", "image_size": 32}))
+    assert _eval_metrics((None, shards, model), tmp_path)["settings"]["sampling"] == "uniform"  # as trained
+    m = _eval_metrics((None, shards, model), tmp_path, "--fps", "2")
+    assert (m["settings"]["sampling"], m["settings"]["fps"]) == ("fps", 2.0)
+    assert "sampling frames at 2 FPS, not uniform as the model was trained" in caplog.text
+    with pytest.raises(SystemExit, match="--sampling uniform spreads the frames over each clip and has no rate"):
+        cli_main(["eval", "--model", str(model), "--shards", str(shards), "--sampling", "uniform", "--fps", "2"])
+
+
 def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
     # A checkpoint's data settings (here 0.5 FPS, uniform) were ignored by eval (1 FPS), not by export.
     from longvivit.export import source_preprocess

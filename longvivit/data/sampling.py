@@ -54,6 +54,30 @@ def variable_timestamps(timestamps: Sequence[float], native_fps: float | None) -
     return rel if jitter > 0.5 * nominal or drift > nominal else None
 
 
+def requested_sampling(
+    fps: float | None, sampling: SamplingMode | None, trained: SamplingMode
+) -> SamplingMode:
+    """The sampling mode of an inference run whose user may have given ``--fps`` and/or ``--sampling``.
+
+    Unset values follow the model's ``trained`` mode, except that a rate asks for ``"fps"`` sampling: kept
+    ``"uniform"``, the rate would be recorded and have no effect.
+
+    Args:
+        fps: The rate the user asked for, or ``None``.
+        sampling: The mode the user asked for, or ``None``.
+        trained: The mode the model was trained with.
+
+    Raises:
+        ValueError: For a rate together with ``sampling="uniform"``, which has no rate.
+    """
+    if fps is not None and sampling == "uniform":
+        raise ValueError("--fps is the rate of --sampling fps; --sampling uniform spreads the frames over each clip "
+                         "and has no rate: give one of the two")
+    if sampling is not None:
+        return sampling
+    return "fps" if fps is not None else trained
+
+
 def window_cuts_clip(duration: float | None, num_frames: int, fps: float, mode: SamplingMode) -> bool:
     """Whether a clip of ``duration`` seconds holds more than the window sampled from it.
 

@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command-line arguments say and return the metrics dict."""
     from longvivit.config import PreprocessConfig
     from longvivit.data.clips import load_clips
+    from longvivit.data.sampling import requested_sampling
     from longvivit.data.shard_specs import expand_shards
     from longvivit.data.shards import TooManyFailuresError
     from longvivit.export import source_preprocess, text_tower_untrained
@@ -170,7 +171,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Defaults are the model's training settings: an export's preprocessor_config.json (fps, sampling, mean/std),
     # a checkpoint's data hyper-parameters
     base = source_preprocess(args.model, cfg)
-    pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=args.sampling or base.sampling,
+    try:  # --fps on a model trained with uniform sampling asks for fps sampling (it was recorded, and unused)
+        sampling = requested_sampling(args.fps, args.sampling, base.sampling)
+    except ValueError as err:
+        raise SystemExit(f"longvivit eval: {err}") from err
+    if sampling != base.sampling:
+        log.warning("sampling frames %s, not %s as the model was trained",
+                 f"at {args.fps:g} FPS" if sampling == "fps" else "uniformly", base.sampling)
+    pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
     text_budget = args.max_text_length or model.text_encoder.cfg.max_length
