@@ -134,6 +134,18 @@ def test_preprocessor_config_matches_training_data(exported):
     assert d["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
 
 
+def test_preprocessor_config_of_a_frame_level_export_describes_its_grid(tmp_path):
+    # The frame-level ImageViT has a step per frame; the json said (T/2, H', W') steps of 2 frames, so tokens were
+    # put at the wrong times by anyone aligning extract_features' grid with it.
+    cfg = VideoTextConfig(video=VideoEncoderConfig.preset("tiny", **{**TINY, "num_frames": 8}, backbone="frame"),
+                          text=TextEncoderConfig(max_length=16))
+    out = export.export_model(VideoTextModel(cfg).save_pretrained(tmp_path / "src"), tmp_path / "out")
+    d = json.loads((out / "preprocessor_config.json").read_text())
+    feats = VideoEncoder.from_pretrained(out).extract_features(torch.zeros(1, 8, 3, 32, 32))
+    assert d["grid_size"] == list(feats["grid"]) == [8, 2, 2]
+    assert d["seconds_per_tubelet_step"] == float(feats["timestamps"][1]) == 1.0  # 1 FPS
+
+
 def test_model_card_states_the_checkpoints_numbers(trained, exported):
     card = ModelCard.load(exported / "README.md")
     assert card.data.library_name == "longvivit" and "video" in card.data.tags
