@@ -50,9 +50,8 @@ def expand_shards(spec: ShardSpec) -> list[str]:
         spec: A path, a brace pattern (``"data/shard-{000000..000009}.tar"``), a local glob
             (``"data/*.tar"``, sorted; quoted on a command line, the shell expands it otherwise), several
             joined with ``"::"``, a local directory (all ``*.tar``, ``*.tar.gz`` and ``*.tgz`` inside, sorted by name),
-            or a list of those. A
-            ``file:`` URL (``file:/data/x.tar``, ``file:///data/x.tar``) is the local path it names; ``pipe:``
-            commands and remote URLs are passed to webdataset as written.
+            or a list of those. A ``file:`` URL (``file:/data/x.tar``, ``file:///data/x.tar``) is the local path it
+            names; ``pipe:`` commands and remote URLs are passed to webdataset as written.
 
     Returns:
         The shard list (duplicates kept: listing a shard twice reads it twice).
