@@ -145,6 +145,11 @@ def test_caption_sources_in_order_json_captions_then_txt_then_json_caption():
     assert captions(json='{"caption": ["one", " ", "two"]}') == ["one", "two"]
     # an empty .txt (video2dataset writes one when the caption column is empty) falls through to the json's
     assert captions(json='{"caption": "from json"}', txt=" \n") == ["from json"]
+    # an empty or blank "captions" list falls through too: the sample was skipped as uncaptioned
+    assert captions(json='{"captions": [], "caption": "from json"}', txt="from txt") == ["from txt"]
+    assert captions(json='{"captions": [" "]}', txt="from txt") == ["from txt"]
+    with pytest.raises(SampleError, match="no caption"):
+        captions(json='{"captions": [], "caption": " "}', txt="")
 
 
 def test_a_broken_sample_of_the_other_modality_is_passed_over_not_counted_as_a_failure():

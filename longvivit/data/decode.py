@@ -352,17 +352,24 @@ def parse_sample(raw: dict[str, Any], modality: Modality) -> tuple[bytes, list[s
             raise SampleError(f"bad json: {err}") from err
         if not isinstance(meta, dict):
             raise SampleError("json is not an object")
-    captions = meta.get("captions")
-    if captions is None and "txt" in raw and raw["txt"].strip():  # an empty .txt falls through to the json
-        captions = [raw["txt"].decode("utf-8", errors="replace")]
-    if captions is None:  # img2dataset / video2dataset also keep the caption in the json
-        captions = meta.get("caption")
-    if isinstance(captions, str):
-        captions = [captions]
-    captions = [c.strip() for c in (captions or []) if isinstance(c, str) and c.strip()]
-    if not captions:
-        raise SampleError("no caption")
-    return raw[ext], captions, meta
+    # The first source that holds a caption: the json's "captions", the .txt, the json's "caption" (img2dataset /
+    # video2dataset keep it there). An empty one falls through: a blank .txt (video2dataset writes one for an empty
+    # caption column), or "captions": [] beside a .txt, which skipped the sample as uncaptioned.
+    txt = [raw["txt"].decode("utf-8", errors="replace")] if "txt" in raw else None
+    for source in (meta.get("captions"), txt, meta.get("caption")):
+        captions = _caption_list(source)
+        if captions:
+            return raw[ext], captions, meta
+    raise SampleError("no caption")
+
+
+def _caption_list(value: Any) -> list[str]:
+    """A caption or list of captions as its non-blank strings, stripped."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return []
+    return [c.strip() for c in value if isinstance(c, str) and c.strip()]
 
 
 def decode_sample(
