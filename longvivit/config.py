@@ -179,15 +179,19 @@ class VideoEncoderConfig:
         """Patch tokens of a full video, T' * H' * W' (class token excluded)."""
         return self.num_temporal_steps * self.num_spatial_tokens
 
+    @property
+    def frames_per_step(self) -> int:
+        """Frames one temporal step of the token grid covers: the tubelet's time size, or 1 for the frame-level
+        backbone, which embeds every frame on its own (its grid has a step per frame)."""
+        return 1 if self.backbone == "frame" else self.tubelet_size[0]
+
     def visible_tokens(self, num_frames: int, mask_ratio: float) -> int:
         """Patch tokens the transformer sees for a clip of ``num_frames`` at ``mask_ratio``: T' steps (one per frame
         for the frame-level backbone, which also masks each frame on its own) of H' * W' tokens, masked as a whole
         (joint) or by spatial position (factorized, frame)."""
         s = self.num_spatial_tokens
-        if self.backbone == "frame":
-            return num_frames * num_kept_tokens(s, mask_ratio)
-        steps = num_frames // self.tubelet_size[0]
-        if self.backbone == "factorized":  # tube masking: the same spatial positions kept in every step
+        steps = num_frames // self.frames_per_step
+        if self.backbone in ("factorized", "frame"):  # the same number of positions kept in every step
             return steps * num_kept_tokens(s, mask_ratio)
         return num_kept_tokens(steps * s, mask_ratio)
 

@@ -49,16 +49,10 @@ _PROBE_CAPTION = "a person walks into the room and picks up a cup"
 
 
 # --------------------------------------------------------------------------- preprocessor config
-def frames_per_step(video: VideoEncoderConfig) -> int:
-    """Frames one temporal step of the encoder's token grid covers: the tubelet's time size, or 1 for the
-    frame-level backbone, which embeds every frame on its own (its grid has a step per frame)."""
-    return 1 if video.backbone == "frame" else video.tubelet_size[0]
-
-
 def preprocessor_dict(pre: PreprocessConfig, video: VideoEncoderConfig) -> dict[str, Any]:
     """``preprocessor_config.json``: the :class:`PreprocessConfig` fields plus tubelet and token grid (the grid
     :meth:`~longvivit.models.video_encoder.VideoEncoder.extract_features` returns, at ``num_frames``)."""
-    step = frames_per_step(video)
+    step = video.frames_per_step
     return {
         "processor_class": "longvivit.PreprocessConfig",
         **asdict(pre), "mean": list(pre.mean), "std": list(pre.std),

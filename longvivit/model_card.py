@@ -174,7 +174,8 @@ def _scalar(v: Any) -> bool:
 
 def _architecture(model: VideoTextModel) -> str:
     c, text = model.video_encoder.cfg, model.text_encoder
-    grid = f"{c.num_temporal_steps} x {c.grid_size[0]} x {c.grid_size[1]} = {c.num_tokens} tokens"
+    steps = c.num_frames // c.frames_per_step  # the frame-level backbone has a step per frame
+    grid = f"{steps} x {c.grid_size[0]} x {c.grid_size[1]} = {steps * c.num_spatial_tokens} tokens"
     lines = [
         f"- Video encoder: ViViT, `{c.backbone}` backbone, width {c.width}, depth {c.depth}, {c.heads} "
         f"heads, MLP ratio {c.mlp_ratio:g}, tubelet {tuple(c.tubelet_size)} (frames, px, px); "
@@ -191,8 +192,8 @@ def _architecture(model: VideoTextModel) -> str:
 
 
 def _preprocessing(pre: PreprocessConfig, video: VideoEncoderConfig) -> str:
-    how = (f"{pre.num_frames} frames at {pre.fps:g} FPS from the {pre.start} frame of the clip (one tubelet "
-           f"step = {video.tubelet_size[0] / pre.fps:g} s)" if pre.sampling == "fps"
+    how = (f"{pre.num_frames} frames at {pre.fps:g} FPS from the {pre.start} frame of the clip (one temporal "
+           f"step of the token grid = {video.frames_per_step / pre.fps:g} s)" if pre.sampling == "fps"
            else f"{pre.num_frames} frames spread uniformly over the clip")
     return (f"{how}; short side resized to {pre.image_size} px and centre-cropped to a square; RGB scaled to "
             f"[0, 1], normalised with mean {list(pre.mean)} and std {list(pre.std)} "

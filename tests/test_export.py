@@ -144,6 +144,8 @@ def test_preprocessor_config_of_a_frame_level_export_describes_its_grid(tmp_path
     feats = VideoEncoder.from_pretrained(out).extract_features(torch.zeros(1, 8, 3, 32, 32))
     assert d["grid_size"] == list(feats["grid"]) == [8, 2, 2]
     assert d["seconds_per_tubelet_step"] == float(feats["timestamps"][1]) == 1.0  # 1 FPS
+    card = (out / "README.md").read_text()  # the model card said the same as the json did
+    assert "8 x 2 x 2 = 32 tokens" in card and "one temporal step of the token grid = 1 s" in card
 
 
 def test_model_card_states_the_checkpoints_numbers(trained, exported):

@@ -426,10 +426,6 @@ class FrameVideoEncoder(VideoEncoder):
             return [g for g in generator for _ in range(num_frames)]
         return generator
 
-    @property
-    def frames_per_step(self) -> int:
-        return 1  # every frame is a step: step_validity gives the (B, T) real frames
-
     def forward_features(
         self,
         video: torch.Tensor,

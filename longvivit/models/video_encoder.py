@@ -244,12 +244,8 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"num_valid_frames must have shape ({b},), got {tuple(nvf.shape)}")
         if bool((nvf >= t).all()):
             return None  # nothing padded: the unmasked fast path, and exactly the model without the argument
-        return valid_steps(nvf, self.frames_per_step, t // self.frames_per_step)
-
-    @property
-    def frames_per_step(self) -> int:
-        """Frames in one temporal step of the token grid: the tubelet's time size (1 for the frame backbone)."""
-        return self.cfg.tubelet_size[0]
+        step = self.cfg.frames_per_step  # the tubelet's time size; 1 for the frame backbone
+        return valid_steps(nvf, step, t // step)
 
     def _prefix_needs_grad(self, pixels: torch.Tensor, is_video: bool, n_frozen: int) -> bool:
         if self.trainable_last is None or pixels.requires_grad:
