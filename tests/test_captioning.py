@@ -452,6 +452,24 @@ def test_caption_of_a_checkpoint_samples_frames_as_it_was_trained(parts, tmp_pat
     assert _preprocess(make_model(parts), str(ckpt), argparse.Namespace(fps=2.0, sampling=None)).fps == 2.0
 
 
+def test_caption_fps_on_a_uniformly_trained_captioner_samples_at_that_rate(parts, tmp_path, caplog):
+    # --fps on a model trained with uniform sampling stayed uniform: the rate was set and had no effect.
+    import argparse
+
+    from longvivit.captioning.cli import _preprocess
+    from longvivit.captioning.cli import main as caption_main
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"fps": 1.0, "sampling": "uniform"}}, ckpt)
+    model = make_model(parts)
+    assert _preprocess(model, str(ckpt), argparse.Namespace(fps=None, sampling=None)).sampling == "uniform"
+    pre = _preprocess(model, str(ckpt), argparse.Namespace(fps=2.0, sampling=None))
+    assert (pre.sampling, pre.fps) == ("fps", 2.0)
+    assert "sampling frames at 2 FPS, not uniform as the model was trained" in caplog.text
+    with pytest.raises(SystemExit, match="--sampling uniform spreads the frames over each clip and has no rate"):
+        caption_main(["--model", str(tmp_path / "none"), "--video", "x.mp4", "--sampling", "uniform", "--fps", "2"])
+
+
 def test_questions_in_a_row_on_one_video_decode_it_once(parts, make_video, monkeypatch):
     # QA sets ask several questions per video in a row (NExT-QA ~5-10): each decoded and hashed the video again.
     from longvivit.captioning.qa import QAItem, evaluate_qa

@@ -86,10 +86,12 @@ def _preprocess(model: Any, source: str, args: argparse.Namespace) -> Any:
     pre = saved or PreprocessConfig(num_frames=model.cfg.num_frames, image_size=model.cfg.image_size)
     changes: dict[str, Any] = {"num_frames": model.cfg.num_frames, "image_size": model.cfg.image_size,
                                "start": "first"}
+    from longvivit.data.sampling import requested_sampling
+
     if args.fps is not None:
         changes["fps"] = args.fps
-    if args.sampling is not None:
-        changes["sampling"] = args.sampling
+    # --fps on a model trained with uniform sampling asks for fps sampling (kept uniform, the rate did nothing)
+    changes["sampling"] = requested_sampling(args.fps, args.sampling, pre.sampling)
     return dataclasses.replace(pre, **changes)
 
 
@@ -290,6 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "\0" not in filled:
                 raise SystemExit(f"longvivit caption: --qa-template {args.qa_template!r} has no {{question}} field: "
                                  "every option would be scored without its question")
+    from longvivit.data.sampling import check_sampling_args
+
+    try:  # before the LM loads
+        check_sampling_args(args.fps, args.sampling)
+    except ValueError as err:
+        raise SystemExit(f"longvivit caption: {err}") from err
     overrides: dict[str, Any] = {}
     if args.num_frames is not None:
         overrides["num_frames"] = args.num_frames

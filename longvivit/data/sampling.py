@@ -7,6 +7,7 @@ the captioning CLI, so that "16 frames at 1 FPS" means the same frames everywher
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import random
 import warnings
@@ -15,6 +16,7 @@ from itertools import pairwise
 from typing import Literal
 
 FALLBACK_FPS = 30.0
+log = logging.getLogger(__name__)
 
 SamplingMode = Literal["fps", "uniform"]
 StartMode = Literal["first", "random", "center"]
@@ -54,13 +56,21 @@ def variable_timestamps(timestamps: Sequence[float], native_fps: float | None) -
     return rel if jitter > 0.5 * nominal or drift > nominal else None
 
 
+def check_sampling_args(fps: float | None, sampling: SamplingMode | None) -> None:
+    """Raises ValueError for a rate together with ``sampling="uniform"``, which has no rate."""
+    if fps is not None and sampling == "uniform":
+        raise ValueError("--fps is the rate of --sampling fps; --sampling uniform spreads the frames over each clip "
+                         "and has no rate: give one of the two")
+
+
 def requested_sampling(
     fps: float | None, sampling: SamplingMode | None, trained: SamplingMode
 ) -> SamplingMode:
     """The sampling mode of an inference run whose user may have given ``--fps`` and/or ``--sampling``.
 
     Unset values follow the model's ``trained`` mode, except that a rate asks for ``"fps"`` sampling: kept
-    ``"uniform"``, the rate would be recorded and have no effect.
+    ``"uniform"``, the rate would be recorded and have no effect. A mode other than the trained one is logged
+    as a warning.
 
     Args:
         fps: The rate the user asked for, or ``None``.
@@ -70,12 +80,12 @@ def requested_sampling(
     Raises:
         ValueError: For a rate together with ``sampling="uniform"``, which has no rate.
     """
-    if fps is not None and sampling == "uniform":
-        raise ValueError("--fps is the rate of --sampling fps; --sampling uniform spreads the frames over each clip "
-                         "and has no rate: give one of the two")
-    if sampling is not None:
-        return sampling
-    return "fps" if fps is not None else trained
+    check_sampling_args(fps, sampling)
+    mode = sampling if sampling is not None else "fps" if fps is not None else trained
+    if mode != trained:
+        how = "uniformly" if mode == "uniform" else "at the export's rate" if fps is None else f"at {fps:g} FPS"
+        log.warning("sampling frames %s, not %s as the model was trained", how, trained)
+    return mode
 
 
 def window_cuts_clip(duration: float | None, num_frames: int, fps: float, mode: SamplingMode) -> bool:

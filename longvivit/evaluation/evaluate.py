@@ -175,9 +175,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampling = requested_sampling(args.fps, args.sampling, base.sampling)
     except ValueError as err:
         raise SystemExit(f"longvivit eval: {err}") from err
-    if sampling != base.sampling:
-        log.warning("sampling frames %s, not %s as the model was trained",
-                 f"at {args.fps:g} FPS" if sampling == "fps" else "uniformly", base.sampling)
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=sampling,
                            image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
