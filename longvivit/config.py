@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -322,6 +323,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def whole_number(name: str, value: Any) -> int:
+    """``value`` as an int when it is a whole number (``16``, ``16.0``, ``np.int64(16)``), else a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclass
 class PreprocessConfig:
     """How raw videos become encoder input; exported as ``preprocessor_config.json``.
@@ -345,6 +353,12 @@ class PreprocessConfig:
     std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self) -> None:
+        # 16.0 (cfg.num_frames / 2) is 16; 2.5 an error here rather than a failure inside every decode
+        self.num_frames = whole_number("num_frames", self.num_frames)
+        self.image_size = whole_number("image_size", self.image_size)
+        if isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real):
+            raise TypeError(f"fps must be a number, got {self.fps!r}")
+        self.fps = float(self.fps)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         if self.num_frames < 1:

@@ -7,8 +7,6 @@ the reason, in ``skipped``, and the image samples it passed over in ``passed_ove
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 from typing import Any, Literal
 
 import torch
@@ -58,23 +56,6 @@ class ClipIterator:
                 "duration": item.get("duration"),
                 "cut": bool(item.get("cut", False)),
             }
-
-
-def _count(name: str, value: Any) -> int:
-    """``value`` as an int when it is a whole number (``16``, ``16.0``, ``np.int64(16)``), else a TypeError.
-
-    A float frame count or size went through the config and failed inside every decode instead, each clip then
-    "skipped" as if the data were bad (``TypeError: 'float' object cannot be interpreted as an integer``).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
-        raise TypeError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
-
-
-def _rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"fps must be a number, got {value!r}")
-    return float(value)
 
 
 def load_clips(
@@ -128,14 +109,10 @@ def load_clips(
         # PreprocessConfig takes "random" (training); read here it became "first" without a word
         raise ValueError(f"start must be 'first' or 'center' (load_clips reads every clip once, deterministically), "
                          f"got {start!r}")
-    if preprocess is None:
-        preprocess = PreprocessConfig(num_frames=_count("num_frames", num_frames), fps=_rate(fps),
-                                      image_size=_count("image_size", image_size), sampling=sampling, start=start)
-    else:
-        preprocess = dataclasses.replace(
-            preprocess, num_frames=_count("num_frames", preprocess.num_frames), fps=_rate(preprocess.fps),
-            image_size=_count("image_size", preprocess.image_size),
-        )
+    # PreprocessConfig checks the sizes are whole numbers (16.0 is 16) and fps a number, before any decode
+    preprocess = preprocess or PreprocessConfig(
+        num_frames=num_frames, fps=fps, image_size=image_size, sampling=sampling, start=start
+    )
     ds = ShardDataset(
         urls,
         "video",
