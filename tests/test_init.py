@@ -350,3 +350,38 @@ def test_hf_vit_incompatibilities_are_explained(tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="not a local Hugging Face model folder"):
         load_hf_vit(VideoEncoder(config_from_hf_vit(path)), tmp_path / "nowhere")
+
+
+def test_from_pretrained_reads_a_hugging_face_vit_folder(tmp_path):
+    # VideoEncoder.from_pretrained(hf_dir) said "unknown VideoEncoderConfig keys: [15 keys]".
+    path = _hf_vit(tmp_path)
+    enc = VideoEncoder.from_pretrained(path, num_frames=4, embed_dim=32)
+    ref = VideoEncoder(config_from_hf_vit(path, num_frames=4, embed_dim=32)).eval()
+    load_hf_vit(ref, path)
+    assert (enc.cfg.width, enc.cfg.num_frames, enc.cfg.cls_token, enc.training) == (64, 4, True, False)
+    assert any("inflated" in m for m in enc.adaptations)
+    video = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(video), ref.forward_features(video))
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert", "hidden_size": 64}')
+    with pytest.raises(ValueError, match="holds a Hugging Face 'bert' model"):
+        VideoEncoder.from_pretrained(tmp_path / "bert")
+
+
+def test_from_pretrained_refuses_overrides_the_weights_fix(tmp_path):
+    # heads=8 or layer_norm_eps=0.1 loaded without a word and computed something else (outputs off by 2e-4 / 0.09).
+    cfg = VideoEncoderConfig.preset("tiny", image_size=32, num_frames=4, depth=2)
+    VideoEncoder(cfg).save_pretrained(tmp_path / "enc")
+    for field, value in (("heads", cfg.heads * 2), ("layer_norm_eps", 0.1), ("width", cfg.width * 2)):
+        with pytest.raises(ValueError, match=rf"{field}={value!r} \(trained with {getattr(cfg, field)!r}\)"):
+            VideoEncoder.from_pretrained(tmp_path / "enc", **{field: value})
+    same = VideoEncoder.from_pretrained(tmp_path / "enc", heads=cfg.heads, num_frames=8)  # unchanged values pass
+    assert same.cfg.num_frames == 8
+    from longvivit.config import TextEncoderConfig, VideoTextConfig
+    from longvivit.models.checkpoint import load_model  # the checkpoint and export loader too
+    from longvivit.models.model import VideoTextModel
+
+    VideoTextModel(VideoTextConfig(video=cfg, text=TextEncoderConfig(max_length=16))).save_pretrained(tmp_path / "vt")
+    with pytest.raises(ValueError, match=r"heads=8 \(trained with 4\)"):
+        load_model(tmp_path / "vt", heads=8)

@@ -18,6 +18,7 @@ import torch
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig
 from longvivit.models.files import read_checkpoint, refuse_deepspeed_folder
+from longvivit.models.hub import apply_overrides
 from longvivit.models.init import load_pretrained
 from longvivit.models.model import CONFIG_NAME as MODEL_CONFIG_NAME
 from longvivit.models.model import TEXT_SUBDIR, VideoTextModel
@@ -151,7 +152,7 @@ def load_model(source: str | Path, **video_overrides: Any) -> tuple[VideoTextMod
     source = Path(source)
     checkpoint = read_checkpoint(source) if source.is_file() else None  # read once, for config and weights
     cfg = source_config(source, checkpoint)
-    cfg = dataclasses.replace(cfg, video=cfg.video.replace(**video_overrides))
+    cfg = dataclasses.replace(cfg, video=apply_overrides(cfg.video, video_overrides, source))
     model = VideoTextModel(cfg)
     msgs = load_weights_into(model, source, checkpoint)
     return model.eval(), msgs

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Fields fixed by the trained weights that no adaptation can change: an override of one either fails to load or
+# (heads, layer_norm_eps) loads and silently computes something else.
+FIXED_FIELDS = ("width", "depth", "heads", "mlp_ratio", "in_chans", "embed_dim", "qkv_bias", "layer_norm_eps")
 
 
 def save_encoder_folder(model: VideoEncoder, directory: str | Path) -> Path:
@@ -26,6 +30,16 @@ def save_encoder_folder(model: VideoEncoder, directory: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     return directory
+
+
+def apply_overrides(cfg: VideoEncoderConfig, overrides: dict[str, object], source: object) -> VideoEncoderConfig:
+    """``cfg`` with the load-time ``overrides``; a ValueError for one of :data:`FIXED_FIELDS` that differs."""
+    fixed = {k: (getattr(cfg, k), v) for k, v in overrides.items() if k in FIXED_FIELDS and getattr(cfg, k) != v}
+    if fixed:
+        said = ", ".join(f"{k}={new!r} (trained with {old!r})" for k, (old, new) in fixed.items())
+        raise ValueError(f"cannot load {source} with {said}: the weights fix these; frames, image size, tubelet, "
+                         "backbone, adapters/LoRA and training settings can be changed on load")
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 def load_encoder_folder(cls: type[VideoEncoder], directory: str | Path, **overrides: object) -> VideoEncoder:
@@ -41,9 +55,18 @@ def load_encoder_folder(cls: type[VideoEncoder], directory: str | Path, **overri
             f"{directory} is a file: VideoEncoder.from_pretrained reads a folder; a training checkpoint loads "
             "with longvivit.models.checkpoint.load_model(path), or becomes a folder with `longvivit export`"
         )
-    cfg = VideoEncoderConfig.load(Path(directory) / CONFIG_NAME)
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    raw = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    if raw.get("model_type") == "vit":  # a Hugging Face ViT folder: its image weights, inflated to video
+        from longvivit.models.hf_vit import config_from_hf_vit, load_hf_vit
+
+        model = cls(config_from_hf_vit(raw, **overrides))
+        model.adaptations = tuple(load_hf_vit(model, directory))
+        model.preprocess = None
+        return model.eval()
+    if raw.get("model_type", "longvivit").split("-")[0] != "longvivit":  # an export says longvivit-video-encoder
+        raise ValueError(f"{directory} holds a Hugging Face {raw['model_type']!r} model; VideoEncoder.from_pretrained "
+                         "reads LongViViT encoder folders and Hugging Face ViT folders")
+    cfg = apply_overrides(VideoEncoderConfig.from_dict(raw), overrides, directory)
     model = cls(cfg)
     model.adaptations = tuple(load_pretrained(model, directory))
     # An export also says how its frames were sampled: extract_features takes the rate from it.

@@ -548,12 +548,15 @@ class VideoEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: object) -> VideoEncoder:
-        """Load a folder written by :meth:`save_pretrained`.
+        """Load a folder written by :meth:`save_pretrained` (or ``longvivit export``), or a Hugging Face ViT folder
+        (its image weights, the patch kernel inflated into the tubelet kernel; see
+        :func:`longvivit.models.hf_vit.load_hf_vit`).
 
         Args:
             directory: Folder with ``config.json`` and ``model.safetensors``.
             **overrides: Config fields to change, e.g. ``num_frames=256`` or ``image_size=320``; the
-                weights are adapted (temporal table extended, spatial table resized) to fit.
+                weights are adapted (temporal table extended, spatial table resized) to fit. Fields the weights
+                fix (``models.hub.FIXED_FIELDS``: width, depth, heads, ...) raise ValueError when changed.
 
         Returns:
             The encoder in eval mode, as a loaded model is used for inference (``.train()`` to fine-tune it). Its
