@@ -470,3 +470,19 @@ def test_coarser_tubelets_resample_the_temporal_table_over_the_same_frames(tmp_p
     assert coarse.pos_embed_temporal[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5]  # the mean of each step's frames
     fine = VideoEncoder.from_pretrained(tmp_path, tubelet_size=(1, 16, 16))
     assert fine.pos_embed_temporal[0, :6, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("backbone", ["joint", "factorized", "frame"])
+def test_every_backbone_explains_bad_video_input_alike(backbone):
+    # The frame backbone said "images have 4 channels" of a (B, C, T, H, W) video (no layout hint), "4 generators
+    # for 8 samples" of one generator for two videos; factorized and frame failed in a reshape on an empty batch.
+    model = VideoEncoder(cfg_for(backbone=backbone)).eval()
+    with pytest.raises(ValueError, match=r"video frames have 8 channels.*time before channels"):
+        model(torch.randn(1, 3, 8, 32, 32))
+    with pytest.raises(ValueError, match="video frames are 48x32"):
+        model(torch.randn(1, 8, 3, 48, 32))
+    with pytest.raises(ValueError, match="1 generators for 2"):
+        model(clip(model.cfg), mask_ratio=0.5, generator=[torch.Generator()])
+    with torch.no_grad():
+        for ratio in (0.0, 0.5):
+            assert model(torch.randn(0, 8, 3, 32, 32), mask_ratio=ratio).shape == (0, model.cfg.embed_dim)

@@ -240,7 +240,7 @@ class FactorizedBlock(Block):
         if t > 1:  # a single step (an image) has no temporal context: it stays on the image model's path
             z = rearrange(x, "b t s c -> (b s) t c")  # (B*S, T', C): attention over time per position
             steps = None if valid is None else valid.repeat_interleave(s, dim=0)  # (B*S, T'), rows as z's
-            z = rearrange(self.temporal(z, steps), "(b s) t c -> b t s c", b=b)  # (B, T', S, C)
+            z = rearrange(self.temporal(z, steps), "(b s) t c -> b t s c", s=s)  # (B, T', S, C); s: B may be 0
             x = x + self.drop_path(torch.tanh(self.temporal_gate) * z)
         return x if self.adapter is None else self.adapter(x)
 
@@ -291,7 +291,8 @@ class FactorizedVideoEncoder(VideoEncoder):
         tube masking keeps whole trajectories, so padding steps are hidden from the temporal attention instead)."""
         x = self.embed_video(pixels) if is_video else self.embed_image(pixels)  # (B, T'*S, width)
         s = self.cfg.num_spatial_tokens
-        x = x.reshape(x.shape[0], -1, s, x.shape[-1])  # (B, T', S, width)
+        b, n, c = x.shape
+        x = x.reshape(b, n // s, s, c)  # (B, T', S, width)
         ids_keep = None
         if ratio > 0.0:
             x, ids_keep = mask_spatial_positions(x, ratio, generator)
@@ -417,13 +418,17 @@ class FrameVideoEncoder(VideoEncoder):
     def _frames(self, video: torch.Tensor) -> torch.Tensor:
         if video.ndim != 5:
             raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
-        return video.flatten(0, 1)  # (B*T, C, H, W)
+        # checked as a video (errors say so, with the layout hint) before its frames go through the image path
+        return self._check_frame(video, "video frames").flatten(0, 1)  # (B*T, C, H, W)
 
     @staticmethod
-    def _frame_generators(generator: Generators, num_frames: int) -> Generators:
+    def _frame_generators(generator: Generators, video: torch.Tensor) -> Generators:
         """One generator per video -> one per frame: a video's generator draws its frames' masks in turn."""
         if isinstance(generator, Sequence):
-            return [g for g in generator for _ in range(num_frames)]
+            b, t = video.shape[:2]
+            if len(generator) != b:
+                raise ValueError(f"{len(generator)} generators for {b} videos")
+            return [g for g in generator for _ in range(t)]
         return generator
 
     def forward_features(
@@ -438,10 +443,10 @@ class FrameVideoEncoder(VideoEncoder):
         Frames do not see each other here, so ``num_valid_frames`` changes nothing in the tokens (padding frames
         are left out of the temporal pool of :meth:`forward`); it is accepted for the common signature.
         """
-        b = video.shape[0]
-        frames, gens = self._frames(video), self._frame_generators(generator, video.shape[1])
+        b, t = video.shape[:2]
+        frames, gens = self._frames(video), self._frame_generators(generator, video)
         tokens = self._run(frames, False, mask_ratio, gens)[0]  # (B*T, N_keep(+1), width)
-        return tokens.reshape(b, -1, tokens.shape[-1])  # (B, T*(N_keep(+1)), width)
+        return tokens.reshape(b, t * tokens.shape[1], tokens.shape[-1])  # (B, T*(N_keep(+1)), width)
 
     def forward_grid(
         self,
@@ -458,7 +463,7 @@ class FrameVideoEncoder(VideoEncoder):
             flat = rearrange(self.forward_tokens_grid(video), "b t h w c -> b t (h w) c")  # (B, T, S, width)
             visible = torch.ones(flat.shape[:3], dtype=torch.bool, device=flat.device)
         else:
-            frames, gens = self._frames(video), self._frame_generators(generator, t)
+            frames, gens = self._frames(video), self._frame_generators(generator, video)
             tokens, ids_keep, _ = self._run(frames, False, mask_ratio, gens)  # (B*T, [1 +] N_keep, width)
             if self.cls_token is not None:
                 tokens = tokens[:, 1:]
@@ -490,9 +495,10 @@ class FrameVideoEncoder(VideoEncoder):
         frames with ``num_valid_frames``), then the head."""
         b, t = video.shape[:2]
         tokens = self.forward_features(video, mask_ratio, generator)  # (B, T*n, width)
-        per_frame = self.pool(tokens.reshape(b * t, -1, tokens.shape[-1]))  # (B*T, width)
+        width = tokens.shape[-1]
+        per_frame = self.pool(tokens.reshape(b * t, tokens.shape[1] // t, width))  # (B*T, width)
         frame_valid = self.step_validity(video, num_valid_frames)
-        return self.head(self.pool_frames(per_frame.reshape(b, t, -1), frame_valid))  # (B, embed_dim)
+        return self.head(self.pool_frames(per_frame.reshape(b, t, width), frame_valid))  # (B, embed_dim)
 
     def forward_tokens_grid(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H', W', width): unmasked patch features of every frame (class tokens dropped)."""

@@ -124,7 +124,7 @@ class VideoEncoder(nn.Module):
         if video.ndim != 5:
             raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
         b, t, c, h, w = video.shape
-        video = self._check_frame(video, "video")
+        video = self._check_frame(video, "video frames")
         tt = cfg.tubelet_size[0]
         if t % tt:
             nearest = f"{t // tt * tt} or {(t // tt + 1) * tt}" if t > tt else str(tt)
@@ -165,7 +165,7 @@ class VideoEncoder(nn.Module):
         cfg = self.cfg
         c, h, w = x.shape[-3:]
         if c != cfg.in_chans:
-            hint = " (videos are (B, T, C, H, W), time before channels)" if what == "video" else ""
+            hint = " (videos are (B, T, C, H, W), time before channels)" if what == "video frames" else ""
             raise ValueError(f"{what} have {c} channels, the encoder expects {cfg.in_chans}{hint}")
         if (h, w) != (cfg.image_size, cfg.image_size):
             patch, side = cfg.patch_size[0], cfg.image_size
