@@ -385,3 +385,24 @@ def test_from_pretrained_refuses_overrides_the_weights_fix(tmp_path):
     VideoTextModel(VideoTextConfig(video=cfg, text=TextEncoderConfig(max_length=16))).save_pretrained(tmp_path / "vt")
     with pytest.raises(ValueError, match=r"heads=8 \(trained with 4\)"):
         load_model(tmp_path / "vt", heads=8)
+
+
+def test_hf_vit_classifier_folder_loads_quietly_and_a_partial_one_is_refused(tmp_path, capsys, caplog):
+    # A ViTForImageClassification folder printed transformers' UNEXPECTED-keys report; a folder missing blocks
+    # loaded them at random initialisation behind the same kind of report.
+    from transformers import ViTConfig, ViTForImageClassification
+
+    hf_cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       image_size=32, patch_size=8, num_labels=5)
+    ViTForImageClassification(hf_cfg).save_pretrained(tmp_path / "cls")
+    capsys.readouterr()
+    enc = VideoEncoder.from_pretrained(tmp_path / "cls", num_frames=2)
+    said = capsys.readouterr()
+    assert "UNEXPECTED" not in said.out + said.err + caplog.text
+    assert any("task head (ViTForImageClassification) is not used" in m for m in enc.adaptations)
+    path = _hf_vit(tmp_path)
+    weights = load_file(str(path / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layer.1." not in k}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks ViT weights"):
+        VideoEncoder.from_pretrained(path, num_frames=2)

@@ -164,12 +164,21 @@ def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = 
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a local Hugging Face model folder")
         from transformers import ViTModel
+        from transformers.utils import logging as hf_logging
 
         # The pooler is never used; building it only where the weights have it keeps transformers' load
-        # report quiet (it lists the unused tensors below).
-        with no_progress_bars():
-            hf = ViTModel.from_pretrained(str(path), add_pooling_layer=not saved_without_pooler(path),
-                                          local_files_only=True)
+        # report quiet (it lists the unused tensors below). A task head (ViTForImageClassification's classifier)
+        # is not part of ViTModel: transformers' report of it is replaced by one line of ours.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with no_progress_bars():
+                hf, info = ViTModel.from_pretrained(str(path), add_pooling_layer=not saved_without_pooler(path),
+                                                    local_files_only=True, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if info.get("missing_keys"):  # the report was silenced: a ViT without its weights must not pass quietly
+            raise ValueError(f"{path} lacks ViT weights: {sorted(info['missing_keys'])[:8]}")
     else:
         hf = path_or_model
     d = _hf_config_dict(hf.config)
@@ -178,6 +187,9 @@ def load_hf_vit(model: VideoEncoder, path_or_model: Any, *, inflate_mode: str = 
     hf_sd = hf.state_dict()
     sd, used = _hf_vit_to_ours(hf_sd, cfg.depth, cfg.qkv_bias)
     msgs: list[str] = []
+    heads = [a for a in d.get("architectures") or [] if a != "ViTModel"]
+    if heads:
+        _note(msgs, f"the folder's task head ({', '.join(heads)}) is not used: only the ViT backbone is loaded")
     ignored = sorted(k for k in hf_sd if k not in used)
     if ignored:
         _note(msgs, f"HF weights not used (pooler/classifier): {ignored}")
