@@ -274,6 +274,25 @@ def test_resume_from_a_mid_epoch_checkpoint_with_workers(shards, tmp_path):
     assert resumed.seen == model.seen[-4:]  # the last two batches of epoch 1, exactly
 
 
+@pytest.mark.parametrize("validate", [True, False], ids=["with-validation", "without-validation"])
+def test_step_based_resume_from_an_end_of_epoch_checkpoint_continues_with_the_next_epoch(shards, tmp_path, validate):
+    # Training to max_steps (every recipe), Lightning resumes a checkpoint taken at an epoch's end by restarting that
+    # epoch and then asks for a new iterator: the first one moved the stream to the next epoch and the new one to
+    # the one after, so the resumed run skipped an epoch of data (without validation it also trained one batch of
+    # the skipped epoch as an extra batch of the finished one).
+    kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0, limit_val_batches=1.0 if validate else 0, default_root_dir=tmp_path)
+    full = TinyModule()
+    L.Trainer(max_steps=9, enable_checkpointing=False, **kw).fit(full, datamodule=make_dm(shards))
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)  # saves at each epoch's end
+    first = TinyModule()
+    L.Trainer(max_steps=3, callbacks=[ckpt], **kw).fit(first, datamodule=make_dm(shards))
+    resumed = TinyModule()
+    L.Trainer(max_steps=9, **kw).fit(resumed, datamodule=make_dm(shards), ckpt_path=tmp_path / "last.ckpt")
+    assert len(full.seen) == 9 * 2 and first.seen == full.seen[:6]
+    assert resumed.seen == full.seen[6:]  # epochs 1 and 2, batch for batch
+
+
 def test_init_args_are_exposed_to_lightning_cli(shards):
     from jsonargparse import ArgumentParser
 

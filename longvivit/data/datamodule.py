@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -47,11 +47,13 @@ class ShardLoader(DataLoader):
         **kwargs: Passed to :class:`torch.utils.data.DataLoader` (``pin_memory``, ``prefetch_factor``...).
     """
 
-    def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs: Any) -> None:
+    def __init__(self, dataset: ShardDataset, num_workers: int = 0,
+                 replays_finished_epoch: Callable[[], bool] | None = None, **kwargs: Any) -> None:
         if dataset.train and kwargs.get("persistent_workers"):
             # Persistent workers keep the dataset copy of the first epoch: every epoch would replay it.
             raise ValueError("persistent_workers=True would repeat the first epoch's stream; leave it off")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+        self.replays_finished_epoch = replays_finished_epoch or (lambda: False)
         self.skipped: list[tuple[str, str]] = []
         self.batches_seen = 0  # served in the current epoch on this rank (including a resumed prefix)
         self.stream_pos: dict[int, int] = {}  # worker role -> raw samples consumed up to its last served batch
@@ -75,6 +77,8 @@ class ShardLoader(DataLoader):
             self.stream_pos = dict(positions or {})
             if ds.batches_per_epoch is not None:
                 limit = ds.batches_per_epoch - resumed
+                if limit <= 0:  # the finished epoch of a resume (see load_state_dict): no worker is started
+                    return iter(())
         else:
             self.batches_seen = 0
         return self._serve(super().__iter__(), limit)
@@ -103,12 +107,20 @@ class ShardLoader(DataLoader):
         return {"epoch": self.dataset.epoch, "batches_seen": self.batches_seen, "stream_pos": dict(self.stream_pos)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`: the rest of that epoch, or the next one if it was complete."""
+        """Continue from a :meth:`state_dict`: the rest of that epoch, or the next one if it was complete.
+
+        A complete epoch goes on to the next at once, unless ``replays_finished_epoch()`` says that the first
+        iterator will be asked for that finished epoch: Lightning's step-based fit loop (``max_steps``, every recipe)
+        resumes a checkpoint taken at an epoch's end by restarting that epoch, finds its batches done and takes a
+        new iterator for the next. That first iterator is then empty; rolling over here instead made it the next
+        epoch's (thrown away, or one batch trained where no validation runs) and the next epoch the one after:
+        a resumed run skipped an epoch of the stream.
+        """
         ds: ShardDataset = self.dataset
         epoch, seen = int(state["epoch"]), int(state["batches_seen"])
         positions = state.get("stream_pos")  # absent in checkpoints of earlier versions
         positions = {int(k): int(v) for k, v in positions.items()} if positions is not None else None
-        if ds.batches_per_epoch is not None and seen >= ds.batches_per_epoch:
+        if ds.batches_per_epoch is not None and seen >= ds.batches_per_epoch and not self.replays_finished_epoch():
             epoch, seen, positions = epoch + 1, 0, None
         ds.set_epoch(epoch)
         ds.epoch_started = False
@@ -263,7 +275,18 @@ class VideoTextDataModule(L.LightningDataModule):
     def _loader(self, ds: ShardDataset) -> ShardLoader:
         # The epoch comes from counting iterators, not from trainer.current_epoch: Lightning creates the
         # first iterator of a resumed run before it advances current_epoch past a finished epoch.
-        return ShardLoader(ds, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return ShardLoader(ds, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                           replays_finished_epoch=self._replays_finished_epoch)
+
+    def _replays_finished_epoch(self) -> bool:
+        """Whether the trainer resuming now asks for an iterator of a finished epoch before the next epoch's.
+
+        Lightning's fit loop is ``restarting`` on such a resume when training counts steps (``max_steps``): it
+        re-enters the checkpoint's epoch. Counting epochs (``max_epochs``) it goes straight to the next one with the
+        first iterator. Read when the training loaders get their checkpoint state, after the loops got theirs.
+        """
+        loop = getattr(getattr(self, "trainer", None), "fit_loop", None)
+        return bool(getattr(loop, "restarting", False))
 
     # ------------------------------------------------------------------ Lightning hooks
     def train_dataloader(self) -> ShardLoader | CombinedLoader:
