@@ -263,3 +263,41 @@ def test_a_resume_names_the_model_values_its_checkpoint_replaces(shards, tmp_pat
         _fit("stage2_short.yaml", tmp_path / "run", shards, *common, "--trainer.max_steps", "4",
              "--ckpt_path", str(ckpt / "last.ckpt"))
     assert not [r for r in caplog.records if "the checkpoint's model settings replace" in r.message]
+
+
+def test_ckpt_path_last_resumes_the_interrupted_run_not_a_new_one(shards, tmp_path, caplog):
+    # With a logger and no --checkpoint.dirpath (the GPU recipes, README's resume command) Lightning looked for
+    # last.ckpt in this run's new version_N folder: it never found the interrupted run's and trained from step 0.
+    common = ("--model.init_from", "null", "--data.train_shards", str(shards["clips_train"]),
+              "--data.image_shards", "null", "--data.val_shards", "null")
+    run = tmp_path / "run"
+    first = _fit("stage2_short.yaml", run, shards, *common, "--trainer.max_steps", "2")
+    with pytest.raises(SystemExit, match=r"^longvivit: error: --ckpt_path last needs --checkpoint.dirpath"):
+        _fit("stage2_short.yaml", run, shards, *common, "--trainer.max_steps", "4", "--ckpt_path", "last",
+             "--checkpoint.dirpath", "null")
+    # resolved to the file before anything is built: the checkpoint's model settings apply, as with its path
+    with caplog.at_level(logging.INFO, "longvivit"):
+        _fit("stage2_short.yaml", run, shards, *common, "--trainer.max_steps", "4", "--ckpt_path", "last",
+             "--model.optim.lr", "0.5")
+    assert [r.message for r in caplog.records if r.message.startswith("--ckpt_path last: resuming")] == [
+        f"--ckpt_path last: resuming {first / 'last.ckpt'}"]
+    assert any("model.optim.lr: 0.5 -> " in r.message for r in caplog.records)
+    assert torch.load(first / "last.ckpt", weights_only=True)["global_step"] == 4
+    steps = [int(r["step"]) for r in _metrics(run) if r.get("train/loss_video")]
+    # two steps, then two after them (started over it logged 0, 1 again and trained four); Lightning logs a step
+    # resumed at an epoch's end one higher
+    assert len(steps) == 4 and steps[:2] == [0, 1] and min(steps[2:]) >= 2, steps
+
+
+@pytest.mark.parametrize(("command", "ckpt", "message"), [
+    ("fit", "{tmp}/gone.ckpt", r"--ckpt_path: no checkpoint file at .*gone.ckpt$"),
+    ("validate", "last", r"--ckpt_path last: no last.ckpt in .*empty to validate$"),
+])
+def test_a_checkpoint_that_is_not_there_ends_in_one_line(shards, tmp_path, command, ckpt, message):
+    # A mistyped --ckpt_path was a 20-frame FileNotFoundError from inside the Trainer after the model was built;
+    # validate/test with `last` and nothing saved yet scored the untrained model.
+    with pytest.raises(SystemExit, match=f"^longvivit: error: {message}"):
+        cli_main([command, "--config", str(RECIPES / "stage2_short.yaml"), "--model.init_from", "null",
+                  "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
+                  "--data.val_shards", str(shards["clips_val"]), "--trainer.logger", "false",
+                  "--checkpoint.dirpath", str(tmp_path / "empty"), "--ckpt_path", ckpt.format(tmp=tmp_path)])

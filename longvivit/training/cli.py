@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ class LongViViTCLI(LightningCLI):
         # the recipe (lightning#21455), silently: a new --model.save_dir wrote over the first run's folder, a new
         # learning rate was not used. Say which values the checkpoint replaced.
         sub = self.config.get("subcommand")
+        if sub:
+            self.config[sub]["ckpt_path"] = resolve_ckpt_path(self.config[sub], sub)
         model = self.config[sub].get("model") if sub else None
         given = _flat(model.as_dict()) if hasattr(model, "as_dict") else {}
         super()._parse_ckpt_path()
@@ -139,6 +142,67 @@ class LongViViTCLI(LightningCLI):
         })
 
 
+_LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
+# Values of --ckpt_path that Lightning resolves itself (from the running trainer or the cluster environment).
+_LIGHTNING_CKPT_WORDS = ("best", "hpc", "registry")
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in ``folder``, as Lightning names them; None if there is none."""
+    found = [p for p in folder.glob("last*.ckpt") if _LAST.match(p.name) and p.is_file()] if folder.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+
+def resolve_ckpt_path(config: Mapping[str, Any], subcommand: str) -> str | None:
+    """``--ckpt_path`` as a file, checked before anything is built.
+
+    ``last`` is the newest ``last.ckpt`` in ``--checkpoint.dirpath`` (in ``<default_root_dir>/checkpoints`` without
+    a logger). Lightning resolves it only inside ``fit``, in the folder of *this* run: with a logger and no
+    ``checkpoint.dirpath`` (the GPU recipes) that is a new ``<save_dir>/<name>/version_N/checkpoints`` on every
+    run, so ``--ckpt_path last`` never found the interrupted run's checkpoint and trained from step 0 again, with
+    one warning. It also skipped reading the checkpoint's model settings, which a file path applies. A ``fit``
+    with ``last`` and no checkpoint yet starts from step 0 (a requeued job's first start); ``validate``/``test``
+    would score an untrained model, so they stop.
+
+    Args:
+        config: The subcommand's parsed config (``ckpt_path``, ``checkpoint``, ``trainer``).
+        subcommand: ``fit``, ``validate`` or ``test``.
+
+    Returns:
+        The checkpoint file, a word Lightning resolves itself, or None (start from scratch).
+
+    Raises:
+        SystemExit: One line for a path that does not exist, or ``last`` that cannot find a previous run.
+    """
+    ckpt = config.get("ckpt_path")
+    if ckpt is None or ckpt in _LIGHTNING_CKPT_WORDS:
+        return ckpt
+    if ckpt != "last":
+        if not Path(ckpt).is_file() and "://" not in str(ckpt):
+            raise SystemExit(f"longvivit: error: --ckpt_path: no checkpoint file at {ckpt}")
+        return ckpt
+    trainer = config.get("trainer") or {}
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
+    logger = trainer.get("logger")
+    if dirpath is None:
+        if logger is not False and logger != []:
+            raise SystemExit(
+                "longvivit: error: --ckpt_path last needs --checkpoint.dirpath (the folder the interrupted run saved "
+                "its checkpoints in): without it every run saves them in a new <save_dir>/<name>/version_N/"
+                "checkpoints, so 'last' would never find the previous run's and training would start over from step 0"
+            )
+        dirpath = Path(trainer.get("default_root_dir") or Path.cwd()) / "checkpoints"
+    found = _last_checkpoint(Path(dirpath))
+    if found is not None:
+        log.info("--ckpt_path last: resuming %s", found)
+        return str(found)
+    if subcommand != "fit":
+        raise SystemExit(f"longvivit: error: --ckpt_path last: no last.ckpt in {dirpath} to {subcommand}")
+    log.warning("--ckpt_path last: no last.ckpt in %s yet, training starts from step 0", dirpath)
+    return None
+
+
 class CaptioningCLI(LongViViTCLI):
     """The same CLI for video-to-text recipes (``task: captioning``): the frozen encoder's sizes feed the data.
 
@@ -209,7 +273,7 @@ def _hardware_hint(err: Exception) -> str:
     import torch
 
     msg = str(err).lower()
-    if isinstance(err, MisconfigurationException) and not torch.cuda.is_available() and any(
+    if isinstance(err, MisconfigurationException | ValueError) and not torch.cuda.is_available() and any(
         w in msg for w in ("gpu", "cuda", "deepspeed")
     ):
         return ("; this machine has no CUDA GPU, so a run here needs --trainer.accelerator cpu --trainer.devices 1 "
