@@ -53,6 +53,10 @@ class _Record(L.Callback):
         loss = outputs["loss"].item()
         (Path(self.out) / f"loss_rank{trainer.global_rank}.json").write_text(json.dumps(loss))
 
+    def on_train_end(self, trainer, module) -> None:
+        logged = float(trainer.callback_metrics["train/loss"])
+        (Path(self.out) / f"logged_rank{trainer.global_rank}.json").write_text(json.dumps(logged))
+
 
 def _collate(tokenizer, items: list[dict]) -> dict:
     t = tokenizer([x["caption"] for x in items], padding="max_length", truncation=True, max_length=16,
@@ -86,6 +90,10 @@ def test_ddp_two_processes_equal_one_process_on_joint_batch(tmp_path):
     rank_losses = [json.loads((tmp_path / "ddp" / f"loss_rank{r}.json").read_text()) for r in (0, 1)]
     # each rank's loss is the mean over its own rows against global columns: their mean is the global loss
     assert sum(rank_losses) / 2 == pytest.approx(single_loss, rel=1e-5)
+    # and what is logged is that global loss on every rank (it was each rank's own rows, rank 0's in the logs)
+    for rank in (0, 1):
+        logged = json.loads((tmp_path / "ddp" / f"logged_rank{rank}.json").read_text())
+        assert logged == pytest.approx(single_loss, rel=1e-5)
     g1 = torch.load(tmp_path / "single" / "grads_rank0.pt", weights_only=True)
     g2 = torch.load(tmp_path / "ddp" / "grads_rank0.pt", weights_only=True)
     assert g1.keys() == g2.keys() and len(g1) > 20

@@ -287,6 +287,8 @@ def test_ckpt_path_last_resumes_the_interrupted_run_not_a_new_one(shards, tmp_pa
     # two steps, then two after them (started over it logged 0, 1 again and trained four); Lightning logs a step
     # resumed at an epoch's end one higher
     assert len(steps) == 4 and steps[:2] == [0, 1] and min(steps[2:]) >= 2, steps
+    # the learning rate is logged, and the warmup goes on where it stopped (tiny stage 2: 1e-3 over 20 steps)
+    assert _logged(_metrics(run), "train/lr") == pytest.approx([1e-3 * k / 20 for k in (1, 2, 3, 4)])
 
 
 @pytest.mark.parametrize(("command", "ckpt", "message"), [

@@ -81,8 +81,9 @@ class Throughput(L.Callback):
         if self._last is not None and stats:
             dt = max(now - self._last, 1e-9)
             world = trainer.world_size
-            module.log("clips_s", world * stats["clips"] / dt, prog_bar=True, on_step=True, logger=True)
-            module.log("tokens_s", world * stats["tokens"] / dt, prog_bar=True, on_step=True, logger=True)
+            logged = bool(trainer.loggers)  # Lightning warns at every step about logger=True without a logger
+            module.log("clips_s", world * stats["clips"] / dt, prog_bar=True, on_step=True, logger=logged)
+            module.log("tokens_s", world * stats["tokens"] / dt, prog_bar=True, on_step=True, logger=logged)
         self._last = now
 
 

@@ -247,8 +247,10 @@ class ContrastiveModule(L.LightningModule):
             total = total + weight * loss
             bs = len(sub["key"])
             clips, tokens = clips + bs, tokens + visible
-            self.log(f"train/loss_{modality}", loss, prog_bar=True, batch_size=bs)
-            self.log(f"train/acc_{modality}", (res["v2t_acc"] + res["t2v_acc"]) / 2, batch_size=bs)
+            # Averaged over ranks (one scalar all_reduce each): a rank's loss covers its own rows only, and the mean
+            # of the rank losses is the loss of the global batch, the value a single process would log.
+            self.log(f"train/loss_{modality}", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+            self.log(f"train/acc_{modality}", (res["v2t_acc"] + res["t2v_acc"]) / 2, batch_size=bs, sync_dist=True)
         truncated = sum(int(sub.get("truncated_captions", 0)) for sub in parts.values() if sub is not None)
         if truncated and not self._said_truncation:
             self._said_truncation = True
@@ -260,9 +262,10 @@ class ContrastiveModule(L.LightningModule):
         if cut and not self._said_cut:
             self._said_cut = True
             self._say_cut(cut, len(parts["video"]["key"]))
-        self.log("train/loss", total, batch_size=clips)
+        self.log("train/loss", total, batch_size=clips, sync_dist=True)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
         self.last_batch_stats = {"clips": clips, "tokens": tokens}
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=clips)  # this step's
         return total
 
     def _say_cut(self, cut: int, clips: int) -> None:
