@@ -303,3 +303,29 @@ def test_a_checkpoint_that_is_not_there_ends_in_one_line(shards, tmp_path, comma
                   "--data.train_shards", str(shards["clips_train"]), "--data.image_shards", "null",
                   "--data.val_shards", str(shards["clips_val"]), "--trainer.logger", "false",
                   "--checkpoint.dirpath", str(tmp_path / "empty"), "--ckpt_path", ckpt.format(tmp=tmp_path)])
+
+
+def test_accumulation_says_it_adds_no_negatives_and_validate_names_the_checkpoints_step(shards, tmp_path, caplog):
+    # README counted accumulate_grad_batches into the global batch, but each batch's NCE is computed on its own:
+    # K accumulated batches of B are not one contrastive batch of K*B. And `validate --ckpt_path` printed its
+    # retrieval "at step 0" for any checkpoint (Lightning restores no step counter outside fit).
+    common = ("--model.init_from", "null", "--data.train_shards", str(shards["clips_train"]),
+              "--data.image_shards", "null", "--data.val_shards", str(shards["clips_val"]),
+              "--trainer.limit_val_batches", "0")
+    with caplog.at_level(logging.INFO, "longvivit"), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ckpt = _fit("stage2_short.yaml", tmp_path / "acc", shards, *common, "--trainer.max_steps", "1",
+                    "--trainer.accumulate_grad_batches", "2", "--trainer.logger", "false")
+    # the throughput on the progress bar did not warn at every step that there is no logger
+    assert not [w for w in record if "have no logger configured" in str(w.message)]
+    said = [r.message for r in caplog.records if "accumulate_grad_batches=2" in r.message]
+    assert len(said) == 1 and "contrasts 4 clips with each other" in said[0], said
+    assert torch.load(ckpt / "last.ckpt", weights_only=True)["global_step"] == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "longvivit"):
+        cli_main(["validate", "--config", str(RECIPES / "stage2_short.yaml"), "--model.video.image_size", "32",
+                  "--data.val_shards", str(shards["clips_val"]), "--data.val_batch_size", "4",
+                  "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                  "--trainer.default_root_dir", str(tmp_path / "v"), "--ckpt_path", str(ckpt / "last.ckpt")])
+    assert [r.message.split(":")[0] for r in caplog.records if "retrieval at" in r.message] == [
+        "val retrieval at step 1"]

@@ -151,6 +151,7 @@ class ContrastiveModule(L.LightningModule):
             self.model.video_encoder.freeze(trainable_last=trainable_last)
         self.evaluator = RetrievalEvaluator()
         self.last_batch_stats: dict[str, float] = {}
+        self._checkpoint_step: int | None = None  # global step of a checkpoint loaded by validate/test
         self._said_truncation = self._said_cut = False
 
     # ----------------------------------------------------------------- stage chaining
@@ -264,8 +265,8 @@ class ContrastiveModule(L.LightningModule):
             self._say_cut(cut, len(parts["video"]["key"]))
         self.log("train/loss", total, batch_size=clips, sync_dist=True)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
-        self.last_batch_stats = {"clips": clips, "tokens": tokens}
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=clips)  # this step's
+        self.last_batch_stats = {"clips": clips, "tokens": tokens}
         return total
 
     def _say_cut(self, cut: int, clips: int) -> None:
@@ -334,7 +335,10 @@ class ContrastiveModule(L.LightningModule):
             # the sanity check sees a couple of batches before any training: not this model's validation
             self.last_metrics = metrics
             if self.trainer.is_global_zero:  # every rank holds the same gathered metrics: print them once
-                log.info("%s retrieval at step %d: %s", stage, self.global_step, "\n  ".join(format_metrics(metrics)))
+                # validate/test with a checkpoint do not restore the step counter: the checkpoint's step is named
+                step = self.global_step if self.trainer.state.fn == "fit" else self._checkpoint_step
+                where = "the initial weights (no --ckpt_path)" if step is None else f"step {step}"
+                log.info("%s retrieval at %s: %s", stage, where, "\n  ".join(format_metrics(metrics)))
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
@@ -359,6 +363,7 @@ class ContrastiveModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = checkpoint.get("global_step")
         if self._pending_init_from is not None:
             log.info("init_from %s is gone; the checkpoint being resumed holds the weights and the stage's "
                      "adaptations", self._pending_init_from)
@@ -372,6 +377,17 @@ class ContrastiveModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         stop_buffer_broadcast(self.trainer.strategy.model)
+        accumulate = self.trainer.accumulate_grad_batches
+        if accumulate > 1 and self.trainer.is_global_zero:
+            # Accumulation multiplies the clips per optimizer step but not the negatives: each batch's NCE is
+            # computed (and gathered across ranks) on its own.
+            dm = getattr(self.trainer, "datamodule", None)
+            per_rank = getattr(dm, "batch_size", None)
+            batch = "the batch" if per_rank is None else f"{self.trainer.world_size * per_rank} clips"
+            log.warning("accumulate_grad_batches=%d: the NCE loss of each batch still contrasts %s with each other; "
+                        "a step averages %d such losses, which is not one contrastive batch %d times larger (the "
+                        "paper's batch 512 needs 512 clips in one forward: more devices, or a larger data.batch_size "
+                        "with model.video.grad_checkpointing and masking)", accumulate, batch, accumulate, accumulate)
 
     def on_train_start(self) -> None:
         self._require_weights()
