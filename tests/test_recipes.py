@@ -94,8 +94,9 @@ def test_a_value_the_configs_reject_ends_in_one_line(tmp_path, override, message
 @pytest.mark.parametrize(
     "override",
     [["--config", str(ROOT / "cluster" / "deepspeed_zero2.yaml")], ["--trainer.accelerator", "gpu"],
-     ["--trainer.accelerator", "cuda"]],
-    ids=["deepspeed-overlay", "gpu", "cuda"],
+     ["--trainer.accelerator", "cuda"],
+     ["--config", str(ROOT / "cluster" / "fsdp.yaml"), "--trainer.accelerator", "cpu", "--trainer.devices", "1"]],
+    ids=["deepspeed-overlay", "gpu", "cuda", "fsdp-overlay-on-cpu"],
 )
 def test_a_gpu_recipe_on_a_cpu_machine_ends_in_one_line_with_the_cpu_flags(tmp_path, override):
     recipe = ROOT / "tiny" / "stage2_short.yaml"
@@ -196,3 +197,12 @@ def test_every_recipe_ships_in_the_wheel():
         rel = recipe.relative_to(ROOT).as_posix()
         assert any(fnmatch.fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
     assert recipes_dir() == ROOT
+
+
+@pytest.mark.parametrize("recipe", ["stage2_short.yaml", "stage2_short_masked.yaml"])
+def test_a_smaller_batch_size_also_shrinks_the_image_batch(recipe, tmp_path):
+    # The stage-2 recipes set image_batch_size to 64 beside batch_size 64: `--data.batch_size 2` (a CPU try, or
+    # halving the batch to fit a GPU) still put 64 images in every step.
+    cli = run_lightning_cli(["--config", str(ROOT / recipe), *CPU, "--data.batch_size", "2",
+                             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert cli.datamodule.image_batch_size == 2
