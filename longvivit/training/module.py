@@ -265,7 +265,8 @@ class ContrastiveModule(L.LightningModule):
             self._say_cut(cut, len(parts["video"]["key"]))
         self.log("train/loss", total, batch_size=clips, sync_dist=True)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=clips)  # this step's
+        if self._trainer is not None and self.trainer.optimizers:  # a step run by hand has no optimizer
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=clips)  # this step's
         self.last_batch_stats = {"clips": clips, "tokens": tokens}
         return total
 
