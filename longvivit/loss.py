@@ -15,9 +15,17 @@ Gradient scaling under DDP, with W ranks each holding an equal batch of B pairs:
 
 Batches must have the same size on every rank (``all_gather`` needs equal shapes; drop the last ragged
 batch in the loader).
+
+The same clip can sit twice in a global batch: training shards are resampled independently per rank and worker,
+so with few shards for many streams (a fine-tuning set of 9 shards on 8 GPUs x 8 workers: ~36 of 512 clips a
+step) ranks read the same shard at once. Given ``sample_ids``, a row's other copies (and their captions, true
+matches) are left out of its softmax instead of being pushed away as negatives.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +37,17 @@ from longvivit.distributed import all_gather_with_grad, rank_and_world_size
 def contrastive_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Top-1 accuracy of a (N, M) score matrix whose row i should pick column ``labels[i]``."""
     return (logits.argmax(dim=-1) == labels).float().mean()
+
+
+def sample_ids(keys: Sequence[str], device: torch.device | str | None = None) -> Tensor:
+    """(B,) int64 ids of sample keys (64 bits of their BLAKE2b digest: equal on every rank and run).
+
+    Args:
+        keys: Sample keys (webdataset ``__key__``), one per row.
+        device: Device of the result.
+    """
+    ids = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True) for k in keys]
+    return torch.tensor(ids, dtype=torch.int64, device=device)
 
 
 class NCELoss(nn.Module):
@@ -53,6 +72,7 @@ class NCELoss(nn.Module):
         extra_video_features: Tensor | None = None,
         extra_text_features: Tensor | None = None,
         extra_text_valid: Tensor | None = None,
+        sample_ids: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
         """Contrastive loss of paired features; row i of both inputs is a positive pair.
 
@@ -69,6 +89,9 @@ class NCELoss(nn.Module):
                 columns, gathered from every rank (M must be equal across ranks).
             extra_text_valid: (M,) bool; False columns are left out of the softmax (a caption that could not
                 be re-ordered holds its slot so that shapes match across ranks).
+            sample_ids: (B,) int64 id of each row's sample (:func:`sample_ids` of the keys), gathered from every
+                rank: columns of the same sample as a row, other than its own pair, are left out of that row's
+                softmax in both directions (a duplicated clip is not its own negative).
 
         Returns:
             The scalar loss, or ``{"loss", "v2t_acc", "t2v_acc"}`` (accuracies over this rank's rows,
@@ -102,6 +125,16 @@ class NCELoss(nn.Module):
             labels = torch.arange(all_video.shape[0], device=video_features.device)
         if masked is not None:
             logits_v2t = logits_v2t.masked_fill(masked, float("-inf"))
+        if sample_ids is not None:
+            all_ids = all_gather_with_grad(sample_ids)  # (W*B,)
+            row_ids = sample_ids if self.local_loss else all_ids
+            copies = row_ids[:, None] == all_ids[None, :]  # (rows, W*B)
+            copies[torch.arange(len(labels), device=labels.device), labels] = False  # the pair itself stays
+            # extra negative columns come after the paired ones and are never copies
+            v2t = F.pad(copies, (0, logits_v2t.shape[1] - copies.shape[1]), value=False)
+            t2v = F.pad(copies, (0, logits_t2v.shape[1] - copies.shape[1]), value=False)
+            logits_v2t = logits_v2t.masked_fill(v2t, float("-inf"))
+            logits_t2v = logits_t2v.masked_fill(t2v, float("-inf"))
         loss = (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels)) / 2
         if not output_dict:
             return loss

@@ -14,13 +14,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from longvivit.loss import NCELoss, contrastive_accuracy
+from longvivit.loss import NCELoss, contrastive_accuracy, sample_ids
 from longvivit.negatives import order_negatives, reorder_caption
 
 WORLD = 2
 PER_RANK = 3
 DIM = 8
 TEXT_VALID = torch.tensor([True, False, True, True, True, False])  # WORLD * PER_RANK extra caption slots
+DUP_IDS = torch.tensor([10, 11, 12, 13, 11, 15])  # rank 0's second sample again on rank 1
 
 
 def reference_nce(
@@ -29,19 +30,25 @@ def reference_nce(
     scale: float,
     extra_video: torch.Tensor | None = None,
     extra_text: torch.Tensor | None = None,
+    ids: list[int] | None = None,
 ) -> torch.Tensor:
     """Python loops over the score matrix: mean of -log softmax of the diagonal, rows and columns.
 
     Video row i is scored against every caption and then ``extra_text``; caption i against every video and then
-    ``extra_video``.
+    ``extra_video``; with ``ids``, paired columns j != i of the same id as row i are left out.
     """
     n = a.shape[0]
     texts = b if extra_text is None else torch.cat([b, extra_text])
     videos = a if extra_video is None else torch.cat([a, extra_video])
     total = a.new_zeros(())
     for i in range(n):
-        row = torch.stack([scale * torch.dot(a[i], t) for t in texts])
-        col = torch.stack([scale * torch.dot(b[i], v) for v in videos])
+        def kept(columns: torch.Tensor, i: int = i) -> torch.Tensor:
+            keep = [j == i or j >= n or ids is None or ids[j] != ids[i] for j in range(len(columns))]
+            return columns[torch.tensor(keep)]
+
+        row = scale * kept(texts) @ a[i]
+        col = scale * kept(videos) @ b[i]
+        i = i - sum(1 for j in range(i) if ids is not None and ids[j] == ids[i])  # the pair's place among the kept
         total = total - torch.log_softmax(row, dim=0)[i] - torch.log_softmax(col, dim=0)[i]
     return total / (2 * n)
 
@@ -57,6 +64,24 @@ def test_matches_brute_force_reference(local_loss):
     a, b = random_features(7, 16, seed=0)
     got = NCELoss(local_loss=local_loss)(a, b, torch.tensor(5.0))
     torch.testing.assert_close(got, reference_nce(a, b, 5.0))
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_a_clip_twice_in_the_batch_is_not_its_own_negative(local_loss):
+    # Resampled shards put the same clip into one global batch more than once (different ranks reading one shard):
+    # each copy's caption, a true match, was a negative of the other copy.
+    a, b = random_features(6, 16, seed=1)
+    a[4] = a[1]  # clip 1 again, with another of its captions
+    keys = ["c0", "c1", "c2", "c3", "c1", "c5"]
+    ids = sample_ids(keys)
+    assert ids.dtype == torch.int64 and ids[1] == ids[4] and len(set(ids.tolist())) == 5
+    loss = NCELoss(local_loss=local_loss)
+    got = loss(a, b, torch.tensor(5.0), sample_ids=ids)
+    torch.testing.assert_close(got, reference_nce(a, b, 5.0, ids=ids.tolist()))
+    assert not torch.allclose(got, loss(a, b, torch.tensor(5.0)))
+    # with unique keys nothing changes
+    unique = sample_ids([f"u{i}" for i in range(6)])
+    torch.testing.assert_close(loss(a, b, torch.tensor(5.0), sample_ids=unique), reference_nce(a, b, 5.0))
 
 
 def test_symmetric_in_its_two_inputs():
@@ -188,6 +213,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             result[f"loss_text_{local}"] = NCELoss(local_loss=local)(
                 a, b, 4.0, extra_text_features=ext, extra_text_valid=TEXT_VALID[rows]
             )
+            result[f"loss_dup_{local}"] = NCELoss(local_loss=local)(a, b, 4.0, sample_ids=DUP_IDS[rows])
 
             model = nn.parallel.DistributedDataParallel(make_towers())
             xv, xt = joint_batch()
@@ -262,3 +288,12 @@ def test_ddp_parameter_gradients_equal_one_process(two_rank_results, local):
     for name, p in model.named_parameters():
         for r in two_rank_results:
             torch.testing.assert_close(r[f"ddp_{local}_{name}"], p.grad, msg=f"{name} differs")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_two_ranks_leave_out_a_clip_both_ranks_hold(two_rank_results, local):
+    a_all, b_all = random_features(WORLD * PER_RANK, DIM, seed=7)
+    single = NCELoss()(a_all, b_all, 4.0, sample_ids=DUP_IDS)
+    torch.testing.assert_close(single, reference_nce(a_all, b_all, 4.0, ids=DUP_IDS.tolist()))
+    losses = torch.stack([r[f"loss_dup_{local}"] for r in two_rank_results])
+    torch.testing.assert_close(losses.mean() if local else losses, single if local else single.expand(WORLD))

@@ -15,7 +15,7 @@ from torch import Tensor
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig, num_kept_tokens
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
-from longvivit.loss import NCELoss
+from longvivit.loss import NCELoss, sample_ids
 from longvivit.models.checkpoint import load_weights_into
 from longvivit.models.init import inflate_patch_kernel
 from longvivit.models.masking import video_generator
@@ -217,9 +217,9 @@ class ContrastiveModule(L.LightningModule):
                 extra = self.model.encode_video(reordered, num_valid_frames=extra_nvf)  # (K*B, D)
             if self.caption_order_negatives:
                 extra_text = self._reordered_captions(batch)
-        res = self.loss_fn(
-            feats, out["text_features"], out["logit_scale"], output_dict=True, extra_video_features=extra, **extra_text
-        )
+        ids = sample_ids(batch["key"], feats.device)  # a clip resampled twice into one global batch is no negative
+        res = self.loss_fn(feats, out["text_features"], out["logit_scale"], output_dict=True,
+                           extra_video_features=extra, sample_ids=ids, **extra_text)
         encoded = feats.shape[0] + (0 if extra is None else extra.shape[0])
         visible = encoded * per_clip
         return res["loss"], res, visible
