@@ -274,23 +274,27 @@ def test_resume_from_a_mid_epoch_checkpoint_with_workers(shards, tmp_path):
     assert resumed.seen == model.seen[-4:]  # the last two batches of epoch 1, exactly
 
 
-@pytest.mark.parametrize("validate", [True, False], ids=["with-validation", "without-validation"])
-def test_step_based_resume_from_an_end_of_epoch_checkpoint_continues_with_the_next_epoch(shards, tmp_path, validate):
+@pytest.mark.parametrize(("validate", "images"), [(True, False), (False, False), (True, True)],
+                         ids=["with-validation", "without-validation", "with-images"])
+def test_step_based_resume_from_an_end_of_epoch_checkpoint_continues_with_the_next_epoch(shards, tmp_path, validate,
+                                                                                           images):
     # Training to max_steps (every recipe), Lightning resumes a checkpoint taken at an epoch's end by restarting that
     # epoch and then asks for a new iterator: the first one moved the stream to the next epoch and the new one to
     # the one after, so the resumed run skipped an epoch of data (without validation it also trained one batch of
     # the skipped epoch as an extra batch of the finished one).
     kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
               num_sanity_val_steps=0, limit_val_batches=1.0 if validate else 0, default_root_dir=tmp_path)
+    data = {"image_shards": shards["image"]} if images else {}
     full = TinyModule()
-    L.Trainer(max_steps=9, enable_checkpointing=False, **kw).fit(full, datamodule=make_dm(shards))
+    L.Trainer(max_steps=9, enable_checkpointing=False, **kw).fit(full, datamodule=make_dm(shards, **data))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)  # saves at each epoch's end
     first = TinyModule()
-    L.Trainer(max_steps=3, callbacks=[ckpt], **kw).fit(first, datamodule=make_dm(shards))
+    L.Trainer(max_steps=3, callbacks=[ckpt], **kw).fit(first, datamodule=make_dm(shards, **data))
     resumed = TinyModule()
-    L.Trainer(max_steps=9, **kw).fit(resumed, datamodule=make_dm(shards), ckpt_path=tmp_path / "last.ckpt")
-    assert len(full.seen) == 9 * 2 and first.seen == full.seen[:6]
-    assert resumed.seen == full.seen[6:]  # epochs 1 and 2, batch for batch
+    L.Trainer(max_steps=9, **kw).fit(resumed, datamodule=make_dm(shards, **data), ckpt_path=tmp_path / "last.ckpt")
+    per_step = 4 if images else 2
+    assert len(full.seen) == 9 * per_step and first.seen == full.seen[:3 * per_step]
+    assert resumed.seen == full.seen[3 * per_step:]  # epochs 1 and 2, batch for batch
 
 
 def test_init_args_are_exposed_to_lightning_cli(shards):
