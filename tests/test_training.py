@@ -292,7 +292,7 @@ def test_ckpt_path_last_resumes_the_interrupted_run_not_a_new_one(shards, tmp_pa
 
 
 @pytest.mark.parametrize(("command", "ckpt", "message"), [
-    ("fit", "{tmp}/gone.ckpt", r"--ckpt_path: no checkpoint file at .*gone.ckpt$"),
+    ("fit", "{tmp}/gone.ckpt", r"--ckpt_path: no checkpoint at .*gone.ckpt$"),
     ("validate", "last", r"--ckpt_path last: no last.ckpt in .*empty to validate$"),
 ])
 def test_a_checkpoint_that_is_not_there_ends_in_one_line(shards, tmp_path, command, ckpt, message):
@@ -329,3 +329,14 @@ def test_accumulation_says_it_adds_no_negatives_and_validate_names_the_checkpoin
                   "--trainer.default_root_dir", str(tmp_path / "v"), "--ckpt_path", str(ckpt / "last.ckpt")])
     assert [r.message.split(":")[0] for r in caplog.records if "retrieval at" in r.message] == [
         "val retrieval at step 1"]
+
+
+def test_ckpt_path_last_finds_a_deepspeed_checkpoint_folder(tmp_path):
+    # DeepSpeed saves each checkpoint as a folder named like the file (last.ckpt/): it is a checkpoint too.
+    from longvivit.training.cli import resolve_ckpt_path
+
+    (tmp_path / "ck" / "last.ckpt").mkdir(parents=True)
+    config = {"ckpt_path": "last", "checkpoint": {"dirpath": str(tmp_path / "ck")}, "trainer": {"logger": None}}
+    assert resolve_ckpt_path(config, "fit") == str(tmp_path / "ck" / "last.ckpt")
+    assert resolve_ckpt_path({**config, "ckpt_path": str(tmp_path / "ck" / "last.ckpt")}, "fit") == str(
+        tmp_path / "ck" / "last.ckpt")

@@ -148,8 +148,11 @@ _LIGHTNING_CKPT_WORDS = ("best", "hpc", "registry")
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
-    """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in ``folder``, as Lightning names them; None if there is none."""
-    found = [p for p in folder.glob("last*.ckpt") if _LAST.match(p.name) and p.is_file()] if folder.is_dir() else []
+    """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in ``folder``, as Lightning names them; None if there is none.
+
+    A DeepSpeed checkpoint is a folder of that name.
+    """
+    found = [p for p in folder.glob("last*.ckpt") if _LAST.match(p.name)] if folder.is_dir() else []
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -179,8 +182,8 @@ def resolve_ckpt_path(config: Mapping[str, Any], subcommand: str) -> str | None:
     if ckpt is None or ckpt in _LIGHTNING_CKPT_WORDS:
         return ckpt
     if ckpt != "last":
-        if not Path(ckpt).is_file() and "://" not in str(ckpt):
-            raise SystemExit(f"longvivit: error: --ckpt_path: no checkpoint file at {ckpt}")
+        if not Path(ckpt).exists() and "://" not in str(ckpt):  # a DeepSpeed checkpoint is a folder
+            raise SystemExit(f"longvivit: error: --ckpt_path: no checkpoint at {ckpt}")
         return ckpt
     trainer = config.get("trainer") or {}
     dirpath = (config.get("checkpoint") or {}).get("dirpath")
