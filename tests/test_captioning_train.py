@@ -255,6 +255,7 @@ def test_longvivit_fit_trains_the_tiny_recipe_and_caption_reads_its_checkpoint(s
     assert cli_main(args) == 0
     rows = [r for f in sorted(run.glob("logs/version_*/metrics.csv")) for r in csv.DictReader(f.open())]
     assert [r for r in rows if r.get("train/loss")] and [r for r in rows if r.get("val/CIDEr")]
+    assert [r for r in rows if r.get("train/lr")]  # the schedule is in metrics.csv, as for contrastive training
     assert (tmp_path / "captioner" / "captioner.safetensors").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert cli_main(["caption", "--model", str(ckpt), "--video", str(ASSETS / "bigbuckbunny.mp4"),

@@ -201,6 +201,17 @@ def test_every_parameter_gets_a_finite_gradient(name, extra):
         assert p.grad.abs().sum() > 0, f"{n} has an all-zero gradient"
 
 
+def test_freeze_past_the_depth_says_every_block_trains(caplog):
+    # trainable_last: 4 from a recipe on a model overridden to depth 2 trained everything without a word
+    model = VideoEncoder(small(depth=2))
+    with caplog.at_level("WARNING", logger="longvivit.models.video_encoder"):
+        model.freeze(trainable_last=2)
+        assert not caplog.records
+        model.freeze(trainable_last=4)
+    assert "trainable_last=4 but the encoder has 2 blocks: every block trains" in caplog.text
+    assert model.num_frozen_blocks == 0 and not model.patch_embed_3d.weight.requires_grad
+
+
 def test_freeze_trains_only_the_last_blocks_and_the_head():
     cfg = small()  # 6 blocks
     model = VideoEncoder(cfg).train()

@@ -27,7 +27,7 @@ from longvivit.captioning.xattn import XAttnConfig
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.models.masking import video_generator
-from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
+from longvivit.training.optim import OptimConfig, cosine_with_warmup, log_learning_rate, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,9 @@ class CaptioningModule(L.LightningModule):
         nvf = batch.get("num_valid_frames")
         loss = self.model.caption_loss(batch["video"], captions, nvf, self.model_cfg.mask_ratio)
         bs = len(captions)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # averaged over ranks: each rank's loss covers its own captions (the value a single process would log)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        log_learning_rate(self, bs)
         visible = self.model.encoder.cfg.visible_tokens(batch["video"].shape[1], self.model_cfg.mask_ratio)
         self.last_batch_stats = {"clips": bs, "tokens": bs * visible}
         return loss

@@ -7,6 +7,7 @@ spatial position table and the transformer, so one model embeds clips and pictur
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_encoder_folder, save_encoder_folder  # noqa: F401
 from longvivit.models.layers import Block
 from longvivit.models.masking import Generators, random_masking, scatter_kept, valid_steps
+
+logger = logging.getLogger(__name__)
 
 
 class VideoEncoder(nn.Module):
@@ -474,6 +477,9 @@ class VideoEncoder(nn.Module):
         """
         if trainable_last < 0:
             raise ValueError(f"trainable_last must be >= 0, got {trainable_last}")
+        if trainable_last > len(self.blocks):  # e.g. a recipe's 4 on a model overridden to depth 2
+            logger.warning("trainable_last=%d but the encoder has %d blocks: every block trains (only the patch "
+                           "embeddings and position tables are frozen)", trainable_last, len(self.blocks))
         self.unfreeze()
         self.trainable_last = int(trainable_last)
         n_frozen = self.num_frozen_blocks

@@ -21,7 +21,7 @@ from longvivit.models.init import inflate_patch_kernel
 from longvivit.models.masking import video_generator
 from longvivit.models.model import VideoTextModel
 from longvivit.negatives import ORDER_NEGATIVES, order_negatives, reorder_caption
-from longvivit.training.optim import OptimConfig, cosine_with_warmup, param_groups
+from longvivit.training.optim import OptimConfig, cosine_with_warmup, log_learning_rate, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,7 @@ class ContrastiveModule(L.LightningModule):
             self._say_cut(cut, len(parts["video"]["key"]))
         self.log("train/loss", total, batch_size=clips, sync_dist=True)
         self.log("train/logit_scale", self.model.get_logit_scale(), batch_size=clips)
-        if self._trainer is not None and self.trainer.optimizers:  # a step run by hand has no optimizer
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=clips)  # this step's
+        log_learning_rate(self, clips)
         self.last_batch_stats = {"clips": clips, "tokens": tokens}
         return total
 

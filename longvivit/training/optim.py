@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -143,3 +144,10 @@ def cosine_with_warmup(
 ) -> CosineWithWarmup:
     """Linear warmup to the base lr, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
     return CosineWithWarmup(optimizer, warmup_steps, total_steps, min_lr_ratio)
+
+
+def log_learning_rate(module: L.LightningModule, batch_size: int) -> None:
+    """Log this step's learning rate (the first parameter group's) as ``train/lr``; nothing for a step run by
+    hand, without a trainer or optimizer."""
+    if module._trainer is not None and module.trainer.optimizers:
+        module.log("train/lr", module.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
