@@ -87,3 +87,14 @@ def open_gates(model, value: float = 0.5, seed: int = 1) -> None:
             for p in block.parameters():
                 if p.ndim == 2:
                     p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def build_tiny_captioner(root: Path):
+    """A tiny captioner (saved encoder + random Llama) with its gates open, built under ``root``, in eval mode."""
+    from longvivit.captioning.model import CaptionerConfig, VideoToText
+
+    kwargs = tiny_model_kwargs(build_tiny_encoder(root / "encoder"), build_tiny_lm(root / "llama"))
+    torch.manual_seed(0)
+    model = VideoToText.build(CaptionerConfig(**kwargs)).eval()
+    open_gates(model)
+    return model

@@ -7,11 +7,10 @@ import json
 import logging
 
 import pytest
-import torch
-from captioning_helpers import build_tiny_encoder, build_tiny_lm, open_gates, tiny_model_kwargs
+from captioning_helpers import build_tiny_captioner
 
 from longvivit.captioning import cli
-from longvivit.captioning.model import CaptionerConfig, VideoToText
+from longvivit.captioning.model import VideoToText
 from longvivit.captioning.qa import QAItem, evaluate_qa
 from longvivit.config import PreprocessConfig
 
@@ -19,10 +18,7 @@ from longvivit.config import PreprocessConfig
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("captioning_cli")
-    kwargs = tiny_model_kwargs(build_tiny_encoder(root / "encoder"), build_tiny_lm(root / "llama"))
-    torch.manual_seed(0)
-    m = VideoToText.build(CaptionerConfig(**kwargs)).eval()
-    open_gates(m)
+    m = build_tiny_captioner(root)
     # the saved preprocessing: 4 frames at 1 FPS, a 4 s window from the first frame
     return {"model": m, "folder": m.save_pretrained(root / "captioner", PreprocessConfig(num_frames=4, image_size=32))}
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captioning_helpers import build_tiny_encoder, build_tiny_lm, open_gates, tiny_model_kwargs
+from captioning_helpers import build_tiny_captioner
 from conftest import ASSETS
 
 from longvivit.captioning import cli
 from longvivit.captioning.decoding import DecodingConfig, generate_kwargs
-from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.models.masking import video_generator
 
 SAMPLE = {"do_sample": True, "temperature": 1.5, "top_k": 0}  # flat enough that two seeds disagree
@@ -19,10 +18,7 @@ SAMPLE = {"do_sample": True, "temperature": 1.5, "top_k": 0}  # flat enough that
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoding")
-    kwargs = tiny_model_kwargs(build_tiny_encoder(root / "encoder"), build_tiny_lm(root / "llama"))
-    torch.manual_seed(0)
-    m = VideoToText.build(CaptionerConfig(**kwargs)).eval()
-    open_gates(m)
+    m = build_tiny_captioner(root)
     return m
 
 
