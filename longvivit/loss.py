@@ -39,15 +39,23 @@ def contrastive_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean()
 
 
-def sample_ids(keys: Sequence[str], device: torch.device | str | None = None) -> Tensor:
-    """(B,) int64 ids of sample keys (64 bits of their BLAKE2b digest: equal on every rank and run).
+def sample_ids(
+    keys: Sequence[str], shards: Sequence[str] | None = None, device: torch.device | str | None = None
+) -> Tensor:
+    """(B,) int64 ids of samples (64 bits of a BLAKE2b digest: equal on every rank and run).
+
+    A sample is its shard and its key: keys alone repeat across datasets (make_shards numbers each manifest's
+    lines from 1, video2dataset its samples from 0), and two clips of one key are no copies of each other.
 
     Args:
         keys: Sample keys (webdataset ``__key__``), one per row.
-        device: Device of the result.
+        shards: The shard URL each sample was read from (``None``: the keys alone name the samples).
+        device: Device of the result; the ids are hashed on the host and copied without waiting on the device.
     """
-    ids = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True) for k in keys]
-    return torch.tensor(ids, dtype=torch.int64, device=device)
+    names = keys if shards is None else [f"{s}\0{k}" for s, k in zip(shards, keys, strict=True)]
+    digests = (hashlib.blake2b(n.encode(), digest_size=8).digest() for n in names)
+    ids = torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.int64)
+    return ids if device is None else ids.to(device, non_blocking=True)
 
 
 class NCELoss(nn.Module):
@@ -89,7 +97,7 @@ class NCELoss(nn.Module):
                 columns, gathered from every rank (M must be equal across ranks).
             extra_text_valid: (M,) bool; False columns are left out of the softmax (a caption that could not
                 be re-ordered holds its slot so that shapes match across ranks).
-            sample_ids: (B,) int64 id of each row's sample (:func:`sample_ids` of the keys), gathered from every
+            sample_ids: (B,) int64 id of each row's sample (:func:`sample_ids`), gathered from every
                 rank: columns of the same sample as a row, other than its own pair, are left out of that row's
                 softmax in both directions (a duplicated clip is not its own negative).
 

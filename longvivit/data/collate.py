@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from longvivit.data.decode import Modality
+from longvivit.loss import sample_ids
 
 
 def load_tokenizer(name_or_path: str | None = None):
@@ -60,13 +61,16 @@ def collate(
     ``caption_sample`` (N_captions,) giving each caption's row in the batch.
 
     Returns:
-        ``{"key": [str], "video": (B, T, 3, H, W) | "image": (B, 3, H, W), "num_valid_frames": (B,) long,
-        "captions": [[str]], "modality": str, ...}``; text tensors are padded to the longest caption, at most
-        ``max_text_length`` tokens; ``truncated_captions`` counts the captions cut to that budget, ``cut_clips``
-        the videos longer than the frame window (see :func:`~longvivit.data.sampling.window_cuts_clip`).
+        ``{"key": [str], "sample_id": (B,) int64, "video": (B, T, 3, H, W) | "image": (B, 3, H, W),
+        "num_valid_frames": (B,) long, "captions": [[str]], "modality": str, ...}``; ``sample_id`` names each sample
+        by its shard and key (:func:`~longvivit.loss.sample_ids`; hashed here, off the training step); text tensors
+        are padded to the longest caption, at most ``max_text_length`` tokens; ``truncated_captions`` counts the
+        captions cut to that budget, ``cut_clips`` the videos longer than the frame window (see
+        :func:`~longvivit.data.sampling.window_cuts_clip`).
     """
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
+        "sample_id": sample_ids([s["key"] for s in samples], [s.get("shard", "") for s in samples]),
         modality: torch.stack([s[modality] for s in samples]),
         "num_valid_frames": torch.tensor([s["num_valid_frames"] for s in samples], dtype=torch.long),
         "modality": modality,

@@ -379,7 +379,10 @@ def decode_sample(
     rng: random.Random | None,
     num_threads: int = 1,
 ) -> dict[str, Any]:
-    """Raw webdataset sample -> ``{"key", "video" | "image", "num_valid_frames", "captions", "meta"}``.
+    """Raw webdataset sample -> ``{"key", "shard", "video" | "image", "num_valid_frames", "captions", "meta"}``.
+
+    ``shard`` is the URL the sample was read from (``""`` when webdataset did not say): with the key, it names the
+    sample (keys alone repeat across datasets).
 
     ``meta`` is the manifest's extra fields kept by the shard writer (e.g. ``split``, ``pair_id``), ``{}`` if none.
     A video also carries ``duration`` (seconds) when the sample's json records it, as make_shards' does, and then
@@ -391,7 +394,8 @@ def decode_sample(
     """
     data, captions, info = parse_sample(raw, modality)
     meta = info.get("meta")
-    out: dict[str, Any] = {"key": raw["__key__"], "captions": captions, "meta": meta if isinstance(meta, dict) else {}}
+    out: dict[str, Any] = {"key": raw["__key__"], "shard": str(raw.get("__url__", "")), "captions": captions,
+                           "meta": meta if isinstance(meta, dict) else {}}
     if modality == "video":
         out["video"], out["num_valid_frames"] = decode_video(
             data, preprocess, rng=rng, num_threads=num_threads

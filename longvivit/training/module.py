@@ -217,7 +217,10 @@ class ContrastiveModule(L.LightningModule):
                 extra = self.model.encode_video(reordered, num_valid_frames=extra_nvf)  # (K*B, D)
             if self.caption_order_negatives:
                 extra_text = self._reordered_captions(batch)
-        ids = sample_ids(batch["key"], feats.device)  # a clip resampled twice into one global batch is no negative
+        # a clip resampled twice into one global batch is no negative of itself; the loaders' batches carry the
+        # ids (shard and key, hashed on the host), a batch built by hand is named by its keys
+        ids = batch["sample_id"] if "sample_id" in batch else sample_ids(batch["key"])
+        ids = ids.to(feats.device, non_blocking=True)
         res = self.loss_fn(feats, out["text_features"], out["logit_scale"], output_dict=True,
                            extra_video_features=extra, sample_ids=ids, **extra_text)
         encoded = feats.shape[0] + (0 if extra is None else extra.shape[0])
