@@ -148,3 +148,29 @@ def test_extract_features_of_padded_clip(overrides):
     torch.testing.assert_close(feats["tokens"][:, :steps], ref["tokens"], atol=1e-5, rtol=1e-4)
     assert feats["valid"][0].tolist() == [True] * steps + [False] * (feats["tokens"].shape[1] - steps)
     assert ref["valid"].all()
+
+
+def test_padding_mask_needs_no_count_on_the_host():
+    """Counts already on the device (the training batch, moved by Lightning) become the mask without a host sync:
+    ``bool((nvf >= T).all())`` waited on the GPU in every forward (twice with order negatives). Meta tensors have
+    no values, so any read of them fails here as it would stall there."""
+    enc = encoder()
+    video = torch.empty(2, 8, 3, 32, 32, device="meta")
+    steps = enc.step_validity(video, torch.tensor([3, 8], device="meta"))
+    assert steps.shape == (2, 4) and steps.dtype == torch.bool and steps.device.type == "meta"
+    # counts on the host are read for free: full clips keep the unmasked path
+    assert enc.step_validity(video, torch.tensor([8, 8])) is None
+    assert enc.step_validity(video, torch.tensor([3, 8])).device.type == "meta"
+
+
+def test_a_batch_without_padded_clips_passes_no_counts():
+    """The training and captioning steps hand the encoder no counts for a batch the collate found unpadded (its
+    attention stays unmasked without a read from the device), and the counts of one with padding."""
+    from longvivit.data.collate import collate, padding_counts
+
+    samples = [{"key": k, "video": torch.zeros(8, 3, 4, 4), "num_valid_frames": n, "captions": ["c"]}
+               for k, n in (("a", 8), ("b", 3))]
+    mixed, full = collate(samples, "video"), collate(samples[:1], "video")
+    assert (mixed["padded_clips"], full["padded_clips"]) == (1, 0)
+    assert padding_counts(mixed).tolist() == [8, 3] and padding_counts(full) is None
+    assert padding_counts({"num_valid_frames": torch.tensor([8])}).tolist() == [8]  # a batch built by hand

@@ -25,6 +25,7 @@ from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
+from longvivit.data.collate import padding_counts
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.models.masking import video_generator
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, log_learning_rate, param_groups
@@ -155,7 +156,7 @@ class CaptioningModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         captions = [caps[0] for caps in batch["captions"]]
-        nvf = batch.get("num_valid_frames")
+        nvf = padding_counts(batch)
         loss = self.model.caption_loss(batch["video"], captions, nvf, self.model_cfg.mask_ratio)
         bs = len(captions)
         # averaged over ranks: each rank's loss covers its own captions (the value a single process would log)
@@ -200,7 +201,7 @@ class CaptioningModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        video, nvf = batch["video"], batch.get("num_valid_frames")
+        video, nvf = batch["video"], padding_counts(batch)
         first = [caps[0] for caps in batch["captions"]]
         gen = self._eval_generators(batch)
         loss = self.model.caption_loss(video, first, nvf, self.eval_mask_ratio, gen)

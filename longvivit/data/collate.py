@@ -66,7 +66,8 @@ def collate(
         by its shard and key (:func:`~longvivit.loss.sample_ids`; hashed here, off the training step); text tensors
         are padded to the longest caption, at most ``max_text_length`` tokens; ``truncated_captions`` counts the
         captions cut to that budget, ``cut_clips`` the videos longer than the frame window (see
-        :func:`~longvivit.data.sampling.window_cuts_clip`).
+        :func:`~longvivit.data.sampling.window_cuts_clip`), ``padded_clips`` those shorter than it (a host count: a
+        step without any passes no ``num_valid_frames`` to the encoder, which keeps its unmasked attention).
     """
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
@@ -76,6 +77,9 @@ def collate(
         "modality": modality,
         "cut_clips": sum(bool(s.get("cut")) for s in samples),  # clips longer than the sampled window
     }
+    if modality == "video":
+        window = batch["video"].shape[1]
+        batch["padded_clips"] = sum(int(s["num_valid_frames"]) < window for s in samples)  # last frame repeated
     if train:
         rng = rng or random.Random()
         captions = [[rng.choice(s["captions"])] for s in samples]
@@ -106,3 +110,11 @@ def collate(
                 [i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long
             )
     return batch
+
+
+def padding_counts(batch: dict[str, Any]) -> torch.Tensor | None:
+    """A video batch's ``num_valid_frames`` as the encoder takes them, or ``None`` when :func:`collate` counted no
+    padded clip: the encoder then keeps its unmasked attention without reading the counts back from the device
+    (see :meth:`~longvivit.models.video_encoder.VideoEncoder.step_validity`). A batch without the count (built by
+    hand) passes its counts."""
+    return batch.get("num_valid_frames") if batch.get("padded_clips", 1) else None

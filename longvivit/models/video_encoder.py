@@ -235,6 +235,11 @@ class VideoEncoder(nn.Module):
     def step_validity(self, video: torch.Tensor, num_valid_frames: torch.Tensor | None) -> torch.Tensor | None:
         """(B, T') bool of the tubelet steps that start on a real frame, ``None`` when all of them do.
 
+        Counts on the host (``load_clips``, a list) are read: a batch without padding keeps the unmasked path, exactly
+        the model without the argument. Counts already on the device are not read (that would wait for the GPU in
+        every forward): they always give a mask, all ``True`` when nothing is padded. A training step whose batch
+        has no padded clip (``collate``'s ``padded_clips``) passes ``None`` instead.
+
         Args:
             video: (B, T, C, H, W) frames, padded at the end to the window.
             num_valid_frames: (B,) real frames per clip, or ``None`` (all are real).
@@ -242,13 +247,13 @@ class VideoEncoder(nn.Module):
         if num_valid_frames is None:
             return None
         b, t = video.shape[:2]
-        nvf = torch.as_tensor(num_valid_frames, device=video.device).long().reshape(-1)
+        nvf = torch.as_tensor(num_valid_frames).long().reshape(-1)  # where it is: a host count is read for free
         if nvf.shape != (b,):
             raise ValueError(f"num_valid_frames must have shape ({b},), got {tuple(nvf.shape)}")
-        if bool((nvf >= t).all()):
+        if nvf.device.type == "cpu" and bool((nvf >= t).all()):
             return None  # nothing padded: the unmasked fast path, and exactly the model without the argument
         step = self.cfg.frames_per_step  # the tubelet's time size; 1 for the frame backbone
-        return valid_steps(nvf, step, t // step)
+        return valid_steps(nvf.to(video.device, non_blocking=True), step, t // step)
 
     def _prefix_needs_grad(self, pixels: torch.Tensor, is_video: bool, n_frozen: int) -> bool:
         if self.trainable_last is None or pixels.requires_grad:
