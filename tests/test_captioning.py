@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from captioning_helpers import build_tiny_encoder, build_tiny_lm, open_gates, tiny_model_kwargs
 
 from longvivit.captioning.model import CaptionerConfig, VideoToText, load_captioner, load_encoder
-from longvivit.captioning.pooling import encode_grid, temporal_mean_pool, valid_steps
+from longvivit.captioning.pooling import encode_grid, temporal_mean_pool
 from longvivit.captioning.qa import evaluate_qa, option_scores, qa_accuracy, read_qa_jsonl
 from longvivit.captioning.resampler import PerceiverResampler, ResamplerConfig
 from longvivit.captioning.xattn import XAttnDecoderLayer, find_decoder_layers
 from longvivit.config import PreprocessConfig, TextEncoderConfig
-from longvivit.models.masking import num_kept_tokens
+from longvivit.models.masking import num_kept_tokens, valid_steps
 from longvivit.models.video_encoder import VideoEncoder
 
 
@@ -90,7 +90,7 @@ def test_temporal_mean_pool_averages_only_visible_real_steps():
     # 3 real frames with tubelets of 2: steps 0 and 1 start on real frames, step 2 is padding only.
     steps = valid_steps(torch.tensor([3]), tubelet_t=2, steps=3)
     assert steps.tolist() == [[True, True, False]]
-    pooled, keep = temporal_mean_pool(grid, torch.ones_like(visible), steps)
+    pooled, keep = temporal_mean_pool(grid, steps[..., None].expand_as(visible))  # padding: not visible
     assert pooled[0, :, 0].tolist() == [(1 + 3) / 2, (2 + 4) / 2]
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from longvivit.models.masking import Generators, valid_steps  # noqa: F401  (valid_steps: re-exported)
+from longvivit.models.layers import masked_mean
+from longvivit.models.masking import Generators
 from longvivit.models.video_encoder import VideoEncoder
 
 
@@ -48,24 +49,16 @@ def encode_grid(
     return encoder.forward_grid(video, mask_ratio, generator, num_valid_frames)
 
 
-def temporal_mean_pool(
-    grid: Tensor, visible: Tensor, step_valid: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Mean over tubelet steps of each spatial position, counting only visible (and valid) steps.
+def temporal_mean_pool(grid: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over tubelet steps of each spatial position, counting only the visible steps (masked and padding steps
+    are not visible: :func:`encode_grid` with ``num_valid_frames``).
 
     Args:
         grid: (B, T', S, C) features, S = H'*W'.
-        visible: (B, T', S) bool, ``True`` where a token was encoded.
-        step_valid: Optional (B, T') bool, ``False`` for steps made of padding frames.
+        visible: (B, T', S) bool, ``True`` where a token of a real frame was encoded.
 
     Returns:
         ``(pooled, keep)``: (B, S, C) features (zeros where nothing was visible) and (B, S) bool.
         The token count S is fixed whatever the video length.
     """
-    weight = visible
-    if step_valid is not None:
-        weight = weight & step_valid.unsqueeze(-1)  # (B, T', S)
-    w = weight.to(grid.dtype).unsqueeze(-1)  # (B, T', S, 1)
-    count = w.sum(dim=1)  # (B, S, 1)
-    pooled = (grid * w).sum(dim=1) / count.clamp(min=1)  # (B, S, C)
-    return pooled, count.squeeze(-1) > 0
+    return masked_mean(grid, visible, dim=1), visible.any(dim=1)  # (B, S, C), (B, S)

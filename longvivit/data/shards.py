@@ -82,8 +82,9 @@ class SkipLog:
         name: Shown in messages (dataset or loader name).
         max_records: Records kept in :attr:`skipped` (the count :attr:`failed` is always exact).
 
-    Samples of the other modality are not failures: they are counted in :attr:`other_media`, listed in
-    :attr:`passed_over` and passed over (a mixed shard feeds both the video and the image loader).
+    Samples of the other modality are not failures: they are counted in :attr:`other_media` and passed over (a
+    mixed shard feeds both the video and the image loader); their records ride to the reader with the
+    end-of-stream report (:meth:`drain_other`).
     """
 
     max_fail_fraction: float = 0.1
@@ -96,7 +97,6 @@ class SkipLog:
     other_in_a_row: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pending: list[tuple[str, str]] = field(default_factory=list)
-    passed_over: list[tuple[str, str]] = field(default_factory=list)
     pending_other: list[tuple[str, str]] = field(default_factory=list)
 
     def success(self) -> None:
@@ -107,9 +107,8 @@ class SkipLog:
         """Pass over a sample of the other modality; raise if nothing but those arrives."""
         self.other_media += 1
         self.other_in_a_row += 1
-        for records in (self.passed_over, self.pending_other):  # bounded like the failures
-            if len(records) < self.max_records:
-                records.append((key, reason))
+        if len(self.pending_other) < self.max_records:  # bounded like the failures
+            self.pending_other.append((key, reason))
         if self.other_media == 1:
             log.info("%s: passing over samples of the other modality (first: %s, %s)", self.name, key, reason)
         if self.other_in_a_row >= limit:

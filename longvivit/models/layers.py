@@ -34,6 +34,21 @@ def _xformers_ops() -> Any | None:
     return _XFORMERS_OPS or None
 
 
+def masked_mean(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` counting only the kept entries (every entry without ``keep``); 0 where none is.
+
+    Args:
+        x: (..., C) features, ``dim`` one of the leading dimensions (tokens, frames, steps).
+        keep: Optional bool of ``x``'s shape without its last dimension: the entries to average (real frames,
+            visible tokens).
+        dim: The dimension averaged away.
+    """
+    if keep is None:
+        return x.mean(dim=dim)
+    w = keep.to(x.dtype).unsqueeze(-1)  # (..., 1)
+    return (x * w).sum(dim=dim) / w.sum(dim=dim).clamp(min=1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 

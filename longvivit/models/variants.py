@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from longvivit.config import VideoEncoderConfig
-from longvivit.models.layers import Block
+from longvivit.models.layers import Block, masked_mean
 from longvivit.models.masking import Generators, mask_noise, num_kept_tokens, scatter_kept
 from longvivit.models.video_encoder import VideoEncoder
 
@@ -479,10 +479,7 @@ class FrameVideoEncoder(VideoEncoder):
         frames when given."""
         if self.temporal_pool is not None:
             return self.temporal_pool(frame_embeddings, valid)
-        if valid is None:
-            return frame_embeddings.mean(dim=1)
-        w = valid.to(frame_embeddings.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (frame_embeddings * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+        return masked_mean(frame_embeddings, valid, dim=1)
 
     def forward(
         self,

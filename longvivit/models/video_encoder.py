@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
 from longvivit.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_encoder_folder, save_encoder_folder  # noqa: F401
-from longvivit.models.layers import Block
+from longvivit.models.layers import Block, masked_mean
 from longvivit.models.masking import Generators, random_masking, scatter_kept, valid_steps
 
 logger = logging.getLogger(__name__)
@@ -364,10 +364,7 @@ class VideoEncoder(nn.Module):
                 return tokens[:, 0]
             tokens = tokens[:, 1:]
             valid = None if valid is None else valid[:, 1:]
-        if valid is None:
-            return tokens.mean(dim=1)
-        w = valid.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
-        return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+        return masked_mean(tokens, valid, dim=1)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, width) -> (B, embed_dim): LayerNorm then the bias-free projection (no L2 normalisation)."""
