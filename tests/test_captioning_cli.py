@@ -88,3 +88,15 @@ def test_files_are_captioned_in_batches_once_each_with_the_same_captions(model, 
     printed, result = runs["2"]
     assert [line.split("\t")[0] for line in printed.splitlines()] == [str(folder / f"{i}.mp4") for i in range(3)]
     assert result["skipped"] == [[str(folder / "1.mp4"), f"the same file as {folder / '1.mp4'}, captioned once"]]
+
+
+def test_caption_refuses_an_out_it_cannot_write_before_it_runs(model, make_video, tmp_path, capsys):
+    # `--out runs/` (a folder) ended in IsADirectoryError after the LM had loaded and every video was captioned, as
+    # eval's --out did before 616a005.
+    video = make_video("clip.mp4", num_frames=8, fps=4)
+    (tmp_path / "a_file").write_text("x")
+    for out, said in ((tmp_path, "is a folder; name the file to write"),
+                      (tmp_path / "a_file" / "c.json", "a_file is a file, not a folder")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--model", str(model["folder"]), "--video", str(video), "--out", str(out)])
+        assert exc.value.code == 2 and said in capsys.readouterr().err

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from longvivit.argtypes import device, mask_ratio, non_negative_int, positive
+from longvivit.argtypes import device, mask_ratio, non_negative_int, output_file, positive
 from longvivit.logs import setup_logging
 
 log = logging.getLogger("longvivit.caption")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="video file(s) to caption; a folder stands for the videos under it (any depth)")
     what.add_argument("--shards", nargs="+", help="webdataset shards to caption")
     what.add_argument("--qa", help="multiple-choice questions, JSON lines (see longvivit.captioning.qa)")
-    p.add_argument("--out", help="write results as JSON here")
+    p.add_argument("--out", type=output_file, help="write results as JSON here")
     p.add_argument("--num-frames", type=positive(int), help="frames per video (default: as trained)")
     p.add_argument("--fps", type=positive(float), help="sampling rate in fps mode (default: as trained)")
     p.add_argument("--sampling", choices=("fps", "uniform"), help="frame sampling (default: as trained)")
