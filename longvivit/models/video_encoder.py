@@ -207,7 +207,7 @@ class VideoEncoder(nn.Module):
         Returns:
             ``(tokens, ids_keep, valid)``: tokens and ``ids_keep`` as :meth:`prepare_tokens` gives them (the
             tokens flattened to (B, N, width)), and the (B, N) bool of tokens from real frames, ``None`` when
-            every token is real (no ``num_valid_frames``, or no clip shorter than the window).
+            :meth:`step_validity` gives no mask (no ``num_valid_frames``, or host counts without a padded clip).
         """
         # cfg.mask_ratio is the training ratio: an encoder in eval mode (an exported one included) sees every token
         # unless asked otherwise, so inference is exact and deterministic by default.
