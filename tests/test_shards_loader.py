@@ -572,3 +572,13 @@ def test_image_batches(tmp_path):
         )
         (batch,) = list(ds)
         assert batch["image"].shape == (1, 3, 32, 32) and batch["image"].std() > 0.1
+
+
+def test_file_uris_are_percent_decoded(tmp_path, clip_cache):
+    # Path.as_uri() (and every tool writing file URIs) percent-encodes: file:///data/my%20clips/x.tar names
+    # "/data/my clips/x.tar", which was reported as a missing shard.
+    urls = video_shards(tmp_path / "my clips #1", 1, 1, cache=clip_cache)
+    assert expand_shards(Path(urls[0]).as_uri()) == urls
+    assert expand_shards((tmp_path / "my clips #1").as_uri()) == urls  # a folder
+    keys = [c["key"] for c in load_clips(Path(urls[0]).as_uri(), num_frames=2, image_size=16)]
+    assert keys == ["shard0000"]

@@ -9,6 +9,7 @@ import glob
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote
 
 from webdataset.shardlists import expand_urls
 
@@ -23,8 +24,9 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def file_url_path(url: str) -> str:
-    """The local path of a ``file:`` URL (``file:/a``, ``file:///a``, ``file://localhost/a`` -> ``/a``); other URLs
-    and plain paths unchanged.
+    """The local path of a ``file:`` URL (``file:/a``, ``file:///a``, ``file://localhost/a`` -> ``/a``;
+    percent-escapes decoded as in ``Path.as_uri()``'s URIs: ``file:///my%20clips`` -> ``/my clips``); other URLs and
+    plain paths unchanged.
 
     webdataset opens ``file:/a`` as the relative path ``a``, and the checks for folders, globs and missing shards
     need the path itself.
@@ -36,11 +38,11 @@ def file_url_path(url: str) -> str:
         return url
     rest = url.removeprefix("file:")
     if not rest.startswith("//"):
-        return rest  # file:/abs or file:relative
+        return unquote(rest)  # file:/abs or file:relative
     host, _, path = rest[2:].partition("/")
     if host not in ("", "localhost"):
         raise ValueError(f"{url} names a file on host {host!r}; only local file: URLs can be read (file:///path)")
-    return "/" + path
+    return "/" + unquote(path)
 
 
 def expand_shards(spec: ShardSpec) -> list[str]:
