@@ -297,3 +297,45 @@ def test_two_ranks_leave_out_a_clip_both_ranks_hold(two_rank_results, local):
     torch.testing.assert_close(single, reference_nce(a_all, b_all, 4.0, ids=DUP_IDS.tolist()))
     losses = torch.stack([r[f"loss_dup_{local}"] for r in two_rank_results])
     torch.testing.assert_close(losses.mean() if local else losses, single if local else single.expand(WORLD))
+
+
+def test_clips_of_two_datasets_sharing_a_key_are_negatives_of_each_other(tmp_path):
+    """Sample ids name a clip by its shard and key: two datasets written from different manifests (make_shards
+    numbers every manifest's lines from 1, video2dataset numbers its keys from 0) hold different clips under one key.
+    Keyed by the key alone, each was left out of the other's softmax as a 'copy'; the same shard read twice still
+    gives copies the same id."""
+    from test_shards_loader import video_bytes, write_shard
+
+    from longvivit.config import PreprocessConfig, TextEncoderConfig, VideoEncoderConfig
+    from longvivit.data.shards import ShardDataset
+    from longvivit.training.module import ContrastiveModule
+
+    size, frames = 32, 4
+
+    def shard(name: str, seeds: list[int]) -> str:
+        samples = [{"key": f"{i:06d}", "media": video_bytes(s), "captions": [f"clip {s} moves"]}
+                   for i, s in enumerate(seeds)]
+        return str(write_shard(tmp_path / name / "shard-000000.tar", samples))
+
+    a, b = shard("a", [1, 2]), shard("b", [3])  # "000000" in both: different clips
+    torch.manual_seed(0)
+    video = VideoEncoderConfig.preset("tiny", image_size=size, num_frames=frames, embed_dim=32)
+    module = ContrastiveModule(video=video, text=TextEncoderConfig(max_length=16), modalities=["video"]).eval()
+    pre = PreprocessConfig(num_frames=frames, fps=4.0, image_size=size)
+    tokenizer = module.model.text_encoder.tokenizer
+
+    def first_batch(urls: list[str]) -> dict:
+        ds = ShardDataset(urls, "video", pre, train=False, batch_size=3, tokenizer=tokenizer, max_text_length=16)
+        return next(b for b in ds if "video" in b)
+
+    batch = first_batch([a, b])
+    assert batch["key"] == ["000000", "000001", "000000"]
+    with torch.no_grad():
+        loss = module._modality_loss(batch, "video")[0]
+        out = module.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           num_valid_frames=batch["num_valid_frames"])
+        plain = NCELoss()(out["video_features"], out["text_features"], out["logit_scale"])
+    torch.testing.assert_close(loss, plain)  # three different clips: every other one is a negative
+    twice = first_batch([b, b, a])  # the same clip read twice, as resampled shards do
+    ids = twice["sample_id"]
+    assert ids.dtype == torch.int64 and ids[0] == ids[1] != ids[2]
