@@ -4,4 +4,5 @@ import sys
 
 from longvivit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (pydoc, a test collector) runs nothing
+    sys.exit(main())

@@ -28,3 +28,14 @@ def test_python_dash_m_longvivit_runs_the_console_script():
                           env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--frame-order" in done.stdout
+
+
+def test_importing_the_dash_m_module_runs_nothing(monkeypatch):
+    # longvivit/__main__.py called sys.exit(main()) at import: pydoc, a test collector or any
+    # `import longvivit.__main__` ran the CLI with the importer's argv and exited.
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", ["pytest", "fit", "--no-such-flag"])
+    sys.modules.pop("longvivit.__main__", None)
+    module = importlib.import_module("longvivit.__main__")
+    assert module.main is main
