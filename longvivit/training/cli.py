@@ -156,7 +156,6 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-
 def resolve_ckpt_path(config: Mapping[str, Any], subcommand: str) -> str | None:
     """``--ckpt_path`` as a file, checked before anything is built.
 
