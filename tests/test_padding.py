@@ -166,11 +166,11 @@ def test_padding_mask_needs_no_count_on_the_host():
 def test_a_batch_without_padded_clips_passes_no_counts():
     """The training and captioning steps hand the encoder no counts for a batch the collate found unpadded (its
     attention stays unmasked without a read from the device), and the counts of one with padding."""
-    from longvivit.data.collate import collate, padding_counts
+    from longvivit.data.collate import collate, valid_frame_counts
 
     samples = [{"key": k, "video": torch.zeros(8, 3, 4, 4), "num_valid_frames": n, "captions": ["c"]}
                for k, n in (("a", 8), ("b", 3))]
     mixed, full = collate(samples, "video"), collate(samples[:1], "video")
     assert (mixed["padded_clips"], full["padded_clips"]) == (1, 0)
-    assert padding_counts(mixed).tolist() == [8, 3] and padding_counts(full) is None
-    assert padding_counts({"num_valid_frames": torch.tensor([8])}).tolist() == [8]  # a batch built by hand
+    assert valid_frame_counts(mixed).tolist() == [8, 3] and valid_frame_counts(full) is None
+    assert valid_frame_counts({"num_valid_frames": torch.tensor([8])}).tolist() == [8]  # a batch built by hand

@@ -25,7 +25,7 @@ from longvivit.captioning.model import CaptionerConfig, VideoToText
 from longvivit.captioning.resampler import ResamplerConfig
 from longvivit.captioning.xattn import XAttnConfig
 from longvivit.config import PreprocessConfig, VideoEncoderConfig
-from longvivit.data.collate import padding_counts
+from longvivit.data.collate import valid_frame_counts
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.models.masking import video_generator
 from longvivit.training.optim import OptimConfig, cosine_with_warmup, log_learning_rate, param_groups
@@ -156,7 +156,7 @@ class CaptioningModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         captions = [caps[0] for caps in batch["captions"]]
-        nvf = padding_counts(batch)
+        nvf = valid_frame_counts(batch)
         loss = self.model.caption_loss(batch["video"], captions, nvf, self.model_cfg.mask_ratio)
         bs = len(captions)
         # averaged over ranks: each rank's loss covers its own captions (the value a single process would log)
@@ -201,7 +201,7 @@ class CaptioningModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        video, nvf = batch["video"], padding_counts(batch)
+        video, nvf = batch["video"], valid_frame_counts(batch)
         first = [caps[0] for caps in batch["captions"]]
         gen = self._eval_generators(batch)
         loss = self.model.caption_loss(video, first, nvf, self.eval_mask_ratio, gen)

@@ -112,7 +112,7 @@ def collate(
     return batch
 
 
-def padding_counts(batch: dict[str, Any]) -> torch.Tensor | None:
+def valid_frame_counts(batch: dict[str, Any]) -> torch.Tensor | None:
     """A video batch's ``num_valid_frames`` as the encoder takes them, or ``None`` when :func:`collate` counted no
     padded clip: the encoder then keeps its unmasked attention without reading the counts back from the device
     (see :meth:`~longvivit.models.video_encoder.VideoEncoder.step_validity`). A batch without the count (built by

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from longvivit.config import TextEncoderConfig, VideoEncoderConfig, VideoTextConfig, num_kept_tokens
-from longvivit.data.collate import padding_counts
+from longvivit.data.collate import valid_frame_counts
 from longvivit.distributed import stop_buffer_broadcast
 from longvivit.evaluation.retrieval import RetrievalEvaluator, format_metrics
 from longvivit.loss import NCELoss, sample_ids
@@ -205,7 +205,7 @@ class ContrastiveModule(L.LightningModule):
             s = enc.cfg.num_spatial_tokens
             per_clip = num_kept_tokens(s, self.image_mask_ratio)
         else:
-            nvf = padding_counts(batch)
+            nvf = valid_frame_counts(batch)
             out = self.model(video=batch["video"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              num_valid_frames=nvf)
             feats = out["video_features"]
@@ -314,7 +314,7 @@ class ContrastiveModule(L.LightningModule):
         # A clip's mask comes from its key (masked validation scores do not move with the batch or world size)
         gens = [video_generator(0, key) for key in batch["key"]] if self.eval_mask_ratio > 0 else None
         video_emb = self.model.encode_video(batch["video"], mask_ratio=self.eval_mask_ratio, generator=gens,
-                                            num_valid_frames=padding_counts(batch))
+                                            num_valid_frames=valid_frame_counts(batch))
         captions = [c for caps in batch["captions"] for c in caps]
         owners = [k for k, caps in zip(batch["key"], batch["captions"], strict=True) for _ in caps]
         tok = self.model.text_encoder.tokenize(captions)
