@@ -1,4 +1,5 @@
-"""Frame-order probes: padding stays put, reversal is exact, shuffles are permutations of valid frames."""
+"""Frame-order probes: the padding repeats the re-ordered clip's last frame, reversal is exact, shuffles are
+permutations of valid frames."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import decord
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS
 
 from longvivit.evaluation.probes import FRAME_ORDERS, apply_frame_order
 
@@ -30,12 +32,12 @@ def test_original_is_an_unchanged_copy():
     assert torch.equal(out, video) and out.data_ptr() != video.data_ptr()
 
 
-def test_reversed_reverses_valid_frames_and_keeps_padding():
+def test_reversed_reverses_valid_frames_and_pads_with_the_new_last_frame():
     out = apply_frame_order(_indexed_video(), NUM_VALID, "reversed")
     assert _frame_ids(out) == [
         [5, 4, 3, 2, 1, 0],
-        [103, 102, 101, 100, 104, 105],
-        [200, 201, 202, 203, 204, 205],
+        [103, 102, 101, 100, 100, 100],
+        [200, 200, 200, 200, 200, 200],
     ]
 
 
@@ -54,7 +56,7 @@ def test_shuffled_permutes_only_valid_frames_deterministically():
         ids = _frame_ids(out)
         for b, n in enumerate(num_valid.tolist()):
             assert sorted(ids[b][:n]) == [100 * b + t for t in range(n)]  # a permutation of the valid frames
-            assert ids[b][n:] == [100 * b + t for t in range(n, 8)]  # padding untouched, in order
+            assert ids[b][n:] == [ids[b][n - 1]] * (8 - n)  # padding: the shuffled clip's last frame
     again = apply_frame_order(video, num_valid, "shuffled", torch.Generator().manual_seed(0))
     assert torch.equal(again, outs[0])
     # 8! orderings: five seeds giving the same one (or the identity every time) would mean no shuffling.
@@ -97,4 +99,34 @@ def test_reversal_of_a_decoded_clip_runs_time_backwards(make_video):
     out = apply_frame_order(padded, torch.tensor([10]), "reversed")
     xs = _square_x(out[0, :10].permute(0, 2, 3, 1).numpy())
     assert all(a > b for a, b in zip(xs, xs[1:], strict=False)), xs  # the square now moves left
-    assert torch.equal(out[0, :10], video[0].flip(0)) and not out[0, 10:].any()
+    assert torch.equal(out[0, :10], video[0].flip(0))
+    assert torch.equal(out[0, 10:], video[0, :1].expand(3, -1, -1, -1))  # padded with the new last frame
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_probe_of_a_short_real_clip_encodes_as_the_reordered_clip_padded(order):
+    """A 5-frame clip in an 8-frame window: its last tubelet step (frames 4-5) is half padding, which the encoder
+    sees. The probe must give what the loader gives for the re-ordered clip (padded with *its* last frame); it
+    used to keep the original last frame there, so the reversed clip ended on the original ending and every
+    shuffle carried the true last frame at its end."""
+    from longvivit import VideoEncoder, VideoEncoderConfig
+    from longvivit.config import PreprocessConfig
+    from longvivit.data.decode import decode_video_file
+
+    pre = PreprocessConfig(num_frames=8, fps=0.8, image_size=32)  # 5.28 s at 0.8 FPS: frames at 0, 1.25 ... 5 s
+    video, n = decode_video_file(ASSETS / "bigbuckbunny.mp4", pre)  # (8, 3, 32, 32), real mp4 bytes
+    assert n == 5 and torch.equal(video[5:], video[4:5].expand(3, -1, -1, -1))
+    gen = torch.Generator().manual_seed(0)
+    probe = apply_frame_order(video[None], torch.tensor([n]), order, gen)[0]
+    # the real frames, in the probe's order, then padded as the loader pads
+    order_of_real = [int((video[:n] == f).flatten(1).all(1).nonzero()[0]) for f in probe[:n]]
+    assert sorted(order_of_real) == list(range(n)) and order_of_real[-1] != n - 1  # the clip no longer ends on f4
+    reordered = video[order_of_real]
+    expected = torch.cat([reordered, reordered[-1:].expand(8 - n, -1, -1, -1)])
+    assert torch.equal(probe, expected)
+    torch.manual_seed(0)
+    enc = VideoEncoder(VideoEncoderConfig(image_size=32, num_frames=8, tubelet_size=(2, 16, 16), width=32, depth=2,
+                                          heads=2, embed_dim=16)).eval()
+    nvf = torch.tensor([n])
+    with torch.no_grad():
+        assert torch.allclose(enc(probe[None], num_valid_frames=nvf), enc(expected[None], num_valid_frames=nvf))
