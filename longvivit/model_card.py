@@ -119,7 +119,9 @@ A video-first ViViT encoder (joint space-time attention) contrastively pre-train
 
 ```python
 {{ load }}
-emb = model.encode_video(video)  # (B, T, 3, H, W) frames prepared as in preprocessor_config.json
+video, n = decode_video_file("clip.mp4", load_preprocess_config(folder))  # (T, 3, H, W); n real frames
+with torch.no_grad():  # a clip shorter than the window is padded: n keeps the padding out
+    emb = model.encode_video(video[None], num_valid_frames=torch.tensor([n]))  # (1, D), L2-normalised
 ```
 
 Nothing else is needed: the text tower and its tokenizer are in `text/`. `VideoEncoder.from_pretrained` loads
@@ -296,9 +298,12 @@ def build_model_card(
     card_data = ModelCardData(library_name=LIBRARY_NAME, license=license, pipeline_tag="feature-extraction",
                               tags=tags)
     where = f'snapshot_download("{repo_id}")' if repo_id else '"path/to/this/folder"'
-    load = (("from huggingface_hub import snapshot_download\n" if repo_id else "")
-            + f"from longvivit.models.model import VideoTextModel\n"
-            f"model = VideoTextModel.from_pretrained({where}).eval()")
+    load = ("import torch\n" + ("from huggingface_hub import snapshot_download\n" if repo_id else "")
+            + "from longvivit.data.decode import decode_video_file\n"
+            "from longvivit.export import load_preprocess_config\n"
+            "from longvivit.models.model import VideoTextModel\n"
+            f"folder = {where}\n"
+            "model = VideoTextModel.from_pretrained(folder).eval()")
     return ModelCard.from_template(
         card_data, template_str=_CARD_TEMPLATE, paper=PAPER_URL, version=library_version(), load=load,
         title=f"LongViViT encoder: width {c.width}, depth {c.depth}, {c.num_frames} x {c.image_size} px",

@@ -166,7 +166,7 @@ def test_model_card_states_the_checkpoints_numbers(trained, exported):
     assert "| 1 | `stage1.ckpt` | 1 | 4 | 32 |" in text  # the fit step, frames and size of the stage
     stats = json.loads(trained["stats"].read_text())
     assert f"| videos | {stats['videos']} |" in text and f"| frames | {stats['frames']} |" in text
-    assert 'VideoTextModel.from_pretrained("path/to/this/folder")' in text
+    assert 'folder = "path/to/this/folder"' in text and "VideoTextModel.from_pretrained(folder)" in text
 
 
 def test_model_card_follows_the_stage_chain(trained, tmp_path):
@@ -365,3 +365,41 @@ def test_export_to_a_folder_below_a_file_says_so(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     assert cli_main(["export", "--ckpt", str(src), "--out", str(tmp_path / "a-file" / "out")]) == 2
     assert "a-file is a file, not a folder" in capsys.readouterr().err
+
+
+def _python_block(markdown: str, after: str) -> str:
+    """The first ```python block that follows the line ``after`` in ``markdown``."""
+    rest = markdown[markdown.index(after):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_loading_snippets_leave_the_padding_of_a_short_clip_out(exported, tmp_path):
+    """The card's and docs/export.md's snippets, run as written on a clip shorter than the export's window, give
+    the embedding with the padding left out (they called encode_video(video[None]) without the real frame count:
+    a 0.75 s clip in the 2 s window scored as half its last frame)."""
+    from longvivit.data.decode import decode_video_file
+
+    clip = tmp_path / "clip.mp4"
+    encode_video(moving_square_frames(3, 48, 64, seed=5), fps=4.0, out=clip)  # 0.75 s: 2 of the 4 frames at 2 FPS
+    model = VideoTextModel.from_pretrained(exported).eval()
+    video, n = decode_video_file(clip, export.load_preprocess_config(exported))
+    assert n < video.shape[0]
+    with torch.no_grad():
+        want = model.encode_video(video[None], num_valid_frames=torch.tensor([n]))
+        padded = model.encode_video(video[None])
+    assert not torch.allclose(want, padded, atol=1e-4)  # the padding does move the embedding
+
+    card = _python_block((exported / "README.md").read_text(), "## Load")
+    scope: dict = {}
+    exec(card.replace('"path/to/this/folder"', repr(str(exported))).replace('"clip.mp4"', repr(str(clip))), scope)
+    assert torch.allclose(scope["emb"], want, atol=1e-6)
+
+    docs = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    snippet = _python_block(docs, "Prepare frames the way the export says")
+    scope = {"model": model}
+    exec(snippet.replace('"exports/longvivit-tiny"', repr(str(exported))).replace('"clip.mp4"', repr(str(clip))),
+         scope)
+    with torch.no_grad():
+        text = model.encode_text(**model.text_encoder.tokenize(["a person slices bread"]))
+    assert torch.allclose(scope["score"], want @ text.T, atol=1e-6)
