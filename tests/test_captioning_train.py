@@ -419,3 +419,18 @@ def test_validation_masks_follow_the_video_not_its_batch(trained):
         together = module.model.visual_tokens(video, mask_ratio=0.3, generator=module._eval_generators(batch))
         single = module.model.visual_tokens(video[2:], mask_ratio=0.3, generator=module._eval_generators(alone))
     torch.testing.assert_close(together[2:], single)
+
+
+def test_the_sanity_check_is_not_reported_as_validation(setup, caplog):
+    """Lightning's sanity check (a validation batch before the first step) printed "val captioning: ..." like a
+    validation of the trained model, so a fit showed a score before training and another after, unlabelled."""
+    torch.manual_seed(0)
+    module = CaptioningModule(**tiny_model_kwargs(setup["encoder"], setup["lm"]), max_new_tokens=4,
+                              optim=OptimConfig(lr=1e-3, warmup_steps=1))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+                        num_sanity_val_steps=1)
+    with caplog.at_level("INFO", logger="longvivit.captioning.module"):
+        trainer.fit(module, datamodule=_datamodule(setup, batch_size=4, steps=2))
+    lines = [r.getMessage() for r in caplog.records if "captioning" in r.getMessage() and "{" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("val captioning at step 2:"), lines

@@ -233,10 +233,16 @@ class CaptioningModule(L.LightningModule):
         from longvivit.evaluation.captioning_metrics import caption_scores
 
         scores = caption_scores(preds, refs)
-        self.last_scores = {**scores, "examples": dict(list(preds.items())[:5])}
         self.log_dict({f"{stage}/{k}": float(scores[k]) for k in ("CIDEr", "BLEU-4", "ROUGE-L")})
+        if self.trainer.sanity_checking:
+            # Lightning's sanity check runs a batch or two before any training: not this model's validation (it
+            # printed as "val captioning: ..." like one, before the first step)
+            return
+        self.last_scores = {**scores, "examples": dict(list(preds.items())[:5])}
         if self.trainer.is_global_zero:  # the same gathered scores on every rank
-            log.info("%s captioning: %s; e.g. %s", stage, scores, self.last_scores["examples"])
+            # validate/test do not restore the step counter: only fit names the step
+            where = f" at step {self.global_step}" if self.trainer.state.fn == "fit" else ""
+            log.info("%s captioning%s: %s; e.g. %s", stage, where, scores, self.last_scores["examples"])
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")
