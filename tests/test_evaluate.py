@@ -249,6 +249,20 @@ def test_eval_fps_on_a_uniformly_trained_model_samples_at_that_rate(setup, tmp_p
         cli_main(["eval", "--model", str(model), "--shards", str(shards), "--sampling", "uniform", "--fps", "2"])
 
 
+
+def test_eval_starts_the_window_where_the_model_was_validated(setup, tmp_path):
+    # A model trained (and validated) with start: center was evaluated from the first frame.
+    import shutil
+
+    _, shards, model_dir = setup
+    model = tmp_path / "center"
+    shutil.copytree(model_dir, model)
+    (model / "preprocessor_config.json").write_text(json.dumps(
+        {"num_frames": 8, "fps": 1.0, "start": "center", "image_size": 32}))
+    assert _eval_metrics((None, shards, model), tmp_path)["settings"]["start"] == "center"
+    assert _eval_metrics(setup, tmp_path)["settings"]["start"] == "first"
+
+
 def test_eval_samples_frames_as_the_checkpoint_was_trained(tmp_path):
     # A checkpoint's data settings (here 0.5 FPS, uniform) were ignored by eval (1 FPS), not by export.
     from longvivit.export import source_preprocess

@@ -175,8 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampling = requested_sampling(args.fps, args.sampling, base.sampling)
     except ValueError as err:
         raise SystemExit(f"longvivit eval: {err}") from err
+    # the window starts where validation started it ("center" for a model trained so; a random start is "first")
     pre = PreprocessConfig(num_frames=cfg.num_frames, fps=args.fps or base.fps, sampling=sampling,
-                           image_size=args.image_size or cfg.image_size, mean=base.mean, std=base.std)
+                           start=base.start, image_size=args.image_size or cfg.image_size, mean=base.mean,
+                           std=base.std)
     clips = load_clips(shards, preprocess=pre, num_workers=args.workers, max_fail_fraction=args.max_fail_fraction)
     text_budget = args.max_text_length or model.text_encoder.cfg.max_length
     positions = getattr(model.text_encoder.model.config, "max_position_embeddings", None)
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics["passed_over"] = [{"key": k, "reason": r} for k, r in images]
     metrics["settings"] = {
         "model": str(args.model), "shards": shards, "num_frames": cfg.num_frames, "fps": pre.fps,
-        "sampling": pre.sampling, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
+        "sampling": pre.sampling, "start": pre.start, "mask_ratio": args.mask_ratio, "frame_order": args.frame_order,
         "image_size": pre.image_size, "adaptations": msgs, "padded_clips": counts["padded_clips"],
         "cut_clips": counts["cut_clips"], "max_text_length": text_budget,
         "truncated_captions": counts["truncated_captions"],
