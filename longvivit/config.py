@@ -186,6 +186,11 @@ class VideoEncoderConfig:
         backbone, which embeds every frame on its own (its grid has a step per frame)."""
         return 1 if self.backbone == "frame" else self.tubelet_size[0]
 
+    @property
+    def grid_steps(self) -> int:
+        """Temporal steps of the token grid at ``num_frames``: T' tubelet steps, or T for the frame backbone."""
+        return self.num_frames // self.frames_per_step
+
     def visible_tokens(self, num_frames: int, mask_ratio: float) -> int:
         """Patch tokens the transformer sees for a clip of ``num_frames`` at ``mask_ratio``: T' steps (one per frame
         for the frame-level backbone, which also masks each frame on its own) of H' * W' tokens, masked as a whole

@@ -60,7 +60,7 @@ def preprocessor_dict(pre: PreprocessConfig, video: VideoEncoderConfig) -> dict[
         "rescale_factor": 1 / 255,
         "tubelet_size": list(video.tubelet_size),
         "patch_size": list(video.patch_size),
-        "grid_size": [video.num_frames // step, *video.grid_size],
+        "grid_size": [video.grid_steps, *video.grid_size],
         # uniform sampling spreads the frames over each clip: no fixed step length
         "seconds_per_tubelet_step": step / pre.fps if pre.sampling == "fps" else None,
     }

@@ -176,7 +176,7 @@ def _scalar(v: Any) -> bool:
 
 def _architecture(model: VideoTextModel) -> str:
     c, text = model.video_encoder.cfg, model.text_encoder
-    steps = c.num_frames // c.frames_per_step  # the frame-level backbone has a step per frame
+    steps = c.grid_steps  # the frame-level backbone has a step per frame
     grid = f"{steps} x {c.grid_size[0]} x {c.grid_size[1]} = {steps * c.num_spatial_tokens} tokens"
     lines = [
         f"- Video encoder: ViViT, `{c.backbone}` backbone, width {c.width}, depth {c.depth}, {c.heads} "
